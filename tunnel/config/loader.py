@@ -1,0 +1,283 @@
+"""YAML -> GatewayConfig, reporting every problem as `file:line:col: path: message`.
+
+The schema lives here as code, one parser per field, each with the rule it enforces; configs/hq.yaml
+documents the same fields for an admin. A bad value is always an error, never replaced by a default,
+and no input (binary, empty, a directory, malformed YAML) ends in a traceback: only ConfigError.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from yaml.nodes import Node
+
+from tunnel.config.keyfile import read_manual_keys
+from tunnel.config.model import (
+    DEFAULT_REPLAY_WINDOW, Endpoint, GatewayConfig, IPAddress, IPInterface, IPNetwork, ManualKeys, TunDevice,
+    Tunnel,
+)
+from tunnel.config.validate import TunnelParts, cross_check
+from tunnel.config.yamlnodes import INT, STR, Doc, FileProblem, Problem, Problems, key_path, parse_document, quote
+from tunnel.config.yamlnodes import read_regular_file
+from tunnel.errors import ConfigError
+
+MAX_CONFIG_BYTES = 1024 * 1024
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+NAME_RULE = "1-32 characters from A-Z a-z 0-9 _ . -"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+IFNAMSIZ = 16  # Linux: 15 bytes and the terminating NUL
+_EXPECTED = "a mapping with 'gateway' and 'tunnels'"
+
+Parser = Callable[[Doc, Node, str], Any]
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Load and validate a gateway config and the key files it names; raise ConfigError with every
+    problem found (sorted by file, line, column) if there is any."""
+    file = os.fsdecode(path)
+    sink = Problems()
+    try:
+        data = read_regular_file(Path(file), MAX_CONFIG_BYTES)
+    except FileProblem as exc:
+        raise ConfigError([str(Problem(file, 0, 0, "", f"config file {exc}"))]) from None
+    doc = Doc(file, sink)
+    root = parse_document(data, file, sink, _EXPECTED)
+    config = _config(doc, root, Path(file)) if root is not None else None
+    sink.raise_if_any()
+    if config is None:  # unreachable: every None above comes with a reported problem
+        raise ConfigError([f"{file}: invalid configuration"])
+    return config
+
+
+def _config(doc: Doc, root: Node, path: Path) -> GatewayConfig | None:
+    fields = doc.mapping(root, "", required=("gateway", "tunnels"))
+    if fields is None:
+        return None
+    gateway = _gateway(doc, fields["gateway"]) if "gateway" in fields else None
+    tunnels = _tunnels(doc, fields["tunnels"], path.parent) if "tunnels" in fields else []
+    listen, tun = (gateway.get("listen"), gateway["tun"]) if gateway else (None, None)
+    cross_check(doc, listen, tun, tunnels)
+    if doc.sink or gateway is None:
+        return None
+    return GatewayConfig(path=path, tunnels=tuple(_tunnel_model(t) for t in tunnels), **gateway)
+
+
+def _fields(doc: Doc, fields: dict[str, Node], path: str, parsers: dict[str, Parser]) -> dict[str, Any]:
+    """Parse the keys present; a value is None when it was invalid (and reported)."""
+    return {key: parse(doc, fields[key], key_path(path, key)) for key, parse in parsers.items() if key in fields}
+
+
+def _section(doc: Doc, node: Node, path: str, model: type, required: tuple[str, ...],
+             parsers: dict[str, Parser]) -> Any:
+    """A mapping that becomes one model object, or None if anything in it was wrong."""
+    start = doc.checkpoint()
+    fields = doc.mapping(node, path, required, parsers.keys() - set(required))
+    values = _fields(doc, fields, path, parsers) if fields is not None else {}
+    return model(**values) if doc.clean_since(start) else None
+
+
+# -- gateway ---------------------------------------------------------------------------------------------
+
+
+def _gateway(doc: Doc, node: Node) -> dict[str, Any] | None:
+    parsers: dict[str, Parser] = {
+        "name": _name,
+        "listen": _listen,
+        "tun": _tun,
+        "socket_buffer_bytes": _int_in(64 * 1024, 1024 * 1024 * 1024),
+        "log_level": lambda doc, node, path: doc.choice(node, path, LOG_LEVELS),
+    }
+    fields = doc.mapping(node, "gateway", required=("name", "listen"), optional=set(parsers) - {"name", "listen"})
+    if fields is None:
+        return None
+    return {"tun": TunDevice()} | _fields(doc, fields, "gateway", parsers)  # tun: is optional as a whole
+
+
+def _listen(doc: Doc, node: Node, path: str) -> Endpoint | None:
+    return _section(doc, node, path, Endpoint, ("address",), {"address": _listen_address, "port": _PORT})
+
+
+def _tun(doc: Doc, node: Node, path: str) -> TunDevice | None:
+    parsers: dict[str, Parser] = {
+        "name": _ifname,
+        "wan_mtu": _int_in(1280, 65535),
+        "mtu": _int_in(576, 65535),  # the upper bound that matters is checked in validate.py
+        "addresses": _interfaces,
+        "txqueuelen": _int_in(1, 100_000),
+    }
+    return _section(doc, node, path, TunDevice, (), parsers)
+
+
+# -- tunnels ---------------------------------------------------------------------------------------------
+
+
+def _tunnels(doc: Doc, node: Node, base_dir: Path) -> list[TunnelParts]:
+    items = doc.sequence(node, "tunnels", non_empty=True)
+    parts = (_tunnel(doc, item, f"tunnels[{i}]", base_dir) for i, item in enumerate(items or ()))
+    return [p for p in parts if p is not None]
+
+
+def _tunnel(doc: Doc, node: Node, path: str, base_dir: Path) -> TunnelParts | None:
+    parsers: dict[str, Parser] = {
+        "name": _name,
+        "peer": _peer,
+        "local_subnets": _subnets,
+        "remote_subnets": _subnets,
+        "manual_keys": lambda doc, node, path: _manual_keys(doc, node, path, base_dir),
+        "replay_window": _replay_window,
+    }
+    fields = doc.mapping(node, path, required=set(parsers) - {"replay_window"}, optional=("replay_window",))
+    if fields is None:
+        return None
+    v = _fields(doc, fields, path, parsers)
+    return TunnelParts(path, v.get("name"), v.get("peer"), v.get("local_subnets"), v.get("remote_subnets"),
+                       v.get("manual_keys"), v.get("replay_window", DEFAULT_REPLAY_WINDOW))
+
+
+def _tunnel_model(t: TunnelParts) -> Tunnel:
+    """Only called when nothing was reported, so every part is present."""
+    return Tunnel(name=t.name, peer=t.peer, local_subnets=t.local_subnets, remote_subnets=t.remote_subnets,
+                  manual_keys=t.manual_keys, replay_window=t.replay_window)
+
+
+def _peer(doc: Doc, node: Node, path: str) -> Endpoint | None:
+    return _section(doc, node, path, Endpoint, ("address",), {"address": _peer_address, "port": _PORT})
+
+
+def _manual_keys(doc: Doc, node: Node, path: str, base_dir: Path) -> ManualKeys | None:
+    """Relative to the config file's directory, so a config works from any working directory."""
+    text = doc.scalar_text(node, path, "a path to a key file")
+    if text is None:
+        return None
+    if not text.strip():
+        doc.error(node, path, "must not be empty")
+        return None
+    return read_manual_keys(base_dir / text, doc.at(node, path), doc.sink)
+
+
+def _replay_window(doc: Doc, node: Node, path: str) -> int | None:
+    value = doc.integer(node, path, 64, 1024 * 1024)
+    if value is not None and value % 64:
+        doc.error(node, path, f"{value} is not a multiple of 64 (the window is kept in 64-bit words, RFC 6479)")
+        return None
+    return value
+
+
+# -- scalar fields ---------------------------------------------------------------------------------------
+
+
+def _int_in(lo: int, hi: int) -> Parser:
+    return lambda doc, node, path: doc.integer(node, path, lo, hi)
+
+
+_PORT = _int_in(1, 65535)
+
+
+def _name(doc: Doc, node: Node, path: str) -> str | None:
+    return doc.string(node, path, NAME, NAME_RULE)
+
+
+def _ifname(doc: Doc, node: Node, path: str) -> str | None:
+    """Linux dev_valid_name(): what the kernel would refuse, refused here with a line number."""
+    text = doc.scalar_text(node, path, "an interface name")
+    if text is None:
+        return None
+    if not 0 < len(text.encode()) < IFNAMSIZ:
+        problem = f"must be 1-{IFNAMSIZ - 1} bytes long"
+    elif text in (".", ".."):
+        problem = "must not be '.' or '..'"
+    elif any(c in "/:\0" or c.isspace() for c in text):
+        problem = "must not contain '/', ':' or whitespace"
+    else:
+        return text
+    doc.error(node, path, f"{quote(text)} is not a valid interface name: {problem}")
+    return None
+
+
+def _address_text(doc: Doc, node: Node, path: str, what: str) -> str | None:
+    # INT too: YAML 1.1 reads some IPv6 literals (1:2:3:4:5:6:7:8) as base-60 integers.
+    return doc.scalar_text(node, path, what, (STR, INT))
+
+
+def _ip_address(doc: Doc, node: Node, path: str) -> IPAddress | None:
+    text = _address_text(doc, node, path, "an IP address")
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        doc.error(node, path, f"{quote(text)} is not an IPv4 or IPv6 address")
+        return None
+
+
+def _listen_address(doc: Doc, node: Node, path: str) -> IPAddress | None:
+    address = _ip_address(doc, node, path)
+    if address is not None and address.is_multicast:
+        doc.error(node, path, f"{address} is a multicast address; listen on a local unicast address "
+                              "or on 0.0.0.0 / ::")
+        return None
+    return address
+
+
+def _peer_address(doc: Doc, node: Node, path: str) -> IPAddress | None:
+    address = _ip_address(doc, node, path)
+    if address is None:
+        return None
+    if address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
+        doc.error(node, path, f"{address} is not a unicast address; the peer needs its concrete WAN address")
+        return None
+    return address
+
+
+def _subnet(doc: Doc, node: Node, path: str) -> IPNetwork | None:
+    text = _address_text(doc, node, path, "a subnet in CIDR form")
+    if text is None:
+        return None
+    if "/" not in text:
+        doc.error(node, path, f"{quote(text)} needs a prefix length, e.g. 10.1.0.0/24 "
+                              "(a single host is /32 or /128)")
+        return None
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        doc.error(node, path, f"{quote(text)} is not a subnet in CIDR form (address/prefix)")
+        return None
+    doc.error(node, path, f"{text} has host bits set; did you mean {loose}?")
+    return None
+
+
+def _interface(doc: Doc, node: Node, path: str) -> IPInterface | None:
+    text = _address_text(doc, node, path, "an interface address in CIDR form")
+    if text is None:
+        return None
+    try:
+        if "/" not in text:
+            raise ValueError
+        return ipaddress.ip_interface(text)
+    except ValueError:
+        doc.error(node, path, f"{quote(text)} is not an interface address with prefix length, e.g. 10.1.0.1/24")
+        return None
+
+
+def _items(parse: Parser, non_empty: bool) -> Parser:
+    """A list parser: all items valid gives a tuple; any bad item is reported and gives None."""
+
+    def parse_list(doc: Doc, node: Node, path: str) -> tuple[Any, ...] | None:
+        start = doc.checkpoint()
+        items = doc.sequence(node, path, non_empty=non_empty)
+        values = tuple(parse(doc, item, f"{path}[{i}]") for i, item in enumerate(items or ()))
+        return values if items is not None and doc.clean_since(start) else None
+
+    return parse_list
+
+
+_subnets = _items(_subnet, non_empty=True)
+_interfaces = _items(_interface, non_empty=False)

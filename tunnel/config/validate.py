@@ -1,0 +1,126 @@
+"""Cross-field checks: rules no single value can break, only a combination.
+
+They run on whatever parts of the file parsed cleanly (a missing key file in one tunnel must not hide an
+overlap in another) and report at the later of the conflicting nodes, the one an admin just added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunnel.config.model import Endpoint, IPNetwork, ManualKeys, TunDevice
+from tunnel.config.yamlnodes import Doc
+from tunnel.esp.overhead import inner_mtu
+
+IPV6_MIN_MTU = 1280  # RFC 8200 §5
+
+
+@dataclass(frozen=True)
+class TunnelParts:
+    """One tunnel's values, each None when it failed to parse (already reported)."""
+
+    path: str  # "tunnels[2]"
+    name: str | None
+    peer: Endpoint | None
+    local_subnets: tuple[IPNetwork, ...] | None
+    remote_subnets: tuple[IPNetwork, ...] | None
+    manual_keys: ManualKeys | None
+    replay_window: int | None
+
+
+def cross_check(doc: Doc, listen: Endpoint | None, tun: TunDevice | None, tunnels: list[TunnelParts]) -> None:
+    _unique_names(doc, tunnels)
+    _remote_subnets_disjoint(doc, tunnels)
+    _remote_outside_local(doc, tunnels)
+    _unique_inbound_spis(doc, tunnels)
+    if listen is not None:
+        _peer_family(doc, listen, tunnels)
+        if tun is not None:
+            _tun_mtu(doc, listen, tun, tunnels)
+
+
+def _unique_names(doc: Doc, tunnels: list[TunnelParts]) -> None:
+    first: dict[str, str] = {}
+    for t in tunnels:
+        if t.name is None:
+            continue
+        if t.name in first:
+            doc.error_at(f"{t.path}.name", f"duplicate tunnel name {t.name!r} (also {first[t.name]}.name)")
+        else:
+            first[t.name] = t.path
+
+
+def _remote_subnets_disjoint(doc: Doc, tunnels: list[TunnelParts]) -> None:
+    """An outbound packet must select exactly one tunnel, so no two remote subnets may overlap."""
+    seen: list[tuple[IPNetwork, str]] = []
+    for t in tunnels:
+        for i, net in enumerate(t.remote_subnets or ()):
+            here = f"{t.path}.remote_subnets[{i}]"
+            for other, there in seen:
+                if net.version == other.version and net.overlaps(other):
+                    doc.error_at(here, f"{net} overlaps {other} ({there}); "
+                                       "a packet must select exactly one tunnel")
+                    break
+            seen.append((net, here))
+
+
+def _remote_outside_local(doc: Doc, tunnels: list[TunnelParts]) -> None:
+    for t in tunnels:
+        for i, net in enumerate(t.remote_subnets or ()):
+            for local in t.local_subnets or ():
+                if net.version == local.version and net.overlaps(local):
+                    doc.error_at(f"{t.path}.remote_subnets[{i}]",
+                                 f"{net} overlaps this tunnel's local subnet {local}; "
+                                 "local and remote must be disjoint")
+                    break
+
+
+def _unique_inbound_spis(doc: Doc, tunnels: list[TunnelParts]) -> None:
+    """The receiver finds the SA by SPI alone (RFC 4303 §2.1), so inbound SPIs must be unique.
+    The message names the tunnels, never the SPI."""
+    first: dict[int, TunnelParts] = {}
+    for t in tunnels:
+        if t.manual_keys is None:
+            continue
+        other = first.setdefault(t.manual_keys.inbound.spi, t)
+        if other is not t:
+            doc.error_at(f"{t.path}.manual_keys",
+                         f"the inbound SPI in {t.manual_keys.path} is also the inbound SPI of {other.path} "
+                         f"({other.manual_keys.path}); the receiver tells tunnels apart by SPI")
+
+
+def _peer_family(doc: Doc, listen: Endpoint, tunnels: list[TunnelParts]) -> None:
+    """One UDP socket serves one address family, wildcard or not."""
+    for t in tunnels:
+        if t.peer is not None and t.peer.address.version != listen.address.version:
+            doc.error_at(f"{t.path}.peer.address",
+                         f"peer is IPv{t.peer.address.version} but gateway.listen.address {listen.address} is "
+                         f"IPv{listen.address.version}; the one UDP socket serves one address family")
+
+
+def _tun_mtu(doc: Doc, listen: Endpoint, tun: TunDevice, tunnels: list[TunnelParts]) -> None:
+    outer_ipv6 = listen.address.version == 6
+    ceiling = inner_mtu(tun.wan_mtu, outer_ipv6)
+    wan = f"a {tun.wan_mtu}-byte IPv{6 if outer_ipv6 else 4} WAN path"
+    if tun.mtu is not None and tun.mtu > ceiling:
+        doc.error_at("gateway.tun.mtu", f"{tun.mtu} exceeds {ceiling}, the largest inner packet that fits {wan} "
+                                        "after ESP-in-UDP overhead; lower mtu or raise wan_mtu")
+        return
+    if not _carries_ipv6(tun, tunnels):
+        return
+    if tun.mtu is not None and tun.mtu < IPV6_MIN_MTU:
+        doc.error_at("gateway.tun.mtu", f"{tun.mtu} is below {IPV6_MIN_MTU}, the minimum IPv6 link MTU "
+                                        "(RFC 8200 §5), and this gateway carries IPv6")
+    elif tun.mtu is None and ceiling < IPV6_MIN_MTU:
+        wan_mtu = tun.wan_mtu
+        while inner_mtu(wan_mtu, outer_ipv6) < IPV6_MIN_MTU:
+            wan_mtu += 1
+        where = "gateway.tun.wan_mtu" if "gateway.tun.wan_mtu" in doc.where else "gateway.tun"
+        doc.error_at(where, f"the derived inner MTU {ceiling} of {wan} is below {IPV6_MIN_MTU}, the minimum IPv6 "
+                            f"link MTU (RFC 8200 §5); raise wan_mtu to at least {wan_mtu}")
+
+
+def _carries_ipv6(tun: TunDevice, tunnels: list[TunnelParts]) -> bool:
+    """IPv6 subnets or TUN addresses: the kernel disables IPv6 on a link below 1280 bytes."""
+    nets = [n for t in tunnels for n in (t.local_subnets or ()) + (t.remote_subnets or ())]
+    return any(n.version == 6 for n in nets) or any(a.version == 6 for a in tun.addresses)
