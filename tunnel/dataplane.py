@@ -137,7 +137,7 @@ class Forwarder:
         version, src, dst = parsed
         tunnel = self._routes.lookup(version, dst)
         if tunnel is None:
-            self.counters.drop(DropReason.NO_TUNNEL)
+            self.counters.drop(DropReason.LINK_SCOPE if _link_scope(version, dst) else DropReason.NO_TUNNEL)
             return None
         counters = tunnel.counters
         if not tunnel.local.contains(version, src):
@@ -202,6 +202,13 @@ class Forwarder:
         if not tunnel._asked:
             tunnel._asked = True
             self._events.append(NeedSa(tunnel.name, reason))
+
+
+def _link_scope(version: int, dst: int) -> bool:
+    """Multicast or link-local destinations: traffic selectors cover unicast subnets only."""
+    if version == 6:
+        return dst >> 120 == 0xFF or dst >> 118 == 0x3FA  # ff00::/8, fe80::/10
+    return dst >> 28 == 0xE or dst == 0xFFFFFFFF  # 224.0.0.0/4, limited broadcast
 
 
 def _bad_inner(next_header: int) -> DropReason:

@@ -33,7 +33,7 @@ def format_counters(name: str, counters: Counters) -> str:
     drops = ",".join(f"{k}:{v}" for k, v in counters.drops_by_reason().items()) or "none"
     return (
         f"tunnel={name} tx_packets={counters.tx_packets} tx_bytes={counters.tx_bytes} "
-        f"rx_packets={counters.rx_packets} rx_bytes={counters.rx_bytes} drops={drops}"
+        f"rx_packets={counters.rx_packets} rx_bytes={counters.rx_bytes} keepalives={counters.keepalives} drops={drops}"
     )
 
 

@@ -76,6 +76,14 @@ def test_unrouted_destination_is_counted_not_sent() -> None:
     assert hq.counters.drops[DropReason.NO_TUNNEL] == 1
 
 
+@pytest.mark.parametrize("dst", ["ff02::16", "fe80::1", "224.0.0.22", "255.255.255.255"])
+def test_kernel_link_scope_packets_are_counted_apart(dst: str) -> None:
+    hq, _ = make_pair()
+    src = "::" if ":" in dst else "0.0.0.0"
+    assert hq.outbound(ping(src, dst)) is None
+    assert hq.counters.drops_by_reason() == {"link_scope": 1}
+
+
 def test_source_outside_local_selector_is_dropped() -> None:
     hq, _ = make_pair()
     assert hq.outbound(ping("192.168.7.7", "10.2.0.10")) is None

@@ -19,6 +19,7 @@ class DropReason(enum.IntEnum):
     DUMMY = 10  # TFC dummy packet, next header 59 (RFC 4303 §2.6): discarded by design
     SEND_FAILED = 11  # the OS refused the datagram or the TUN write (buffer full, no route)
     IKE_UNHANDLED = 12  # IKE message arrived but no IKE handler is configured yet
+    LINK_SCOPE = 13  # multicast/link-local packets the kernel itself sends on the TUN (e.g. MLD): never tunnelled
 
     @property
     def label(self) -> str:

@@ -1,0 +1,95 @@
+"""The `sitelink` command as an admin meets it: exit statuses and one-line errors, never a traceback."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sitelink(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tunnel.cli", *args], capture_output=True, text=True, timeout=60, cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    for name in ("hq.yaml", "branch-1.yaml"):
+        shutil.copy(REPO / "configs" / name, tmp_path / name)
+    (tmp_path / "keys").mkdir()
+    result = sitelink("manual-keys", "keys/hq-branch1.keys", "keys/branch1-hq.keys", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return tmp_path
+
+
+def test_version() -> None:
+    result = sitelink("--version")
+    assert result.returncode == 0 and result.stdout.strip().startswith("sitelink 0.")
+
+
+def test_check_accepts_the_example_configs(site: Path) -> None:
+    for name in ("hq.yaml", "branch-1.yaml"):
+        result = sitelink("check", name, cwd=site)
+        assert result.returncode == 0, result.stderr
+        assert "OK" in result.stdout
+
+
+def test_check_lists_every_problem_with_position(site: Path) -> None:
+    text = (site / "hq.yaml").read_text()
+    text = text.replace("port: 4500", "port: 99999", 1).replace("name: branch1", "name: branch1\n    colour: red", 1)
+    (site / "hq.yaml").write_text(text)
+    result = sitelink("check", "hq.yaml", cwd=site)
+    assert result.returncode == 2
+    lines = [l for l in result.stderr.splitlines() if l.startswith("hq.yaml:")]
+    assert len(lines) == 2, result.stderr
+    assert any("gateway.listen.port" in l for l in lines) and any("colour" in l for l in lines)
+    assert "Traceback" not in result.stderr
+
+
+def test_mirrored_keys_are_consistent(site: Path) -> None:
+    from tunnel.config.keyfile import load_manual_keys
+
+    hq = load_manual_keys(site / "keys/hq-branch1.keys", "t")
+    br = load_manual_keys(site / "keys/branch1-hq.keys", "t")
+    assert (hq.outbound, hq.inbound) == (br.inbound, br.outbound)
+    assert (site / "keys/hq-branch1.keys").stat().st_mode & 0o777 == 0o600
+
+
+def test_manual_keys_never_overwrite(site: Path) -> None:
+    before = (site / "keys/hq-branch1.keys").read_bytes()
+    result = sitelink("manual-keys", "keys/hq-branch1.keys", "keys/other.keys", cwd=site)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert (site / "keys/hq-branch1.keys").read_bytes() == before
+
+
+def test_up_refuses_a_readable_key_file_before_touching_the_system(site: Path) -> None:
+    os.chmod(site / "keys/hq-branch1.keys", 0o644)
+    result = sitelink("up", "hq.yaml", cwd=site)
+    assert result.returncode == 2
+    assert "chmod 600" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["up"], ["frobnicate"], ["check", "/nonexistent.yaml"], ["up", "/dev/null"]])
+def test_bad_invocations_fail_cleanly(args: list[str]) -> None:
+    result = sitelink(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.strip()
+
+
+def test_secrets_never_reach_output(site: Path) -> None:
+    key_text = (site / "keys/hq-branch1.keys").read_text()
+    key_hex = [w for w in key_text.split() if len(w) > 60]
+    assert key_hex
+    # Damage both keys (one too short, one not hex): the errors must not echo what is left of them.
+    broken = key_text.replace(key_hex[0], key_hex[0][:-2]).replace(key_hex[1], key_hex[1][:-1] + "z")
+    (site / "keys/hq-branch1.keys").write_text(broken)
+    result = sitelink("check", "hq.yaml", cwd=site)
+    assert result.returncode == 2
+    assert result.stderr.count("72 hex digits") == 2, result.stderr
+    assert not any(k.removeprefix("0x")[:16] in result.stderr + result.stdout for k in key_hex)
