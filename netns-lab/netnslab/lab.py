@@ -152,6 +152,7 @@ class Capture:
     proc: subprocess.Popen | None = None
     stderr_lines: list[str] = field(default_factory=list)
     packets: int | None = None
+    kernel_drops: int | None = None  # packets tcpdump lost; a complete capture has 0
 
 
 class Lab:
@@ -382,8 +383,9 @@ class Lab:
         # --immediate-mode: without it libpcap's TPACKET_V3 ring hands packets
         # over in blocks (up to 1 s late) and SIGINT discards what is pending.
         # -Z root: Debian's tcpdump otherwise drops to a user that can't write tmp dirs.
+        # -B 65536 (KiB): at tunnel speeds the default 2 MiB buffer overflows ("dropped by kernel").
         argv = ["tcpdump", "-i", iface, "-U", "-w", str(cap.path), "-s", "0", "-n",
-                "--immediate-mode", "-Z", "root"]
+                "--immediate-mode", "-Z", "root", "-B", "65536"]
         if filter:
             argv.append(filter)
         cap.proc = self.popen(node, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -399,6 +401,7 @@ class Lab:
                 self.stop(cap.proc, sig=signal.SIGINT, timeout=timeout)
             reader.join(2)
             cap.packets = _captured_count(cap.stderr_lines)
+            cap.kernel_drops = _captured_count(cap.stderr_lines, "dropped by kernel")
 
     def _wait_listening(self, cap: Capture, listening: threading.Event, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -636,9 +639,10 @@ def _read_lines(stream, sink: list[str], marker: str, seen: threading.Event) -> 
         pass  # stream closed by teardown
 
 
-def _captured_count(lines: list[str]) -> int | None:
+def _captured_count(lines: list[str], what: str = "packets captured") -> int | None:
+    """A count from tcpdump's closing summary ("N packets captured", "N packets dropped by kernel")."""
     for line in lines:
-        if "packets captured" in line:
+        if what in line:
             try:
                 return int(line.split()[0])
             except ValueError:

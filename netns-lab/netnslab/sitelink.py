@@ -1,0 +1,167 @@
+"""Run real `sitelink up` gateways in a lab: key files, per-site configs, start/stop, counters.
+
+Every site gets a tunnel to every other site (a full mesh), keyed with `sitelink manual-keys`, so the
+configs and key files the lab uses are the same ones an admin would write.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .lab import Lab, LabError
+from .topology import Site
+
+TUN_NAME = "sitelink0"
+_COUNTERS = re.compile(r"counters tunnel=(?P<tunnel>\S+) (?P<fields>.*)$")
+
+
+class GatewayError(LabError):
+    """A sitelink gateway did not start or stop as expected; carries the tail of its log."""
+
+
+@dataclass
+class Gateway:
+    site: Site
+    config: Path
+    log: Path
+    proc: subprocess.Popen | None = None
+    keys: dict[str, Path] = field(default_factory=dict)  # tunnel name -> key file
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def sitelink_command() -> list[str]:
+    """The `sitelink` console script of the running interpreter's environment."""
+    script = Path(sys.executable).with_name("sitelink")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("sitelink")
+    if found is None:
+        raise GatewayError("the sitelink command is not installed (pip install -e .)")
+    return [found]
+
+
+def parse_counters(text: str) -> dict[str, dict[str, object]]:
+    """The last `counters` log line per tunnel: {tunnel: {tx_packets: int, ..., drops: {reason: n}}}."""
+    result: dict[str, dict[str, object]] = {}
+    for line in text.splitlines():
+        match = _COUNTERS.search(line)
+        if not match:
+            continue
+        fields: dict[str, object] = {}
+        for item in match["fields"].split():
+            key, _, value = item.partition("=")
+            if key == "drops":
+                fields[key] = {} if value == "none" else {k: int(v) for k, v in (p.split(":") for p in value.split(","))}
+            else:
+                fields[key] = int(value)
+        result[match["tunnel"]] = fields
+    return result
+
+
+class Deployment:
+    """sitelink gateways for every site of a lab (tunnel mode)."""
+
+    def __init__(self, lab: Lab, workdir: Path, log_level: str = "info") -> None:
+        self.lab = lab
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.command = sitelink_command()
+        sites = lab.topology.sites
+        self.gateways: dict[str, Gateway] = {
+            s.name: Gateway(s, self.workdir / f"{s.name}.yaml", self.workdir / f"{s.name}.log") for s in sites
+        }
+        for i, a in enumerate(sites):
+            for b in sites[i + 1 :]:
+                self._make_keys(a, b)
+        for gw in self.gateways.values():
+            gw.config.write_text(self._config_text(gw, log_level))
+
+    def _make_keys(self, a: Site, b: Site) -> None:
+        ka, kb = self.workdir / f"{a.name}-{b.name}.keys", self.workdir / f"{b.name}-{a.name}.keys"
+        subprocess.run([*self.command, "manual-keys", str(ka), str(kb)], check=True, capture_output=True, timeout=30)
+        self.gateways[a.name].keys[b.name] = ka
+        self.gateways[b.name].keys[a.name] = kb
+
+    def _config_text(self, gw: Gateway, log_level: str) -> str:
+        s = gw.site
+        tun_addrs = [f"{s.gw_lan4}/32"] + ([f"{s.gw_lan6}/128"] if s.has_v6 else [])
+        lines = [
+            f"# sitelink gateway for site {s.name}, written by netns-lab",
+            "gateway:",
+            f"  name: {s.name}",
+            f"  listen: {{address: {s.gw_wan4}, port: 4500}}",
+            f"  tun: {{name: {TUN_NAME}, wan_mtu: {self.lab.topology.mtu}, addresses: [{', '.join(tun_addrs)}]}}",
+            f"  log_level: {log_level}",
+            "tunnels:",
+        ]
+        for peer_name, keyfile in gw.keys.items():
+            p = self.gateways[peer_name].site
+            lines += [
+                f"  - name: {peer_name}",
+                f"    peer: {{address: {p.gw_wan4}, port: 4500}}",
+                f"    local_subnets: [{', '.join(_subnets(s))}]",
+                f"    remote_subnets: [{', '.join(_subnets(p))}]",
+                f"    manual_keys: {keyfile.name}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    # -- processes ------------------------------------------------------------------------------------
+    def start(self, site: str, timeout: float = 10.0) -> Gateway:
+        """Start `sitelink up` in the site's gateway namespace and wait until its TUN device is up."""
+        gw = self.gateways[site]
+        if gw.proc is not None and gw.proc.poll() is None:
+            raise GatewayError(f"gateway {site} is already running (pid {gw.proc.pid})")
+        with gw.log.open("a") as log:
+            gw.proc = self.lab.popen(site_gw(gw), [*self.command, "up", str(gw.config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if gw.proc.poll() is not None:
+                raise GatewayError(f"gateway {site} exited with {gw.proc.returncode}:\n{gw.log_text()[-2000:]}")
+            if self._tun_up(gw) and "listening on" in gw.log_text():
+                return gw
+            time.sleep(0.05)
+        raise GatewayError(f"gateway {site} not ready after {timeout}s:\n{gw.log_text()[-2000:]}")
+
+    def start_all(self) -> None:
+        for site in self.gateways:
+            self.start(site)
+
+    def stop(self, site: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        gw = self.gateways[site]
+        if gw.proc is None:
+            raise GatewayError(f"gateway {site} was not started")
+        return self.lab.stop(gw.proc, sig, timeout)
+
+    def counters(self, site: str, timeout: float = 5.0) -> dict[str, dict[str, object]]:
+        """Ask a running gateway for its counters (SIGUSR1) and parse what it logs."""
+        gw = self.gateways[site]
+        before = gw.log_text().count("counters tunnel=(none)")
+        gw.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = gw.log_text()
+            if text.count("counters tunnel=(none)") > before:
+                return parse_counters(text)
+            time.sleep(0.05)
+        raise GatewayError(f"gateway {site} logged no counters within {timeout}s")
+
+    def _tun_up(self, gw: Gateway) -> bool:
+        out = self.lab.run(site_gw(gw), ["ip", "-o", "link", "show", "dev", TUN_NAME], check=False, timeout=5)
+        return out.returncode == 0 and ",UP" in out.stdout
+
+
+def site_gw(gw: Gateway) -> str:
+    return gw.site.gw
+
+
+def _subnets(site: Site) -> list[str]:
+    return [str(site.lan4)] + ([str(site.lan6)] if site.has_v6 else [])
