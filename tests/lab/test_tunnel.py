@@ -104,6 +104,20 @@ def test_no_cleartext_while_gateways_are_down(sites, tmp_path: Path) -> None:
     assert ping(lab, "hq-host", target, count=3, interval=0.05).received == 3
 
 
+def test_tun_device_mtu_routes_and_clean_shutdown(sites) -> None:
+    lab, dep = sites
+    link = lab.run("hq-gw", ["ip", "-o", "link", "show", "dev", "sitelink0"]).stdout
+    assert " mtu 1438 " in link  # 1500-byte IPv4 WAN minus ESP-in-UDP with AES-GCM overhead
+    routes = lab.run("hq-gw", ["ip", "route", "show", "dev", "sitelink0"]).stdout
+    assert "10.2.0.0/24" in routes and "src 10.1.0.1" in routes
+    assert "fd00:2::/64" in lab.run("hq-gw", ["ip", "-6", "route", "show", "dev", "sitelink0"]).stdout
+    assert dep.stop("hq") == 0  # SIGTERM: clean exit
+    gone = lab.run("hq-gw", ["ip", "link", "show", "dev", "sitelink0"], check=False)
+    assert gone.returncode != 0
+    assert "10.2.0.0/24" not in lab.run("hq-gw", ["ip", "route"]).stdout
+    assert "removed TUN device sitelink0" in dep.gateways["hq"].log_text()
+
+
 SEND = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
