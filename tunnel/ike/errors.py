@@ -1,0 +1,51 @@
+"""IKE errors carry the Notify type the peer should see (RFC 7296 §3.10.1) and whether the IKE SA
+must go (fatal) or only the exchange failed."""
+
+from __future__ import annotations
+
+from tunnel.errors import SitelinkError
+from tunnel.ike.constants import NotifyType
+
+
+class IkeError(SitelinkError):
+    notify: NotifyType | None = None
+    fatal = True
+
+    def __init__(self, message: str, notify_data: bytes = b"") -> None:
+        super().__init__(message)
+        self.notify_data = notify_data
+
+
+class InvalidSyntax(IkeError):
+    notify = NotifyType.INVALID_SYNTAX
+
+
+class NoProposalChosen(IkeError):
+    notify = NotifyType.NO_PROPOSAL_CHOSEN
+
+
+class InvalidKePayload(IkeError):
+    """The KE payload's group is not the one selected; notify_data carries the group we want (§1.2)."""
+
+    notify = NotifyType.INVALID_KE_PAYLOAD
+
+
+class AuthenticationFailed(IkeError):
+    notify = NotifyType.AUTHENTICATION_FAILED
+
+
+class TsUnacceptable(IkeError):
+    notify = NotifyType.TS_UNACCEPTABLE
+    fatal = False
+
+
+class IntegrityError(IkeError):
+    """An SK payload failed its ICV: the message is dropped silently (§2.21.2), never answered."""
+
+    notify = None
+
+
+class DegeneratePublicValue(IkeError):
+    """A DH public value that is not on the curve, or yields an all-zero/identity secret (RFC 8031 §2.3)."""
+
+    notify = NotifyType.INVALID_SYNTAX
