@@ -1,0 +1,93 @@
+"""`sitelink pki ca|issue|show`: a site CA for IKEv2 certificate authentication.
+
+tunnel/cli.py calls add_commands(commands) with its sub-parser collection; each sub-command sets
+`handler`, which returns the exit status. Errors are raised as SitelinkError (one line from cli.main).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tunnel import pki
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001 (argparse's own type)
+    group = subparsers.add_parser(
+        "pki", help="site CA: create it, issue gateway certificates, show a certificate",
+        description="A small certificate authority for IKEv2 certificate authentication between gateways.",
+    )
+    commands = group.add_subparsers(dest="pki_command", required=True, metavar="PKI_COMMAND")
+
+    ca = commands.add_parser(
+        "ca", help="create a CA: DIR/ca.crt (copy to every gateway) and DIR/ca.key (keep offline)",
+        description="Creates DIR/ca.crt (mode 0644) and DIR/ca.key (mode 0600); never overwrites them.",
+    )
+    ca.add_argument("directory", type=Path, metavar="DIR")
+    ca.add_argument("--name", required=True, help="the CA's common name, e.g. 'Acme Site CA'")
+    _key_options(ca, default_days=3650)
+    ca.set_defaults(handler=_cmd_ca)
+
+    issue = commands.add_parser(
+        "issue", help="issue a gateway certificate and key signed by the CA",
+        description="Writes OUT/<id>.crt (0644) and OUT/<id>.key (0600, copy it to that gateway only).",
+    )
+    issue.add_argument("--ca-dir", type=Path, required=True, metavar="DIR", help="holds ca.crt and ca.key")
+    issue.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write the new files")
+    issue.add_argument("--id", required=True, dest="identity", metavar="ID",
+                       help="the gateway's IKE identity: gw.hq.example, 198.18.1.2, fd00::1, "
+                            "user@example.net or 'CN=gw1,O=Acme'")
+    _key_options(issue, default_days=825)
+    issue.set_defaults(handler=_cmd_issue)
+
+    show = commands.add_parser("show", help="print a certificate's subject, issuer, names, validity and key")
+    show.add_argument("certificate", type=Path, metavar="CERT")
+    show.set_defaults(handler=_cmd_show)
+
+
+def _key_options(parser: argparse.ArgumentParser, default_days: int) -> None:
+    parser.add_argument("--key-type", choices=pki.KEY_TYPES, default="ecdsa-p256",
+                        help="key algorithm (default: %(default)s)")
+    parser.add_argument("--days", type=_days, default=default_days, metavar="N",
+                        help="validity in days (default: %(default)s)")
+
+
+def _days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
+    if not 1 <= days <= 36500:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 36500, not {days}")
+    return days
+
+
+def _cmd_ca(args: argparse.Namespace) -> int:
+    cert_path, key_path = pki.create_ca(args.directory, args.name, args.key_type, args.days)
+    cert = pki.load_certificate(cert_path)
+    print(f"created CA {cert.subject.rfc4514_string()} ({pki.key_description(cert.public_key())}), "
+          f"valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+    print(f"  {cert_path}  copy to every gateway (trust anchor)")
+    print(f"  {key_path}  mode 0600; keep it off the gateways, it signs every certificate")
+    return 0
+
+
+def _cmd_issue(args: argparse.Namespace) -> int:
+    ca_dir: Path = args.ca_dir
+    cert_path, key_path = pki.issue(ca_dir / pki.CA_CERT_NAME, ca_dir / pki.CA_KEY_NAME, args.out,
+                                    args.identity, args.key_type, args.days)
+    cert = pki.load_certificate(cert_path)
+    print(f"issued {cert.subject.rfc4514_string() or args.identity} by {cert.issuer.rfc4514_string()} "
+          f"({pki.key_description(cert.public_key())}), valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+    print(f"  {cert_path}")
+    print(f"  {key_path}  mode 0600; copy it to that gateway only")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    for index, cert in enumerate(pki.load_certificates(args.certificate)):
+        if index:
+            print()
+        for line in pki.describe(cert):
+            print(line)
+    return 0
