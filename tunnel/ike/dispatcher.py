@@ -1,0 +1,143 @@
+"""All IKE SAs of one gateway behind one datagram interface: demultiplexing by SPI, responder sessions
+for new peers, DoS cookies when half-open SAs pile up (RFC 7296 §2.6), and counted drops."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from tunnel.errors import MalformedPacket
+from tunnel.ike.config import IkeConfig
+from tunnel.ike.constants import IKE_PORT, NON_ESP_MARKER, NAT_T_PORT, ExchangeType, NotifyType
+from tunnel.ike.cookie import CookieJar
+from tunnel.ike.events import Event
+from tunnel.ike.message import IkeHeader, NoncePayload, NotifyPayload, encode_message, parse_header, parse_message
+from tunnel.ike.session import Address, Datagram, IkeSession, State
+
+DEFAULT_COOKIE_THRESHOLD = 20
+
+
+class IkeDispatcher:
+    def __init__(
+        self,
+        configs: Iterable[tuple[IkeConfig, str]],
+        random_bytes: Callable[[int], bytes],
+        cookie_threshold: int = DEFAULT_COOKIE_THRESHOLD,
+    ) -> None:
+        """configs: (IkeConfig, peer address) per tunnel; a new IKE SA is matched to its tunnel by the
+        address it comes from, and its IDi must then match that tunnel's remote identity."""
+        self._configs = {config.tunnel: (config, peer) for config, peer in configs}
+        self._by_peer = {peer: config for config, peer in self._configs.values()}
+        self._random = random_bytes
+        self._cookies = CookieJar(random_bytes)
+        self.cookie_threshold = cookie_threshold
+        self.sessions: dict[bytes, IkeSession] = {}  # by initiator SPI
+        self.drops: dict[str, int] = {}
+        self._out: list[Datagram] = []
+        self._events: deque[Event] = deque()
+
+    # -- commands -------------------------------------------------------------------------------------
+    def initiate(self, tunnel: str, now: float, port: int = IKE_PORT) -> IkeSession:
+        config, peer = self._configs[tunnel]
+        session = IkeSession(config, True, (peer, port), self._random, local_port=port)
+        session.initiate(now)
+        self.sessions[session.spi_i] = session
+        self._collect(session)
+        return session
+
+    def delete_all(self, now: float) -> None:
+        for session in list(self.sessions.values()):
+            session.delete(now)
+            self._collect(session)
+
+    def sessions_for(self, tunnel: str) -> list[IkeSession]:
+        return [s for s in self.sessions.values() if s.config.tunnel == tunnel]
+
+    def rotate_cookie_secret(self) -> None:
+        self._cookies.rotate()
+
+    # -- sans-I/O interface ---------------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, remote: Address, local_port: int, now: float) -> None:
+        try:
+            header = parse_header(data)
+        except MalformedPacket:
+            return self._drop("malformed")
+        session = self.sessions.get(header.spi_i)
+        if session is None:
+            session = self._new_responder(data, header, remote, local_port)
+            if session is None:
+                return
+        session.receive_datagram(data, remote, local_port, now)
+        self._collect(session)
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        timers = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        for session in list(self.sessions.values()):
+            timer = session.get_timer()
+            if timer is not None and timer <= now:
+                session.handle_timer(now)
+                self._collect(session)
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    @property
+    def half_open(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.state is State.INIT_DONE)
+
+    # -- internals ----------------------------------------------------------------------------------------
+    def _new_responder(self, data: bytes, header: IkeHeader, remote: Address, local_port: int) -> IkeSession | None:
+        if header.exchange != ExchangeType.IKE_SA_INIT or header.is_response or header.message_id != 0 \
+                or header.spi_r != bytes(8):
+            return self._drop("unknown_spi")
+        config = self._by_peer.get(remote[0])
+        if config is None:
+            return self._drop("unknown_peer")
+        if self.half_open >= self.cookie_threshold and not self._cookie_ok(data, header, remote, local_port):
+            return None
+        session = IkeSession(config, False, remote, self._random, local_port=local_port)
+        self.sessions[header.spi_i] = session
+        return session
+
+    def _cookie_ok(self, data: bytes, header: IkeHeader, remote: Address, local_port: int) -> bool:
+        """RFC 7296 §2.6: without a valid cookie, answer with one and keep no state."""
+        try:
+            message = parse_message(data)
+        except MalformedPacket:
+            self._drop("malformed")
+            return False
+        nonce = message.get(NoncePayload)
+        if nonce is None:
+            self._drop("malformed")
+            return False
+        address = ipaddress.ip_address(remote[0]).packed
+        offered = message.notify(NotifyType.COOKIE)
+        if offered is not None and self._cookies.check(offered.data, nonce.data, address, header.spi_i):
+            return True
+        self._drop("cookie_required" if offered is None else "bad_cookie")
+        cookie = self._cookies.make(nonce.data, address, header.spi_i)
+        reply = encode_message(
+            IkeHeader(header.spi_i, bytes(8), ExchangeType.IKE_SA_INIT, 0x20, 0),
+            [NotifyPayload(NotifyType.COOKIE, data=cookie)],
+        )
+        self._out.append((NON_ESP_MARKER + reply if local_port == NAT_T_PORT else reply, remote, local_port))
+        return False
+
+    def _collect(self, session: IkeSession) -> None:
+        self._out.extend(session.datagrams_to_send(0.0))
+        while (event := session.next_event()) is not None:
+            self._events.append(event)
+        if session.state is State.CLOSED:
+            self.sessions.pop(session.spi_i, None)
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        return None

@@ -1,0 +1,66 @@
+"""Events an IKE session hands to the gateway. The gateway turns ChildSaEstablished into ESP SAs in the
+data plane; ike and esp never import each other (ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from policy.ts import TsRange
+from tunnel.secret import Secret
+
+
+@dataclass(frozen=True)
+class IkeSaEstablished:
+    tunnel: str
+    spi_i: bytes
+    spi_r: bytes
+    suite: str  # e.g. AES_GCM_16_256/PRF_HMAC_SHA2_256/CURVE_25519
+    initiator: bool
+    remote: tuple  # (host, port) IKE talks to now
+
+
+@dataclass(frozen=True)
+class ChildSaEstablished:
+    tunnel: str
+    spi_in: int
+    spi_out: int
+    key_in: Secret = field(repr=False)  # 36 bytes: AES-256 key + salt, for packets we receive
+    key_out: Secret = field(repr=False)
+    local_ts: tuple[TsRange, ...]
+    remote_ts: tuple[TsRange, ...]
+    suite: str
+    remote: tuple  # (host, port) for ESP-in-UDP
+
+
+@dataclass(frozen=True)
+class ChildSaDeleted:
+    tunnel: str
+    spi_in: int
+    spi_out: int
+
+
+@dataclass(frozen=True)
+class IkeSaFailed:
+    """The IKE SA could not be set up or died; reason is one log line, notify the IKE error if any."""
+
+    tunnel: str
+    reason: str
+    notify: int | None = None
+
+
+@dataclass(frozen=True)
+class IkeSaDeleted:
+    tunnel: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChildSaFailed:
+    """IKE SA is up but the Child SA was refused (e.g. TS_UNACCEPTABLE, NO_PROPOSAL_CHOSEN)."""
+
+    tunnel: str
+    reason: str
+    notify: int | None = None
+
+
+Event = IkeSaEstablished | ChildSaEstablished | ChildSaDeleted | IkeSaFailed | IkeSaDeleted | ChildSaFailed

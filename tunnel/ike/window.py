@@ -1,0 +1,95 @@
+"""Message IDs and retransmission with window size 1 (RFC 7296 §2.1-§2.3).
+
+Each side numbers its own requests from 0. The requester alone retransmits, with exponential backoff,
+until a response with the same ID arrives or it gives up; the responder keeps its last response and
+sends it again for a duplicate request instead of processing it twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 1.0  # seconds until the first retransmission
+    factor: float = 2.0
+    tries: int = 6  # transmissions in all before the peer counts as unreachable (1+2+4+8+16+32 s = 63 s)
+
+    def delay(self, attempt: int) -> float:
+        return self.initial * self.factor**attempt
+
+
+class RequestWindow:
+    """Our outgoing requests: at most one outstanding (window size 1)."""
+
+    __slots__ = ("backoff", "next_id", "outstanding", "packet", "attempt", "deadline")
+
+    def __init__(self, backoff: Backoff, first_id: int = 0) -> None:
+        self.backoff = backoff
+        self.next_id = first_id
+        self.outstanding: int | None = None
+        self.packet: bytes = b""
+        self.attempt = 0
+        self.deadline: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.outstanding is not None
+
+    def send(self, message_id: int, packet: bytes, now: float) -> None:
+        self.outstanding = message_id
+        self.packet = packet
+        self.attempt = 0
+        self.deadline = now + self.backoff.delay(0)
+        self.next_id = message_id + 1
+
+    def resend_same(self, packet: bytes, now: float) -> None:
+        """The same request again with changed content (COOKIE, INVALID_KE retry): same ID, fresh timer."""
+        self.outstanding = self.next_id - 1
+        self.packet = packet
+        self.attempt = 0
+        self.deadline = now + self.backoff.delay(0)
+
+    def matches(self, message_id: int) -> bool:
+        return self.outstanding == message_id
+
+    def complete(self) -> None:
+        self.outstanding = None
+        self.packet = b""
+        self.deadline = None
+
+    def on_timer(self, now: float) -> bytes | None:
+        """The packet to retransmit now, or None. Raises TimeoutError once every try is used."""
+        if self.deadline is None or now < self.deadline:
+            return None
+        self.attempt += 1
+        if self.attempt >= self.backoff.tries:
+            self.complete()
+            raise TimeoutError("no response after %d transmissions" % self.backoff.tries)
+        self.deadline = now + self.backoff.delay(self.attempt)
+        return self.packet
+
+
+class ResponseWindow:
+    """The peer's requests: the next ID we expect and our cached last response."""
+
+    __slots__ = ("expected", "last_id", "last_response")
+
+    def __init__(self, first_id: int = 0) -> None:
+        self.expected = first_id
+        self.last_id: int | None = None
+        self.last_response: list[bytes] = []
+
+    def classify(self, message_id: int) -> str:
+        """'new', 'duplicate' (answer from cache) or 'invalid' (drop, RFC 7296 §2.3)."""
+        if message_id == self.expected:
+            return "new"
+        if message_id == self.last_id:
+            return "duplicate"
+        return "invalid"
+
+    def answered(self, message_id: int, packets: list[bytes]) -> None:
+        self.last_id = message_id
+        self.last_response = list(packets)
+        self.expected = message_id + 1
