@@ -1,5 +1,6 @@
 """The `sitelink` command as an admin meets it: exit statuses and one-line errors, never a traceback."""
 
+import base64
 import os
 import shutil
 import subprocess
@@ -23,6 +24,13 @@ def site(tmp_path: Path) -> Path:
     for name in ("hq.yaml", "branch-1.yaml"):
         shutil.copy(REPO / "configs" / name, tmp_path / name)
     (tmp_path / "keys").mkdir()
+    # The example configs use IKEv2 with one PSK, the same content on both sides, mode 0600.
+    psk = base64.b64encode(os.urandom(32)) + b"\n"
+    for name in ("hq-branch1.psk", "branch1-hq.psk"):
+        fd = os.open(tmp_path / "keys" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(psk)
+    # Manual key files too, for the `sitelink manual-keys` tests (the configs no longer name them).
     result = sitelink("manual-keys", "keys/hq-branch1.keys", "keys/branch1-hq.keys", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return tmp_path
@@ -69,7 +77,7 @@ def test_manual_keys_never_overwrite(site: Path) -> None:
 
 
 def test_up_refuses_a_readable_key_file_before_touching_the_system(site: Path) -> None:
-    os.chmod(site / "keys/hq-branch1.keys", 0o644)
+    os.chmod(site / "keys/hq-branch1.psk", 0o644)
     result = sitelink("up", "hq.yaml", cwd=site)
     assert result.returncode == 2
     assert "chmod 600" in result.stderr and "Traceback" not in result.stderr
@@ -83,13 +91,11 @@ def test_bad_invocations_fail_cleanly(args: list[str]) -> None:
 
 
 def test_secrets_never_reach_output(site: Path) -> None:
-    key_text = (site / "keys/hq-branch1.keys").read_text()
-    key_hex = [w for w in key_text.split() if len(w) > 60]
-    assert key_hex
-    # Damage both keys (one too short, one not hex): the errors must not echo what is left of them.
-    broken = key_text.replace(key_hex[0], key_hex[0][:-2]).replace(key_hex[1], key_hex[1][:-1] + "z")
-    (site / "keys/hq-branch1.keys").write_text(broken)
+    psk = (site / "keys/hq-branch1.psk").read_text().strip()
+    assert len(psk) >= 40
+    # Damage the PSK so it is too short: the error must not echo what is left of it.
+    (site / "keys/hq-branch1.psk").write_text(psk[:12] + "\n")
     result = sitelink("check", "hq.yaml", cwd=site)
     assert result.returncode == 2
-    assert result.stderr.count("72 hex digits") == 2, result.stderr
-    assert not any(k.removeprefix("0x")[:16] in result.stderr + result.stdout for k in key_hex)
+    assert result.stderr.count("at least 16 bytes") == 1, result.stderr
+    assert psk[:12] not in result.stderr + result.stdout

@@ -117,10 +117,31 @@ def test_example_configs_load_and_mirror_each_other(tmp_path: Path) -> None:
     for name in ("hq.yaml", "branch-1.yaml"):
         shutil.copy(REPO / "configs" / name, tmp_path / name)
     (tmp_path / "keys").mkdir()
-    write_manual_key_pair(tmp_path / "keys/hq-branch1.keys", tmp_path / "keys/branch1-hq.keys")
+    for name in ("hq-branch1.psk", "branch1-hq.psk"):
+        (tmp_path / "keys" / name).write_text("the same PSK on both sides, 32+ bytes\n")
+        os.chmod(tmp_path / "keys" / name, 0o600)
     hq, branch = load_config(tmp_path / "hq.yaml"), load_config(tmp_path / "branch-1.yaml")
     assert hq.tunnels[0].remote_subnets == branch.tunnels[0].local_subnets == (ipaddress.ip_network("10.2.0.0/24"),)
     assert hq.tunnels[0].peer.address == branch.listen.address
+    assert hq.tunnels[0].manual_keys is None and hq.ike_port == branch.ike_port == 500
+    assert hq.tunnels[0].ike.psk == branch.tunnels[0].ike.psk
+    assert (hq.tunnels[0].ike.local_id, hq.tunnels[0].ike.remote_id) == (branch.tunnels[0].ike.remote_id,
+                                                                         branch.tunnels[0].ike.local_id)
+    assert hq.tunnels[0].ike.ike_proposals == branch.tunnels[0].ike.ike_proposals
+
+
+def test_example_configs_manual_keys_variant_loads(tmp_path: Path) -> None:
+    """The commented-out testing variant: replace `ike:` by `manual_keys:`; the keys mirror each other."""
+    for name in ("hq.yaml", "branch-1.yaml"):
+        text = (REPO / "configs" / name).read_text()
+        ike = text.index("    ike:\n")
+        text = text[:ike] + text[ike:].replace("    # manual_keys:", "    manual_keys:", 1)
+        end = text.index("    # Certificate variant", ike)
+        (tmp_path / name).write_text(text[:ike] + text[end:])
+    (tmp_path / "keys").mkdir()
+    write_manual_key_pair(tmp_path / "keys/hq-branch1.keys", tmp_path / "keys/branch1-hq.keys")
+    hq, branch = load_config(tmp_path / "hq.yaml"), load_config(tmp_path / "branch-1.yaml")
+    assert hq.tunnels[0].ike is None
     assert hq.tunnels[0].manual_keys.outbound == branch.tunnels[0].manual_keys.inbound
     assert hq.tunnels[0].manual_keys.inbound == branch.tunnels[0].manual_keys.outbound
 
@@ -275,7 +296,8 @@ def test_all_problems_reported_at_once_in_file_order(site: Path) -> None:
             .replace("remote_subnets: [10.2.0.0/24]", "remote_subnets: [10.2.0.1/24]")
             .replace("address: 198.18.1.2", "address: 198.18.1.2\n    port: 'x'"))
     assert problems(write(site, text)) == [
-        "C:3:3: gateway.colour: unknown key; expected one of: listen, log_level, name, socket_buffer_bytes, tun",
+        "C:3:3: gateway.colour: unknown key; expected one of: ike_port, listen, log_level, name, pki, "
+        "socket_buffer_bytes, tun",
         "C:6:11: gateway.listen.port: expected an integer, got a string",
         "C:12:22: tunnels[0].remote_subnets[0]: 10.2.0.1/24 has host bits set; did you mean 10.2.0.0/24?",
     ]
@@ -285,7 +307,8 @@ def test_key_file_problems_fold_into_the_config_error(site: Path) -> None:
     os.chmod(site / "keys" / "b1.keys", 0o640)
     text = GOOD.replace("  name: hq\n", "  name: hq\n  extra: 1\n")
     found = problems(write(site, text))
-    assert found[0] == "C:3:3: gateway.extra: unknown key; expected one of: listen, log_level, name, socket_buffer_bytes, tun"
+    assert found[0] == ("C:3:3: gateway.extra: unknown key; expected one of: ike_port, listen, log_level, name, pki, "
+                        "socket_buffer_bytes, tun")
     assert found[1].startswith(f"C:12:18: tunnels[0].manual_keys: key file {site}/keys/b1.keys has mode 0640")
     assert found[1].endswith(f"chmod 600 {site}/keys/b1.keys")
     assert len(found) == 2

@@ -4,6 +4,8 @@ A key file holds the two SAs of one tunnel as `ip xfrm state` takes them (SPI, 3
 with its salt). It is read with the same line-numbered walker as the config, refused when group or
 others may read or write it, and no message or repr ever shows a key or an SPI (ARCHITECTURE.md
 principle 13): a leaked SPI is harmless alone, but next to a leaked key it completes the SA.
+
+IKEv2 pre-shared key files (read_psk) follow the same rules: private mode, content never echoed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ KEY_BYTES = 36  # RFC 4106 §8.1: AES-256 key (32) + salt (4)
 MIN_SPI = 256  # RFC 4303 §2.1: SPIs 1..255 are reserved by IANA, 0 for local use
 MAX_SPI = 0xFFFFFFFF
 MAX_KEY_FILE_BYTES = 64 * 1024
+MIN_PSK_BYTES = 16  # RFC 7296 §2.15: a PSK must be as hard to guess as a random key
+MAX_PSK_FILE_BYTES = 4096
+PSK_RECIPE = "umask 077; head -c 32 /dev/urandom | base64 > FILE"
 _HEX_SPI = re.compile(r"0[xX][0-9a-fA-F]{1,16}")
 _DEC_SPI = re.compile(r"[0-9]{1,20}")
 _KEY = re.compile(r"(?:0[xX])?([0-9a-fA-F]{%d})" % (2 * KEY_BYTES))
@@ -49,10 +54,8 @@ def load_manual_keys(path: Path, referenced_at: str) -> ManualKeys:
 
 def read_manual_keys(path: Path, referenced_at: Problem, sink: Problems) -> ManualKeys | None:
     """Like load_manual_keys, but adds problems to the caller's sink (the config loader's)."""
-    try:
-        data = read_regular_file(path, MAX_KEY_FILE_BYTES, lambda st: _too_open(path, st))
-    except FileProblem as exc:
-        sink.add(referenced_at.about(f"key file {path} {exc}"))
+    data = read_secret_file(path, "key file", MAX_KEY_FILE_BYTES, referenced_at, sink)
+    if data is None:
         return None
     doc = Doc(str(path), sink, echo_unknown_keys=False)
     root = parse_document(data, doc.file, sink, _EXPECTED)
@@ -67,6 +70,39 @@ def read_manual_keys(path: Path, referenced_at: Problem, sink: Problems) -> Manu
         doc.error_at("inbound.spi", "must differ from outbound.spi: each direction is its own SA")
         return None
     return ManualKeys(path=path, outbound=outbound, inbound=inbound)
+
+
+def read_secret_file(path: Path, what: str, max_bytes: int, referenced_at: Problem, sink: Problems) -> bytes | None:
+    """The bytes of a file that must be private to this gateway (a key file, a PSK file, a private key), or
+    None after reporting at referenced_at why not: missing, not a regular file, too large, or readable or
+    writable by group or others. The message names the file, never its content."""
+    try:
+        return read_regular_file(path, max_bytes, lambda st: _too_open(path, st))
+    except FileProblem as exc:
+        sink.add(referenced_at.about(f"{what} {path} {exc}"))
+        return None
+
+
+def read_psk(path: Path, referenced_at: Problem, sink: Problems) -> Secret | None:
+    """A pre-shared key file: the PSK on one line (a trailing newline is not part of it), at least
+    MIN_PSK_BYTES long. Both gateways of a tunnel hold the same file. No message shows any of it."""
+    data = read_secret_file(path, "PSK file", MAX_PSK_FILE_BYTES, referenced_at, sink)
+    if data is None:
+        return None
+    psk = data[:-1] if data.endswith(b"\n") else data
+    psk = psk[:-1] if psk.endswith(b"\r") else psk  # written on Windows: the same PSK as without the CR
+    recipe = PSK_RECIPE.replace("FILE", shlex.quote(str(path)))
+    if b"\n" in psk or b"\r" in psk:
+        problem = "holds more than one line; it must hold the PSK alone on one line"
+    elif not psk:
+        problem = f"is empty; create a PSK with: {recipe}"
+    elif len(psk) < MIN_PSK_BYTES:
+        problem = (f"holds a {len(psk)}-byte PSK; at least {MIN_PSK_BYTES} bytes are required, since a short PSK "
+                   f"can be guessed offline from one captured IKE_AUTH (RFC 7296 §2.15); create one with: {recipe}")
+    else:
+        return Secret(psk)
+    sink.add(referenced_at.about(f"PSK file {path} {problem}"))
+    return None
 
 
 def _too_open(path: Path, st: os.stat_result) -> str | None:

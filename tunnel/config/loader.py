@@ -15,20 +15,26 @@ from typing import Any, Callable
 
 from yaml.nodes import Node
 
-from tunnel.config.keyfile import read_manual_keys
+from tunnel.config.keyfile import read_manual_keys, read_psk, read_secret_file
 from tunnel.config.model import (
-    DEFAULT_REPLAY_WINDOW, Endpoint, GatewayConfig, IPAddress, IPInterface, IPNetwork, ManualKeys, TunDevice,
-    Tunnel,
+    DEFAULT_REPLAY_WINDOW, Endpoint, GatewayConfig, Ike, IPAddress, IPInterface, IPNetwork, ManualKeys, Pki,
+    StartMode, TunDevice, Tunnel,
 )
-from tunnel.config.validate import TunnelParts, cross_check
+from tunnel.config.proposals import parse_esp_proposal, parse_ike_proposal
+from tunnel.config.validate import IkeParts, TunnelParts, cross_check
 from tunnel.config.yamlnodes import INT, STR, Doc, FileProblem, Problem, Problems, key_path, parse_document, quote
 from tunnel.config.yamlnodes import read_regular_file
 from tunnel.errors import ConfigError
+from tunnel.ike.certs import InvalidIdentity, PeerIdentity
+from tunnel.ike.constants import IKE_PORT
+from tunnel.secret import Secret
 
 MAX_CONFIG_BYTES = 1024 * 1024
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 NAME_RULE = "1-32 characters from A-Z a-z 0-9 _ . -"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+AUTH_METHODS = ("psk", "cert")
+MAX_PKI_FILE_BYTES = 1024 * 1024
 IFNAMSIZ = 16  # Linux: 15 bytes and the terminating NUL
 _EXPECTED = "a mapping with 'gateway' and 'tunnels'"
 
@@ -57,10 +63,12 @@ def _config(doc: Doc, root: Node, path: Path) -> GatewayConfig | None:
     fields = doc.mapping(root, "", required=("gateway", "tunnels"))
     if fields is None:
         return None
-    gateway = _gateway(doc, fields["gateway"]) if "gateway" in fields else None
+    gateway = _gateway(doc, fields["gateway"], path.parent) if "gateway" in fields else None
     tunnels = _tunnels(doc, fields["tunnels"], path.parent) if "tunnels" in fields else []
     listen, tun = (gateway.get("listen"), gateway["tun"]) if gateway else (None, None)
-    cross_check(doc, listen, tun, tunnels)
+    ike_port = gateway.get("ike_port", IKE_PORT) if gateway else None
+    has_pki = "pki" in gateway if gateway is not None else None
+    cross_check(doc, listen, tun, tunnels, ike_port, has_pki)
     if doc.sink or gateway is None:
         return None
     return GatewayConfig(path=path, tunnels=tuple(_tunnel_model(t) for t in tunnels), **gateway)
@@ -83,13 +91,15 @@ def _section(doc: Doc, node: Node, path: str, model: type, required: tuple[str, 
 # -- gateway ---------------------------------------------------------------------------------------------
 
 
-def _gateway(doc: Doc, node: Node) -> dict[str, Any] | None:
+def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
     parsers: dict[str, Parser] = {
         "name": _name,
         "listen": _listen,
         "tun": _tun,
         "socket_buffer_bytes": _int_in(64 * 1024, 1024 * 1024 * 1024),
         "log_level": lambda doc, node, path: doc.choice(node, path, LOG_LEVELS),
+        "ike_port": _PORT,  # must differ from listen.port: checked in validate.py
+        "pki": lambda doc, node, path: _pki(doc, node, path, base_dir),
     }
     fields = doc.mapping(node, "gateway", required=("name", "listen"), optional=set(parsers) - {"name", "listen"})
     if fields is None:
@@ -112,6 +122,49 @@ def _tun(doc: Doc, node: Node, path: str) -> TunDevice | None:
     return _section(doc, node, path, TunDevice, (), parsers)
 
 
+def _pki(doc: Doc, node: Node, path: str, base_dir: Path) -> Pki | None:
+    parsers: dict[str, Parser] = {
+        "ca": _pki_file(base_dir, "CA certificate file", private=False),
+        "certificate": _pki_file(base_dir, "certificate file", private=False),
+        "private_key": _pki_file(base_dir, "private key file", private=True),
+    }
+    return _section(doc, node, path, Pki, tuple(parsers), parsers)
+
+
+def _pki_file(base_dir: Path, what: str, private: bool) -> Parser:
+    """A PEM file that must exist now (so `sitelink check` catches a typo); a private key must be 0600.
+    Its content is parsed when the gateway starts."""
+
+    def parse(doc: Doc, node: Node, path: str) -> Path | None:
+        file = _relative_path(doc, node, path, base_dir, f"a path to a {what}")
+        if file is None:
+            return None
+        here = doc.at(node, path)
+        if private:
+            ok = read_secret_file(file, what, MAX_PKI_FILE_BYTES, here, doc.sink) is not None
+        else:
+            try:
+                read_regular_file(file, MAX_PKI_FILE_BYTES)
+                ok = True
+            except FileProblem as exc:
+                doc.sink.add(here.about(f"{what} {file} {exc}"))
+                ok = False
+        return file if ok else None
+
+    return parse
+
+
+def _relative_path(doc: Doc, node: Node, path: str, base_dir: Path, what: str) -> Path | None:
+    """Relative to the config file's directory, so a config works from any working directory."""
+    text = doc.scalar_text(node, path, what)
+    if text is None:
+        return None
+    if not text.strip():
+        doc.error(node, path, "must not be empty")
+        return None
+    return base_dir / text
+
+
 # -- tunnels ---------------------------------------------------------------------------------------------
 
 
@@ -128,20 +181,26 @@ def _tunnel(doc: Doc, node: Node, path: str, base_dir: Path) -> TunnelParts | No
         "local_subnets": _subnets,
         "remote_subnets": _subnets,
         "manual_keys": lambda doc, node, path: _manual_keys(doc, node, path, base_dir),
+        "ike": lambda doc, node, path: _ike(doc, node, path, base_dir),
         "replay_window": _replay_window,
     }
-    fields = doc.mapping(node, path, required=set(parsers) - {"replay_window"}, optional=("replay_window",))
+    optional = ("manual_keys", "ike", "replay_window")
+    fields = doc.mapping(node, path, required=set(parsers) - set(optional), optional=optional)
     if fields is None:
         return None
+    if ("ike" in fields) == ("manual_keys" in fields):
+        given = "has both 'ike' and 'manual_keys'" if "ike" in fields else "has neither 'ike' nor 'manual_keys'"
+        doc.error(node, path, f"{given}; give exactly one: ike (IKEv2, the normal case) or manual_keys "
+                              "(static keys, for testing only)")
     v = _fields(doc, fields, path, parsers)
     return TunnelParts(path, v.get("name"), v.get("peer"), v.get("local_subnets"), v.get("remote_subnets"),
-                       v.get("manual_keys"), v.get("replay_window", DEFAULT_REPLAY_WINDOW))
+                       v.get("manual_keys"), v.get("replay_window", DEFAULT_REPLAY_WINDOW), v.get("ike"))
 
 
 def _tunnel_model(t: TunnelParts) -> Tunnel:
     """Only called when nothing was reported, so every part is present."""
     return Tunnel(name=t.name, peer=t.peer, local_subnets=t.local_subnets, remote_subnets=t.remote_subnets,
-                  manual_keys=t.manual_keys, replay_window=t.replay_window)
+                  manual_keys=t.manual_keys, ike=t.ike.model if t.ike else None, replay_window=t.replay_window)
 
 
 def _peer(doc: Doc, node: Node, path: str) -> Endpoint | None:
@@ -149,14 +208,95 @@ def _peer(doc: Doc, node: Node, path: str) -> Endpoint | None:
 
 
 def _manual_keys(doc: Doc, node: Node, path: str, base_dir: Path) -> ManualKeys | None:
-    """Relative to the config file's directory, so a config works from any working directory."""
-    text = doc.scalar_text(node, path, "a path to a key file")
+    file = _relative_path(doc, node, path, base_dir, "a path to a key file")
+    return read_manual_keys(file, doc.at(node, path), doc.sink) if file is not None else None
+
+
+def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
+    """The IKEv2 settings of one tunnel. psk_file is required with auth: psk and refused with auth: cert;
+    that auth: cert has a gateway.pki to use is checked in validate.py."""
+    parsers: dict[str, Parser] = {
+        "auth": lambda doc, node, path: doc.choice(node, path, AUTH_METHODS),
+        "local_id": _identity,
+        "remote_id": _identity,
+        "ike_proposals": _ike_proposals,
+        "esp_proposals": _esp_proposals,
+        "start": lambda doc, node, path: doc.choice(node, path, [m.value for m in StartMode]),
+    }
+    start = doc.checkpoint()
+    required = ("auth", "local_id", "remote_id")
+    fields = doc.mapping(node, path, required, (set(parsers) | {"psk_file"}) - set(required))
+    if fields is None:
+        return None
+    v = _fields(doc, fields, path, parsers)
+    auth, psk = v.get("auth"), None
+    here = key_path(path, "psk_file")
+    if auth == "psk" and "psk_file" not in fields:
+        doc.error(node, here, "missing required key (auth: psk reads the pre-shared key from this file)")
+    elif auth == "psk":
+        psk = _psk_file(doc, fields["psk_file"], here, base_dir)
+    elif auth == "cert" and "psk_file" in fields:
+        doc.error(fields["psk_file"], here, "only for auth: psk; auth: cert uses the certificate and key in "
+                                            "gateway.pki")
+    remote = v.get("remote_id")
+    parts = {"auth": auth, "remote_id": remote[0] if remote else None,
+             "remote_identity": remote[1] if remote else None}
+    if not doc.clean_since(start):
+        return IkeParts(**parts, model=None)
+    model = Ike(auth=auth, local_id=v["local_id"][0], remote_id=remote[0], psk=psk,
+                **{key: v[key] for key in ("ike_proposals", "esp_proposals") if key in v},
+                start=StartMode(v.get("start", StartMode.INITIATE)))
+    return IkeParts(**parts, model=model)
+
+
+def _psk_file(doc: Doc, node: Node, path: str, base_dir: Path) -> Secret | None:
+    file = _relative_path(doc, node, path, base_dir, "a path to a PSK file")
+    return read_psk(file, doc.at(node, path), doc.sink) if file is not None else None
+
+
+def _identity(doc: Doc, node: Node, path: str) -> tuple[str, PeerIdentity] | None:
+    """An IKE identity as strongSwan and `sitelink pki issue --id` write it; kept as text for the model,
+    parsed here so a bad one is reported with its position."""
+    text = _address_text(doc, node, path, "an identity (host name, IP address, user@domain or DN)")
     if text is None:
         return None
-    if not text.strip():
-        doc.error(node, path, "must not be empty")
-        return None
-    return read_manual_keys(base_dir / text, doc.at(node, path), doc.sink)
+    try:
+        return text, PeerIdentity.parse(text)
+    except InvalidIdentity as exc:
+        message = str(exc).replace(repr(text.strip()), quote(text.strip()))  # shorten a long echo
+    except (ValueError, TypeError, UnicodeError):  # defensive: x509 name parsing beyond what certs.py maps
+        message = f"{quote(text)} is not a valid identity"
+    doc.error(node, path, f"{message}; expected a host name (gw.example), IP address, user@domain or a DN "
+                          "(CN=gw,O=Acme)")
+    return None
+
+
+def _proposals(parse: Callable[[str], Any]) -> Parser:
+    """A non-empty list of proposal strings, strongest first; a duplicate is an error (a typo, likely)."""
+
+    def parse_one(doc: Doc, node: Node, path: str) -> Any:
+        text = doc.scalar_text(node, path, "a proposal string")
+        if text is None:
+            return None
+        try:
+            return parse(text)
+        except ValueError as exc:
+            doc.error(node, path, str(exc))
+            return None
+
+    parse_list = _items(parse_one, non_empty=True)
+
+    def parse_unique(doc: Doc, node: Node, path: str) -> tuple[Any, ...] | None:
+        suites = parse_list(doc, node, path)
+        if suites is None:
+            return None
+        for i, suite in enumerate(suites):
+            if suites.index(suite) != i:
+                doc.error(node.value[i], f"{path}[{i}]", f"same proposal as {path}[{suites.index(suite)}]")
+                return None
+        return suites
+
+    return parse_unique
 
 
 def _replay_window(doc: Doc, node: Node, path: str) -> int | None:
@@ -281,3 +421,5 @@ def _items(parse: Parser, non_empty: bool) -> Parser:
 
 _subnets = _items(_subnet, non_empty=True)
 _interfaces = _items(_interface, non_empty=False)
+_ike_proposals = _proposals(parse_ike_proposal)
+_esp_proposals = _proposals(parse_esp_proposal)

@@ -3,10 +3,12 @@ untrusted input. Every field is documented where an admin would look for it (con
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunnel.ike.proposal import EspSuite, IkeSuite
 from tunnel.secret import Secret
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -51,13 +53,44 @@ class ManualKeys:
     inbound: ManualSa
 
 
+class StartMode(str, enum.Enum):
+    INITIATE = "initiate"  # set up the IKE SA when the gateway starts (and after it fails)
+    ON_DEMAND = "on-demand"  # when the first packet for the tunnel arrives (that packet is dropped)
+    RESPOND = "respond"  # only answer the peer
+
+
+@dataclass(frozen=True)
+class Ike:
+    """IKEv2 settings of one tunnel. Identities are strings as `sitelink pki` and strongSwan write them:
+    an FQDN (optionally with a leading @), an IP address, user@domain, or a DN like CN=gw,O=Acme."""
+
+    auth: str  # "psk" | "cert"
+    local_id: str
+    remote_id: str
+    psk: Secret | None = None  # from psk_file (auth: psk)
+    ike_proposals: tuple[IkeSuite, ...] = (IkeSuite(),)
+    esp_proposals: tuple[EspSuite, ...] = (EspSuite(),)
+    start: StartMode = StartMode.INITIATE
+
+
+@dataclass(frozen=True)
+class Pki:
+    """Certificate authentication material, shared by all tunnels with auth: cert."""
+
+    ca: Path  # site CA certificate (PEM) that peers' certificates must chain to
+    certificate: Path  # this gateway's certificate (PEM); its subjectAltName holds local_id
+    private_key: Path  # its key (PEM, mode 0600)
+
+
 @dataclass(frozen=True)
 class Tunnel:
     name: str
     peer: Endpoint
     local_subnets: tuple[IPNetwork, ...]
     remote_subnets: tuple[IPNetwork, ...]
-    manual_keys: ManualKeys
+    # Exactly one of the two: IKEv2 (the normal case) or manually keyed SAs (testing only).
+    manual_keys: ManualKeys | None = None
+    ike: Ike | None = None
     replay_window: int = DEFAULT_REPLAY_WINDOW
 
 
@@ -70,3 +103,5 @@ class GatewayConfig:
     tunnels: tuple[Tunnel, ...] = field(default_factory=tuple)
     socket_buffer_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"
+    ike_port: int = 500  # IKE_SA_INIT is sent and accepted here; everything after moves to listen.port
+    pki: Pki | None = None

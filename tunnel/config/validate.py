@@ -8,11 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunnel.config.model import Endpoint, IPNetwork, ManualKeys, TunDevice
-from tunnel.config.yamlnodes import Doc
+from tunnel.config.model import Endpoint, Ike, IPNetwork, ManualKeys, TunDevice
+from tunnel.config.yamlnodes import Doc, quote
 from tunnel.esp.overhead import inner_mtu
+from tunnel.ike.certs import PeerIdentity
 
 IPV6_MIN_MTU = 1280  # RFC 8200 §5
+
+
+@dataclass(frozen=True)
+class IkeParts:
+    """A tunnel's `ike:` section; a field is None when it failed to parse (already reported)."""
+
+    auth: str | None
+    remote_id: str | None
+    remote_identity: PeerIdentity | None  # remote_id parsed: `@gw.example` and `gw.example` are one identity
+    model: Ike | None  # only when the whole section parsed cleanly
 
 
 @dataclass(frozen=True)
@@ -26,15 +37,25 @@ class TunnelParts:
     remote_subnets: tuple[IPNetwork, ...] | None
     manual_keys: ManualKeys | None
     replay_window: int | None
+    ike: IkeParts | None = None  # None also when the tunnel has no `ike:` (manual keys)
 
 
-def cross_check(doc: Doc, listen: Endpoint | None, tun: TunDevice | None, tunnels: list[TunnelParts]) -> None:
+def cross_check(doc: Doc, listen: Endpoint | None, tun: TunDevice | None, tunnels: list[TunnelParts],
+                ike_port: int | None = None, has_pki: bool | None = None) -> None:
+    """ike_port: gateway.ike_port or its default (None if invalid); has_pki: whether gateway.pki is given
+    (None when the gateway section itself could not be read, so nothing is known about it)."""
     _unique_names(doc, tunnels)
     _remote_subnets_disjoint(doc, tunnels)
     _remote_outside_local(doc, tunnels)
     _unique_inbound_spis(doc, tunnels)
+    _unique_ike_peers(doc, tunnels)
+    _unique_remote_ids(doc, tunnels)
+    if has_pki is False:
+        _cert_needs_pki(doc, tunnels)
     if listen is not None:
         _peer_family(doc, listen, tunnels)
+        if ike_port is not None:
+            _ike_port_distinct(doc, listen, ike_port)
         if tun is not None:
             _tun_mtu(doc, listen, tun, tunnels)
 
@@ -87,6 +108,53 @@ def _unique_inbound_spis(doc: Doc, tunnels: list[TunnelParts]) -> None:
             doc.error_at(f"{t.path}.manual_keys",
                          f"the inbound SPI in {t.manual_keys.path} is also the inbound SPI of {other.path} "
                          f"({other.manual_keys.path}); the receiver tells tunnels apart by SPI")
+
+
+def _unique_ike_peers(doc: Doc, tunnels: list[TunnelParts]) -> None:
+    """The IKE responder matches a new IKE SA to its tunnel by the initiator's source address, so two IKE
+    tunnels cannot share a peer address (manual-keys tunnels are told apart by SPI and may)."""
+    first: dict[object, str] = {}
+    for t in tunnels:
+        if t.ike is None or t.peer is None:
+            continue
+        other = first.setdefault(t.peer.address, t.path)
+        if other != t.path:
+            doc.error_at(f"{t.path}.peer.address",
+                         f"{t.peer.address} is also the peer address of {other}; the IKE responder matches a new "
+                         "IKE SA to its tunnel by the peer's source address (for now), so each IKE tunnel needs "
+                         "its own peer address")
+
+
+def _unique_remote_ids(doc: Doc, tunnels: list[TunnelParts]) -> None:
+    """The responder identifies the peer (and so the tunnel and its credentials) by the IDi it sends."""
+    first: dict[PeerIdentity, str] = {}
+    for t in tunnels:
+        if t.ike is None or t.ike.remote_identity is None:
+            continue
+        other = first.setdefault(t.ike.remote_identity, t.path)
+        if other != t.path:
+            doc.error_at(f"{t.path}.ike.remote_id",
+                         f"{quote(t.ike.remote_id or '')} is the same identity as {other}.ike.remote_id; "
+                         "the IKE responder identifies peers by their remote_id, so each must be unique")
+
+
+def _cert_needs_pki(doc: Doc, tunnels: list[TunnelParts]) -> None:
+    for t in tunnels:
+        if t.ike is not None and t.ike.auth == "cert":
+            doc.error_at(f"{t.path}.ike.auth",
+                         "auth: cert needs gateway.pki (ca, certificate and private_key of this gateway)")
+
+
+def _ike_port_distinct(doc: Doc, listen: Endpoint, ike_port: int) -> None:
+    """Both sockets bind listen.address: IKE_SA_INIT on ike_port, ESP and the rest of IKE on listen.port."""
+    if ike_port != listen.port:
+        return
+    if "gateway.ike_port" in doc.where:
+        doc.error_at("gateway.ike_port", f"{ike_port} is also gateway.listen.port; IKE_SA_INIT needs its own port "
+                                         "(the rest of IKE and ESP share listen.port)")
+    else:
+        doc.error_at("gateway.listen.port", f"{ike_port} is the IKE port (gateway.ike_port, default {ike_port}); "
+                                            "choose another listen port or set a different ike_port")
 
 
 def _peer_family(doc: Doc, listen: Endpoint, tunnels: list[TunnelParts]) -> None:
