@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="run the gateway in the foreground (logs to stderr)")
     up.add_argument("config", type=Path, help="gateway configuration (YAML)")
+    up.add_argument("--esp-key-log", type=Path, metavar="FILE",
+                    help="DEBUGGING ONLY: append ESP keys in Wireshark's esp_sa format to FILE (mode 0600)")
     up.set_defaults(handler=_cmd_up)
 
     check = commands.add_parser("check", help="validate a configuration and its key files")
@@ -36,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("local", type=Path)
     keys.add_argument("peer", type=Path)
     keys.set_defaults(handler=_cmd_manual_keys)
+    from tunnel.pki_cli import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -45,7 +50,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     _setup_logging(config.log_level)
-    run(config)
+    run(config, args.esp_key_log)
     return 0
 
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import time
+from pathlib import Path
 
 from tunnel.config.model import GatewayConfig, Tunnel
+from tunnel.control_plane import ControlPlane
 from tunnel.dataplane import Counters, Forwarder, NeedSa
 from tunnel.drivers import udp
 from tunnel.drivers.netlink import Netlink
@@ -19,6 +23,8 @@ from tunnel.drivers.tun import TunDevice
 from tunnel.esp.drops import DropReason
 from tunnel.esp.overhead import inner_mtu
 from tunnel.esp.sa import InboundSa, OutboundSa
+from tunnel.ike.constants import NAT_T_PORT
+from tunnel.keylog import EspKeyLog
 
 log = logging.getLogger("sitelink.gateway")
 
@@ -38,14 +44,18 @@ def format_counters(name: str, counters: Counters) -> str:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, esp_key_log: Path | None = None) -> None:
         self.config = config
         self.forwarder = Forwarder()
         self._netlink: Netlink | None = None
         self._tun: TunDevice | None = None
         self._tun_index: int | None = None
-        self._sock: socket.socket | None = None
+        self._sock: socket.socket | None = None  # ESP-in-UDP and IKE after IKE_SA_INIT (listen.port)
+        self._ike_sock: socket.socket | None = None  # IKE_SA_INIT (ike_port)
         self._stopping: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._esp_key_log = esp_key_log
+        self.control: ControlPlane | None = None
 
     # -- life cycle -----------------------------------------------------------------------------------
     def open(self) -> None:
@@ -53,9 +63,16 @@ class Gateway:
         try:
             for tunnel in self.config.tunnels:
                 self._add_tunnel(tunnel)
+            key_log = None
+            if self._esp_key_log is not None:
+                key_log = EspKeyLog(self._esp_key_log, str(self.config.listen.address))
+                log.warning("exporting ESP keys to %s: anyone who can read it can decrypt the tunnels", self._esp_key_log)
+            self.control = ControlPlane(self.config, self.forwarder, os.urandom, key_log)
             self._open_tun()
             listen = self.config.listen
             self._sock = udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes)
+            if self.control.tunnels:
+                self._ike_sock = udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20)
         except BaseException:
             self.close()
             raise
@@ -67,9 +84,10 @@ class Gateway:
 
     def close(self) -> None:
         """Remove the TUN device (and with it its routes) and close the socket. Idempotent."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for sock in (self._sock, self._ike_sock):
+            if sock is not None:
+                sock.close()
+        self._sock = self._ike_sock = None
         if self._tun is not None:
             self._tun.close()
             self._tun = None
@@ -89,11 +107,21 @@ class Gateway:
         loop.add_signal_handler(signal.SIGUSR1, self.log_counters)
         loop.add_reader(self._tun.fd, self._on_tun_readable)
         loop.add_reader(self._sock.fileno(), self._on_udp_readable)
+        if self._ike_sock is not None:
+            loop.add_reader(self._ike_sock.fileno(), self._on_ike_readable)
+        self.control.start(time.monotonic())
+        self._after_ike()
         try:
             await self._stopping.wait()
         finally:
             loop.remove_reader(self._tun.fd)
             loop.remove_reader(self._sock.fileno())
+            if self._ike_sock is not None:
+                loop.remove_reader(self._ike_sock.fileno())
+            if self._timer is not None:
+                self._timer.cancel()
+            self.control.dispatcher.delete_all(time.monotonic())  # best effort: tell peers (§1.4.1)
+            self._flush_ike()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             self.log_counters()
@@ -106,12 +134,22 @@ class Gateway:
         for name, state in self.forwarder.tunnels.items():
             log.info("counters %s", format_counters(name, state.counters))
         log.info("counters %s", format_counters("(none)", self.forwarder.counters))
+        if self.control is not None and self.control.tunnels:
+            drops = self.control.dispatcher.drops
+            sessions = self.control.dispatcher.sessions.values()
+            log.info("ike sessions=%d established=%d drops=%s", len(sessions), sum(s.established for s in sessions),
+                     ",".join(f"{k}:{v}" for k, v in sorted(drops.items())) or "none")
 
     # -- set-up helpers -------------------------------------------------------------------------------
     def _add_tunnel(self, tunnel: Tunnel) -> None:
         peer = (str(tunnel.peer.address), tunnel.peer.port)
         self.forwarder.add_tunnel(tunnel.name, peer, tunnel.local_subnets, tunnel.remote_subnets)
         keys = tunnel.manual_keys
+        if keys is None:
+            log.info("tunnel %s: peer [%s]:%d, local %s, remote %s, IKEv2 %s auth, start %s", tunnel.name, *peer,
+                     ",".join(map(str, tunnel.local_subnets)), ",".join(map(str, tunnel.remote_subnets)),
+                     tunnel.ike.auth, tunnel.ike.start.value)
+            return
         self.forwarder.install_outbound(tunnel.name, OutboundSa(keys.outbound.spi, keys.outbound.key.reveal()))
         self.forwarder.install_inbound(
             tunnel.name, InboundSa(keys.inbound.spi, keys.inbound.key.reveal(), tunnel.replay_window)
@@ -156,21 +194,65 @@ class Gateway:
                 failed += 1
         if failed:
             self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
+        inbox = self.forwarder.ike_inbox
+        if inbox:
+            now = time.monotonic()
+            while inbox:
+                message, peer = inbox.popleft()
+                self.control.dispatcher.receive_datagram(message, peer[:2], NAT_T_PORT, now)
+            self._after_ike()
+
+    def _on_ike_readable(self) -> None:
+        now = time.monotonic()
+        for datagram, peer in udp.recv_batch(self._ike_sock, BATCH):
+            self.control.dispatcher.receive_datagram(datagram, peer[:2], self.config.ike_port, now)
+        self._after_ike()
+
+    def _on_ike_timer(self) -> None:
+        self._timer = None
+        self.control.handle_timer(time.monotonic())
+        self._after_ike()
+
+    def _after_ike(self) -> None:
+        """Flush what the IKE cores want sent, apply their events, re-arm the one timer."""
+        self._flush_ike()
+        self.control.process_events(time.monotonic())
+        self._flush_ike()
+        deadline = self.control.get_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_ike_timer)
+
+    def _flush_ike(self) -> None:
+        for data, remote, local_port in self.control.dispatcher.datagrams_to_send(time.monotonic()):
+            sock = self._sock if local_port == self.config.listen.port else self._ike_sock
+            try:
+                sock.sendto(data, remote)
+            except OSError as exc:
+                log.debug("IKE datagram to %s not sent: %s", remote, exc)
 
     def _handle_events(self) -> None:
+        handled = False
         while (event := self.forwarder.next_event()) is not None:
+            handled = True
             self._on_need_sa(event)
+        if handled:
+            self._after_ike()
 
     def _on_need_sa(self, event: NeedSa) -> None:
-        # Manually keyed tunnels cannot make a new SA; IKE (next issue) answers this event.
-        log.error("tunnel %s needs a new SA (%s); with manual keys, install new keys and restart",
-                  event.tunnel, event.reason.value)
+        if event.tunnel in self.control.tunnels:
+            self.control.on_need_sa(event.tunnel, time.monotonic())
+        else:  # manually keyed tunnels cannot make a new SA
+            log.error("tunnel %s needs a new SA (%s); with manual keys, install new keys and restart",
+                      event.tunnel, event.reason.value)
 
 
-def run(config: GatewayConfig) -> None:
+def run(config: GatewayConfig, esp_key_log: Path | None = None) -> None:
     """Set up, serve until SIGINT/SIGTERM, tear down. Netlink work stays outside the event loop:
     pyroute2's synchronous IPRoute runs its own loop and cannot be used inside a running one."""
-    gateway = Gateway(config)
+    gateway = Gateway(config, esp_key_log)
     gateway.open()
     try:
         asyncio.run(gateway.serve())

@@ -1,0 +1,161 @@
+"""Glue between the IKE cores and the forwarder: builds each tunnel's IkeConfig from the gateway config
+and turns IKE events into ESP SAs in the data plane. No sockets here; gateway.py moves the bytes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import serialization
+
+from policy.ts import ranges
+from tunnel.config.model import GatewayConfig, StartMode, Tunnel
+from tunnel.dataplane import Forwarder
+from tunnel.esp.sa import InboundSa, OutboundSa
+from tunnel.ike.certs import CertVerifier, PeerIdentity
+from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
+from tunnel.ike.dispatcher import IkeDispatcher
+from tunnel.ike.events import (
+    ChildSaDeleted, ChildSaEstablished, ChildSaFailed, Event, IkeSaDeleted, IkeSaEstablished, IkeSaFailed,
+)
+
+log = logging.getLogger("sitelink.ike")
+
+RETRY_DELAY = 5.0  # seconds before an initiating tunnel tries again after a failed or deleted IKE SA
+KeyLogger = Callable[[ChildSaEstablished], None]
+
+
+@dataclass
+class TunnelRuntime:
+    config: Tunnel
+    inbound_spis: list[int] = field(default_factory=list)
+    outbound_spi: int | None = None
+    retry_at: float | None = None
+    established_at: float | None = None
+
+
+class ControlPlane:
+    def __init__(self, config: GatewayConfig, forwarder: Forwarder, random_bytes: Callable[[int], bytes],
+                 key_logger: KeyLogger | None = None) -> None:
+        self.config = config
+        self.forwarder = forwarder
+        self.key_logger = key_logger
+        self.tunnels = {t.name: TunnelRuntime(t) for t in config.tunnels if t.ike is not None}
+        cert_auth = _cert_auth(config) if any(t.ike.auth == "cert" for t in self._ike_tunnels()) else None
+        configs = [(_ike_config(t, cert_auth), str(t.peer.address)) for t in self._ike_tunnels()]
+        self.dispatcher = IkeDispatcher(configs, random_bytes)
+        if self.tunnels:
+            forwarder.accept_ike = True
+
+    def _ike_tunnels(self) -> list[Tunnel]:
+        return [t for t in self.config.tunnels if t.ike is not None]
+
+    def start(self, now: float) -> None:
+        for name, runtime in self.tunnels.items():
+            if runtime.config.ike.start is StartMode.INITIATE:
+                self.initiate(name, now)
+
+    def initiate(self, name: str, now: float) -> None:
+        if self.dispatcher.sessions_for(name):
+            return  # one IKE SA at a time per tunnel (until rekeying arrives)
+        log.info("tunnel %s: initiating IKE SA with %s", name, self.tunnels[name].config.peer.address)
+        self.tunnels[name].retry_at = None
+        self.dispatcher.initiate(name, now, self.config.ike_port)
+
+    def on_need_sa(self, name: str, now: float) -> None:
+        runtime = self.tunnels.get(name)
+        if runtime is None:
+            return
+        if runtime.config.ike.start is not StartMode.RESPOND:
+            self.initiate(name, now)
+
+    def handle_timer(self, now: float) -> None:
+        self.dispatcher.handle_timer(now)
+        for name, runtime in self.tunnels.items():
+            if runtime.retry_at is not None and now >= runtime.retry_at:
+                self.initiate(name, now)
+
+    def get_timer(self) -> float | None:
+        times = [t for t in [self.dispatcher.get_timer(), *(r.retry_at for r in self.tunnels.values())] if t is not None]
+        return min(times) if times else None
+
+    def process_events(self, now: float) -> None:
+        while (event := self.dispatcher.next_event()) is not None:
+            self._apply(event, now)
+
+    def _apply(self, event: Event, now: float) -> None:
+        runtime = self.tunnels[event.tunnel]
+        if isinstance(event, IkeSaEstablished):
+            log.info("tunnel %s: IKE SA established with %s (%s, %s)", event.tunnel, event.remote[0], event.suite,
+                     "initiator" if event.initiator else "responder")
+        elif isinstance(event, ChildSaEstablished):
+            self._install(runtime, event, now)
+        elif isinstance(event, ChildSaDeleted):
+            self._remove(runtime, event.spi_in, event.spi_out)
+            log.info("tunnel %s: Child SA deleted (SPI in %#010x, out %#010x)", event.tunnel, event.spi_in, event.spi_out)
+        elif isinstance(event, ChildSaFailed):
+            log.warning("tunnel %s: Child SA not established: %s", event.tunnel, event.reason)
+        elif isinstance(event, (IkeSaFailed, IkeSaDeleted)):
+            level = logging.WARNING if isinstance(event, IkeSaFailed) else logging.INFO
+            log.log(level, "tunnel %s: IKE SA %s: %s", event.tunnel,
+                    "failed" if isinstance(event, IkeSaFailed) else "deleted", event.reason)
+            if runtime.config.ike.start is StartMode.INITIATE and not self.dispatcher.sessions_for(event.tunnel):
+                runtime.retry_at = now + RETRY_DELAY
+
+    def _install(self, runtime: TunnelRuntime, event: ChildSaEstablished, now: float) -> None:
+        name = event.tunnel
+        self.forwarder.install_inbound(name, InboundSa(event.spi_in, event.key_in.reveal(), runtime.config.replay_window))
+        self.forwarder.install_outbound(name, OutboundSa(event.spi_out, event.key_out.reveal()))
+        self.forwarder.tunnels[name].peer = (event.remote[0], event.remote[1])
+        runtime.inbound_spis.append(event.spi_in)
+        runtime.outbound_spi = event.spi_out
+        runtime.established_at = now
+        if self.key_logger is not None:
+            self.key_logger(event)
+        log.info("tunnel %s: Child SA established (%s, SPI in %#010x, out %#010x, %s === %s, ESP to %s:%d)",
+                 name, event.suite, event.spi_in, event.spi_out, ",".join(map(str, event.local_ts)),
+                 ",".join(map(str, event.remote_ts)), *event.remote)
+
+    def _remove(self, runtime: TunnelRuntime, spi_in: int, spi_out: int) -> None:
+        self.forwarder.remove_inbound(spi_in)
+        if spi_in in runtime.inbound_spis:
+            runtime.inbound_spis.remove(spi_in)
+        if runtime.outbound_spi == spi_out:
+            self.forwarder.remove_outbound(runtime.config.name)  # fail closed until a new SA exists
+            runtime.outbound_spi = None
+
+
+def _ike_config(tunnel: Tunnel, cert_auth: CertAuth | None) -> IkeConfig:
+    ike = tunnel.ike
+    local, remote = PeerIdentity.parse(ike.local_id), PeerIdentity.parse(ike.remote_id)
+    auth = PskAuth(ike.psk.reveal()) if ike.auth == "psk" else cert_auth
+    return IkeConfig(
+        tunnel=tunnel.name,
+        local_id=(local.id_type, local.data),
+        remote_id=(remote.id_type, remote.data),
+        auth=auth,
+        ike_suites=ike.ike_proposals,
+        esp_suites=ike.esp_proposals,
+        local_ts=ranges(tunnel.local_subnets),
+        remote_ts=ranges(tunnel.remote_subnets),
+        wall_clock=lambda: dt.datetime.now(dt.timezone.utc),
+    )
+
+
+def _cert_auth(config: GatewayConfig) -> CertAuth:
+    from tunnel.pki import load_certificate, load_private_key
+
+    pki = config.pki
+    ca = load_certificate(pki.ca)
+    cert = load_certificate(pki.certificate)
+    key = load_private_key(pki.private_key)
+    verifier = CertVerifier([ca])
+    spki = ca.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def verify_peer(chain, id_type: int, data: bytes, now: dt.datetime):
+        return verifier.verify(chain, PeerIdentity(id_type, data), now)
+
+    return CertAuth(key, (cert.public_bytes(serialization.Encoding.DER),), verify_peer, hashlib.sha1(spki).digest())
