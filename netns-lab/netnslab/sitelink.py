@@ -1,12 +1,17 @@
 """Run real `sitelink up` gateways in a lab: key files, per-site configs, start/stop, counters.
 
-Every site gets a tunnel to every other site (a full mesh), keyed with `sitelink manual-keys`, so the
-configs and key files the lab uses are the same ones an admin would write.
+Every site gets a tunnel to every other site (a full mesh). Keying is IKEv2 with a pre-shared key
+(default) or with certificates from `sitelink pki`, or manually keyed SAs (`sitelink manual-keys`), so
+the configs and key files the lab uses are the same ones an admin would write. Of each pair, the site
+listed first initiates and the other responds.
 """
 
 from __future__ import annotations
 
+import base64
+import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -70,27 +75,62 @@ def parse_counters(text: str) -> dict[str, dict[str, object]]:
 class Deployment:
     """sitelink gateways for every site of a lab (tunnel mode)."""
 
-    def __init__(self, lab: Lab, workdir: Path, log_level: str = "info") -> None:
+    def __init__(self, lab: Lab, workdir: Path, log_level: str = "info", keying: str = "psk",
+                 esp_key_log: bool = False, ike_proposals: list[str] | None = None,
+                 initiators: set[tuple[str, str]] | None = None) -> None:
+        """initiators: (site, peer) pairs where site initiates; default: the first-listed site of each pair.
+        A site the lab runs something else on (e.g. strongSwan) simply is not started."""
+        if keying not in ("psk", "cert", "manual"):
+            raise ValueError(f"keying must be psk, cert or manual, not {keying!r}")
         self.lab = lab
+        self.keying = keying
+        self.esp_key_log = esp_key_log
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.command = sitelink_command()
+        self.initiators: set[tuple[str, str]] = set()
+        self.ike_proposals = ike_proposals
         sites = lab.topology.sites
         self.gateways: dict[str, Gateway] = {
             s.name: Gateway(s, self.workdir / f"{s.name}.yaml", self.workdir / f"{s.name}.log") for s in sites
         }
+        if keying == "cert":
+            self._make_pki(sites)
         for i, a in enumerate(sites):
             for b in sites[i + 1 :]:
+                if initiators is None:
+                    self.initiators.add((a.name, b.name))
                 self._make_keys(a, b)
+        if initiators is not None:
+            self.initiators = set(initiators)
         for gw in self.gateways.values():
             gw.config.write_text(self._config_text(gw, log_level))
 
     def _make_keys(self, a: Site, b: Site) -> None:
-        ka, kb = self.workdir / f"{a.name}-{b.name}.keys", self.workdir / f"{b.name}-{a.name}.keys"
-        subprocess.run([*self.command, "manual-keys", str(ka), str(kb)], check=True, capture_output=True, timeout=30)
+        if self.keying == "cert":
+            return
+        if self.keying == "psk":
+            ka, kb = self.workdir / f"{a.name}-{b.name}.psk", self.workdir / f"{b.name}-{a.name}.psk"
+            psk = base64.b64encode(secrets.token_bytes(32)) + b"\n"
+            for path in (ka, kb):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(psk)
+        else:
+            ka, kb = self.workdir / f"{a.name}-{b.name}.keys", self.workdir / f"{b.name}-{a.name}.keys"
+            subprocess.run([*self.command, "manual-keys", str(ka), str(kb)], check=True, capture_output=True, timeout=30)
         self.gateways[a.name].keys[b.name] = ka
         self.gateways[b.name].keys[a.name] = kb
 
+    def _make_pki(self, sites) -> None:
+        pki = self.workdir / "pki"
+        run = lambda *argv: subprocess.run([*self.command, "pki", *argv], check=True, capture_output=True, timeout=60)
+        run("ca", str(pki), "--name", "sitelink lab CA")
+        for site in sites:
+            run("issue", "--ca-dir", str(pki), "--out", str(pki / site.name), "--id", identity(site.name))
+            for a in sites:
+                if a is not site:
+                    self.gateways[site.name].keys[a.name] = pki / site.name
     def _config_text(self, gw: Gateway, log_level: str) -> str:
         s = gw.site
         tun_addrs = [f"{s.gw_lan4}/32"] + ([f"{s.gw_lan6}/128"] if s.has_v6 else [])
@@ -101,8 +141,12 @@ class Deployment:
             f"  listen: {{address: {s.gw_wan4}, port: 4500}}",
             f"  tun: {{name: {TUN_NAME}, wan_mtu: {self.lab.topology.mtu}, addresses: [{', '.join(tun_addrs)}]}}",
             f"  log_level: {log_level}",
-            "tunnels:",
         ]
+        if self.keying == "cert":
+            pki = self.workdir / "pki"
+            lines.append(f"  pki: {{ca: {pki / 'ca.crt'}, certificate: {_one(pki / s.name, '*.crt')}, "
+                         f"private_key: {_one(pki / s.name, '*.key')}}}")
+        lines.append("tunnels:")
         for peer_name, keyfile in gw.keys.items():
             p = self.gateways[peer_name].site
             lines += [
@@ -110,8 +154,15 @@ class Deployment:
                 f"    peer: {{address: {p.gw_wan4}, port: 4500}}",
                 f"    local_subnets: [{', '.join(_subnets(s))}]",
                 f"    remote_subnets: [{', '.join(_subnets(p))}]",
-                f"    manual_keys: {keyfile.name}",
             ]
+            if self.keying == "manual":
+                lines.append(f"    manual_keys: {keyfile.name}")
+                continue
+            start = "initiate" if (s.name, peer_name) in self.initiators else "respond"
+            auth = f"auth: psk, psk_file: {keyfile.name}" if self.keying == "psk" else "auth: cert"
+            proposals = f", ike_proposals: [{', '.join(self.ike_proposals)}]" if self.ike_proposals else ""
+            lines.append(f"    ike: {{{auth}, local_id: {identity(s.name)}, remote_id: {identity(peer_name)}, "
+                         f"start: {start}{proposals}}}")
         return "\n".join(lines) + "\n"
 
     # -- processes ------------------------------------------------------------------------------------
@@ -120,8 +171,11 @@ class Deployment:
         gw = self.gateways[site]
         if gw.proc is not None and gw.proc.poll() is None:
             raise GatewayError(f"gateway {site} is already running (pid {gw.proc.pid})")
+        argv = [*self.command, "up", str(gw.config)]
+        if self.esp_key_log:
+            argv += ["--esp-key-log", str(self.esp_keys_path(site))]
         with gw.log.open("a") as log:
-            gw.proc = self.lab.popen(site_gw(gw), [*self.command, "up", str(gw.config)], stdout=log, stderr=log)
+            gw.proc = self.lab.popen(site_gw(gw), argv, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if gw.proc.poll() is not None:
@@ -131,9 +185,29 @@ class Deployment:
             time.sleep(0.05)
         raise GatewayError(f"gateway {site} not ready after {timeout}s:\n{gw.log_text()[-2000:]}")
 
-    def start_all(self) -> None:
+    def start_all(self, established: bool = True, timeout: float = 15.0) -> None:
+        """Start every gateway; unless told otherwise, wait until every tunnel has a Child SA."""
         for site in self.gateways:
             self.start(site)
+        if established and self.keying != "manual":
+            for site in self.gateways:
+                self.wait_established(site, timeout)
+
+    def wait_established(self, site: str, timeout: float = 15.0, count: int | None = None) -> float:
+        """Wait until the site logged a Child SA for each tunnel (or `count` in all); returns seconds waited."""
+        gw = self.gateways[site]
+        want = count if count is not None else len(gw.keys)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if gw.log_text().count("Child SA established") >= want:
+                return time.monotonic() - t0
+            if gw.proc is not None and gw.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise GatewayError(f"gateway {site}: no Child SA within {timeout}s:\n{gw.log_text()[-3000:]}")
+
+    def esp_keys_path(self, site: str) -> Path:
+        return self.workdir / f"{site}.esp_sa"
 
     def stop(self, site: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         gw = self.gateways[site]
@@ -157,6 +231,17 @@ class Deployment:
     def _tun_up(self, gw: Gateway) -> bool:
         out = self.lab.run(site_gw(gw), ["ip", "-o", "link", "show", "dev", TUN_NAME], check=False, timeout=5)
         return out.returncode == 0 and ",UP" in out.stdout
+
+
+def identity(site: str) -> str:
+    return f"{site}.lab.test"
+
+
+def _one(directory: Path, pattern: str) -> Path:
+    found = sorted(directory.glob(pattern))
+    if len(found) != 1:
+        raise GatewayError(f"expected one {pattern} in {directory}, found {[p.name for p in found]}")
+    return found[0]
 
 
 def site_gw(gw: Gateway) -> str:

@@ -1,7 +1,7 @@
-"""Two sites linked by real `sitelink up` processes in network namespaces: traffic flows through the
-tunnel, every ESP packet on the WAN decrypts with scapy and the configured keys, no inner packet is
-ever seen in clear on the WAN (also with the peer or the local gateway down), and bad datagrams are
-counted drops."""
+"""Two sites linked by real `sitelink up` processes in network namespaces, keyed by IKEv2 (PSK and
+certificates) or manually: traffic flows through the tunnel, every ESP packet on the WAN decrypts with
+scapy and the keys the gateways exported or were given, no inner packet is ever seen in clear on the
+WAN (also with the peer or the local gateway down), and bad datagrams are counted drops."""
 
 from __future__ import annotations
 
@@ -16,28 +16,37 @@ from scapy.utils import rdpcap
 
 from netnslab import TOPOLOGIES, Lab, iperf3, ping
 from netnslab.sitelink import Deployment
-from tests.lab.wan import analyse, is_lan, sa_for
+from tests.lab.wan import analyse, is_lan, sa_for, sas_from_esp_log, sas_from_manual
 
 HQ_WAN, BR_WAN = "198.18.1.2", "198.18.2.2"
+GATEWAYS = {HQ_WAN, BR_WAN}
+
+
+@pytest.fixture(params=["psk", "cert", "manual"])
+def keyed_sites(request, tmp_path: Path):
+    with Lab(TOPOLOGIES / "two-sites.yaml", mode="tunnel") as lab:
+        dep = Deployment(lab, tmp_path / "gw", keying=request.param, esp_key_log=request.param != "manual")
+        dep.start_all()
+        yield lab, dep
 
 
 @pytest.fixture
 def sites(tmp_path: Path):
     with Lab(TOPOLOGIES / "two-sites.yaml", mode="tunnel") as lab:
-        dep = Deployment(lab, tmp_path / "gw")
+        dep = Deployment(lab, tmp_path / "gw", esp_key_log=True)
         dep.start_all()
         yield lab, dep
 
 
 def wan_sas(dep: Deployment) -> dict:
-    return {
-        (HQ_WAN, BR_WAN): sa_for(dep.gateways["hq"].keys["branch1"], HQ_WAN, BR_WAN),
-        (BR_WAN, HQ_WAN): sa_for(dep.gateways["branch1"].keys["hq"], BR_WAN, HQ_WAN),
-    }
+    if dep.keying == "manual":
+        return {**sas_from_manual(dep.gateways["hq"].keys["branch1"], HQ_WAN, BR_WAN),
+                **sas_from_manual(dep.gateways["branch1"].keys["hq"], BR_WAN, HQ_WAN)}
+    return {**sas_from_esp_log(dep.esp_keys_path("hq")), **sas_from_esp_log(dep.esp_keys_path("branch1"))}
 
 
-def test_traffic_crosses_and_every_wan_packet_decrypts(sites, tmp_path: Path) -> None:
-    lab, dep = sites
+def test_traffic_crosses_and_every_wan_packet_decrypts(keyed_sites, tmp_path: Path) -> None:
+    lab, dep = keyed_sites
     hq = lab.site("hq")
     pcap = tmp_path / "wan.pcap"
     with lab.capture("router", hq.router_if, pcap) as cap:
@@ -48,8 +57,8 @@ def test_traffic_crosses_and_every_wan_packet_decrypts(sites, tmp_path: Path) ->
     assert tcp.received_bps > 5e6
 
     assert cap.kernel_drops == 0  # the capture is complete, so the counts below must agree exactly
-    report = analyse(pcap, wan_sas(dep))
-    assert report.cleartext == []
+    report = analyse(pcap, wan_sas(dep), GATEWAYS)
+    assert report.cleartext == [] and report.unknown_spi == []
     assert report.nonzero_checksums == 0  # RFC 3948 §2.1: zero UDP checksum
     assert report.esp > 2000
     assert len(report.decrypted) == report.esp  # scapy decrypted every one (it raises otherwise)
@@ -85,12 +94,12 @@ def test_no_cleartext_while_gateways_are_down(sites, tmp_path: Path) -> None:
     target = lab.addr("branch1-host")
     pcap = tmp_path / "down.pcap"
     with lab.capture("router", hq.router_if, pcap):
-        dep.stop("branch1")  # the peer is gone: hq still seals, nothing leaves in clear
+        dep.stop("branch1", signal.SIGKILL)  # the peer dies without a word: hq still seals, nothing in clear
         peer_down = ping(lab, "hq-host", target, count=5, interval=0.05, timeout=0.3)
         dep.stop("hq", signal.SIGKILL)  # our own gateway dies without cleaning up
         self_down = ping(lab, "hq-host", target, count=5, interval=0.05, timeout=0.3)
     assert peer_down.received == 0 and self_down.received == 0
-    report = analyse(pcap, wan_sas(dep))
+    report = analyse(pcap, wan_sas(dep), GATEWAYS)
     assert report.cleartext == []
     requests = [p for p in report.decrypted if ICMP in p and p[ICMP].type == 8]
     assert len(requests) == 5  # only the five sent while hq was alive, all encrypted
@@ -99,8 +108,9 @@ def test_no_cleartext_while_gateways_are_down(sites, tmp_path: Path) -> None:
     route = lab.run("hq-gw", ["ip", "route", "get", target]).stdout
     assert "dev sitelink0" in route
     # A restarted gateway attaches to the same device; traffic flows again.
-    dep.start("hq")
     dep.start("branch1")
+    dep.start("hq")
+    dep.wait_established("hq", count=2)  # a second Child SA, from the new IKE SA
     assert ping(lab, "hq-host", target, count=3, interval=0.05).received == 3
 
 
@@ -138,7 +148,7 @@ def test_bad_datagrams_are_counted_drops(sites, tmp_path: Path) -> None:
 
     # Packets sealed with the real key (fresh sequence numbers, so the replay check passes):
     # one claiming an inner source outside the selectors, one altered in flight.
-    sa = sa_for(dep.gateways["hq"].keys["branch1"], HQ_WAN, BR_WAN)
+    sa = next(sa for sa in sas_from_esp_log(dep.esp_keys_path("hq")).values() if sa.tunnel_header.dst == BR_WAN)
     sa.seq_num = 1000
     spoof = bytes(sa.encrypt(IP(src="10.9.9.9", dst=lab.addr("branch1-host")) / ICMP())[UDP].payload)
     tampered = bytearray(bytes(sa.encrypt(IP(src=lab.addr("hq-host"), dst=lab.addr("branch1-host")) / ICMP())[UDP].payload))
@@ -150,7 +160,7 @@ def test_bad_datagrams_are_counted_drops(sites, tmp_path: Path) -> None:
         b"\x00\x00\xbe\xef" + bytes(60),  # unknown SPI
         b"\x01\x02\x03",  # malformed
         b"\xff",  # NAT keepalive: counted, not a drop
-        b"\x00\x00\x00\x00" + bytes(28),  # IKE with no IKE handler yet
+        b"\x00\x00\x00\x00" + bytes(10),  # too short to be an IKE message
         spoof,
     ]
     # Sent from the WAN router, i.e. from an attacker on the path.
@@ -159,7 +169,7 @@ def test_bad_datagrams_are_counted_drops(sites, tmp_path: Path) -> None:
     tunnel, unattributed = counters["hq"]["drops"], counters["(none)"]
     assert tunnel == {"replay": 1, "auth_failed": 1, "selector_mismatch": 1}
     unattributed["drops"].pop("link_scope", None)  # MLD reports the kernel sends on the TUN
-    assert unattributed["drops"] == {"unknown_spi": 1, "malformed": 1, "ike_unhandled": 1}
+    assert unattributed["drops"] == {"unknown_spi": 1, "malformed": 1}
     assert unattributed["keepalives"] == 1
     # And the gateway is still forwarding.
     assert ping(lab, "hq-host", lab.addr("branch1-host"), count=2, interval=0.05).received == 2
