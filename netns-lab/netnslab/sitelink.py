@@ -77,7 +77,7 @@ class Deployment:
 
     def __init__(self, lab: Lab, workdir: Path, log_level: str = "info", keying: str = "psk",
                  esp_key_log: bool = False, ike_proposals: list[str] | None = None,
-                 initiators: set[tuple[str, str]] | None = None) -> None:
+                 initiators: set[tuple[str, str]] | None = None, start_mode: str = "initiate") -> None:
         """initiators: (site, peer) pairs where site initiates; default: the first-listed site of each pair.
         A site the lab runs something else on (e.g. strongSwan) simply is not started."""
         if keying not in ("psk", "cert", "manual"):
@@ -90,6 +90,7 @@ class Deployment:
         self.command = sitelink_command()
         self.initiators: set[tuple[str, str]] = set()
         self.ike_proposals = ike_proposals
+        self.start_mode = start_mode  # what initiating sites use: initiate | on-demand
         sites = lab.topology.sites
         self.gateways: dict[str, Gateway] = {
             s.name: Gateway(s, self.workdir / f"{s.name}.yaml", self.workdir / f"{s.name}.log") for s in sites
@@ -158,7 +159,7 @@ class Deployment:
             if self.keying == "manual":
                 lines.append(f"    manual_keys: {keyfile.name}")
                 continue
-            start = "initiate" if (s.name, peer_name) in self.initiators else "respond"
+            start = self.start_mode if (s.name, peer_name) in self.initiators else "respond"
             auth = f"auth: psk, psk_file: {keyfile.name}" if self.keying == "psk" else "auth: cert"
             proposals = f", ike_proposals: [{', '.join(self.ike_proposals)}]" if self.ike_proposals else ""
             lines.append(f"    ike: {{{auth}, local_id: {identity(s.name)}, remote_id: {identity(peer_name)}, "

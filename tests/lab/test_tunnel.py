@@ -128,6 +128,24 @@ def test_tun_device_mtu_routes_and_clean_shutdown(sites) -> None:
     assert "removed TUN device sitelink0" in dep.gateways["hq"].log_text()
 
 
+def test_on_demand_tunnel_starts_with_the_first_packet(tmp_path: Path) -> None:
+    with Lab(TOPOLOGIES / "two-sites.yaml", mode="tunnel") as lab:
+        dep = Deployment(lab, tmp_path / "gw", esp_key_log=True, start_mode="on-demand")
+        dep.start_all(established=False)
+        hq_log = dep.gateways["hq"]
+        assert "initiating IKE SA" not in hq_log.log_text()  # nothing happens without traffic
+        pcap = tmp_path / "wan.pcap"
+        with lab.capture("router", lab.site("hq").router_if, pcap):
+            result = ping(lab, "hq-host", lab.addr("branch1-host"), count=10, interval=0.1, timeout=0.5)
+        assert "initiating IKE SA" in hq_log.log_text()
+        assert 1 <= result.sent - result.received <= 3 and result.received >= 7
+        counters = dep.counters("hq")["branch1"]
+        assert counters["drops"].get("no_sa", 0) == result.sent - result.received  # dropped, never sent in clear
+        report = analyse(pcap, wan_sas(dep), GATEWAYS)
+        assert report.cleartext == [] and report.unknown_spi == [] and report.ike >= 4
+        assert len(report.decrypted) == report.esp == 2 * result.received
+
+
 SEND = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
