@@ -49,11 +49,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sitelink-demo-") as workdir, \
             Lab(topology, mode="plain") as plain, Lab(topology, mode="tunnel") as tunnel:
         deployment = Deployment(tunnel, Path(workdir))
+        deployment.start("branch1")  # the responder is up; now the initiating gateway starts
         started = time.monotonic()
-        deployment.start_all(established=False)
+        deployment.start("hq")
         first = first_packet(tunnel, started)
-        print(f"first ping reply through the tunnel {first * 1000:.0f} ms after the gateways were started "
-              "(IKEv2 PSK, X25519, AES-256-GCM)")
+        print(f"first ping reply through the tunnel {first * 1000:.0f} ms after `sitelink up` of the initiating "
+              "gateway (process start, TUN, IKE_SA_INIT + IKE_AUTH with PSK/X25519, then ESP)")
         print(f"sites up: hq {tunnel.addr('hq-host')} <-> branch1 {tunnel.addr('branch1-host')} "
               f"through sitelink gateways {tunnel.addr('hq-gw')} <-> {tunnel.addr('branch1-gw')}")
         v6 = ping(tunnel, "hq-host", tunnel.addr("branch1-host", 6), count=3, interval=0.05)

@@ -188,7 +188,8 @@ class Deployment:
 
     def start_all(self, established: bool = True, timeout: float = 15.0) -> None:
         """Start every gateway; unless told otherwise, wait until every tunnel has a Child SA."""
-        for site in self.gateways:
+        initiating = {a for a, _ in self.initiators}
+        for site in sorted(self.gateways, key=lambda name: name in initiating):  # responders first
             self.start(site)
         if established and self.keying != "manual":
             for site in self.gateways:
