@@ -14,8 +14,6 @@ import datetime as dt
 import ipaddress
 import os
 import re
-import shlex
-import stat
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -25,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tunnel.config.keyfile import too_open
 from tunnel.config.yamlnodes import FileProblem, read_regular_file
 from tunnel.errors import ConfigError, KeyFileError, SitelinkError
 from tunnel.ike.certs import ID_KP_IPSEC_IKE, InvalidIdentity, PeerIdentity, PrivateKey
@@ -80,7 +79,7 @@ def load_certificate(path: Path) -> x509.Certificate:
 def load_private_key(path: Path) -> PrivateKey:
     """An unencrypted PEM (or DER) ECDSA or RSA private key from a file only its owner can read."""
     path = Path(path)
-    data = _read(path, _too_open, _key_file_error)
+    data = _read(path, too_open, _key_file_error)
     load = serialization.load_pem_private_key if b"-----BEGIN" in data else serialization.load_der_private_key
     try:
         key = load(data, password=None)
@@ -113,14 +112,6 @@ def _read(path: Path, check: Callable[[Path, os.stat_result], str | None] | None
     if not data.strip():
         raise error(path, "is empty")
     return data
-
-
-def _too_open(path: Path, st: os.stat_result) -> str | None:
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        return (f"has mode {mode:04o}: group or others may read or write this private key; "
-                f"restrict it with: chmod 600 {shlex.quote(str(path))}")
-    return None
 
 
 # -- creating --------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def read_secret_file(path: Path, what: str, max_bytes: int, referenced_at: Probl
     None after reporting at referenced_at why not: missing, not a regular file, too large, or readable or
     writable by group or others. The message names the file, never its content."""
     try:
-        return read_regular_file(path, max_bytes, lambda st: _too_open(path, st))
+        return read_regular_file(path, max_bytes, lambda st: too_open(path, st))
     except FileProblem as exc:
         sink.add(referenced_at.about(f"{what} {path} {exc}"))
         return None
@@ -105,7 +105,8 @@ def read_psk(path: Path, referenced_at: Problem, sink: Problems) -> Secret | Non
     return None
 
 
-def _too_open(path: Path, st: os.stat_result) -> str | None:
+def too_open(path: Path, st: os.stat_result) -> str | None:
+    """The one rule for every secret file (keys, PSKs, private keys): owner-only access."""
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
         return (f"has mode {mode:04o}: group or others may read or write it; "
