@@ -41,3 +41,21 @@ class IkeConfig:
     nonce_len: int = 32
     # Wall clock for certificate validity; the session itself only sees monotonic `now`.
     wall_clock: Callable[[], datetime] | None = None
+    # SA lifetimes (RFC 7296 §2.8), in seconds of the session's monotonic clock. The soft (rekey) time is
+    # shortened by a random fraction of up to rekey_jitter so both peers do not rekey at once; the hard
+    # lifetime (default rekey time * 1.1) deletes an SA that could not be rekeyed.
+    child_rekey_time: float = 3600.0
+    child_lifetime: float | None = None
+    ike_rekey_time: float = 14400.0
+    ike_lifetime: float | None = None
+    rekey_jitter: float = 0.1
+    # Dead-peer detection (§2.4): an empty INFORMATIONAL after this long without hearing from the peer.
+    dpd_delay: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.child_lifetime is None:
+            object.__setattr__(self, "child_lifetime", self.child_rekey_time * 1.1)
+        if self.ike_lifetime is None:
+            object.__setattr__(self, "ike_lifetime", self.ike_rekey_time * 1.1)
+        if not 0.0 <= self.rekey_jitter < 1.0:
+            raise ValueError("rekey_jitter must be in [0, 1)")

@@ -1,5 +1,6 @@
 """All IKE SAs of one gateway behind one datagram interface: demultiplexing by SPI, responder sessions
-for new peers, DoS cookies when half-open SAs pile up (RFC 7296 §2.6), and counted drops."""
+for new peers, DoS cookies when half-open SAs pile up (RFC 7296 §2.6), IKE SAs born of a rekey (indexed
+by their new initiator SPI, §2.18), INITIAL_CONTACT (§2.4), and counted drops."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tunnel.errors import MalformedPacket
 from tunnel.ike.config import IkeConfig
 from tunnel.ike.constants import IKE_PORT, NON_ESP_MARKER, NAT_T_PORT, ExchangeType, NotifyType
 from tunnel.ike.cookie import CookieJar
-from tunnel.ike.events import Event
+from tunnel.ike.events import Event, IkeSaEstablished
 from tunnel.ike.message import IkeHeader, NoncePayload, NotifyPayload, encode_message, parse_header, parse_message
 from tunnel.ike.session import Address, Datagram, IkeSession, State
 
@@ -34,6 +35,7 @@ class IkeDispatcher:
         self.cookie_threshold = cookie_threshold
         self.sessions: dict[bytes, IkeSession] = {}  # by initiator SPI
         self.drops: dict[str, int] = {}
+        self._contacted: set[str] = set()  # tunnels that had an IKE SA since start: no more INITIAL_CONTACT
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
 
@@ -41,6 +43,7 @@ class IkeDispatcher:
     def initiate(self, tunnel: str, now: float, port: int = IKE_PORT) -> IkeSession:
         config, peer = self._configs[tunnel]
         session = IkeSession(config, True, (peer, port), self._random, local_port=port)
+        session.send_initial_contact = tunnel not in self._contacted
         session.initiate(now)
         self.sessions[session.spi_i] = session
         self._collect(session)
@@ -53,6 +56,26 @@ class IkeDispatcher:
 
     def sessions_for(self, tunnel: str) -> list[IkeSession]:
         return [s for s in self.sessions.values() if s.config.tunnel == tunnel]
+
+    def rekey_child(self, tunnel: str, now: float) -> None:
+        """Rekey the tunnel's Child SA soon (the gateway's byte/packet/sequence-number limits approach)."""
+        for session in self._owners(tunnel):
+            session.rekey_child(now)
+            self._collect(session)
+
+    def rekey_ike(self, tunnel: str, now: float) -> None:
+        for session in self._owners(tunnel):
+            session.rekey_ike(now)
+            self._collect(session)
+
+    def note_esp_received(self, tunnel: str, now: float) -> None:
+        """Inbound ESP for the tunnel authenticated: liveness for dead-peer detection (RFC 7296 §2.4)."""
+        for session in self._owners(tunnel):
+            session.note_esp_received(now)
+
+    def _owners(self, tunnel: str) -> list[IkeSession]:
+        """The tunnel's established IKE SAs that hold Child SAs."""
+        return [s for s in self.sessions_for(tunnel) if s.established and s.children]
 
     def rotate_cookie_secret(self) -> None:
         self._cookies.rotate()
@@ -132,11 +155,28 @@ class IkeDispatcher:
         return False
 
     def _collect(self, session: IkeSession) -> None:
+        if session.initial_contact_received:
+            session.initial_contact_received = False
+            self._initial_contact(session)
         self._out.extend(session.datagrams_to_send(0.0))
         while (event := session.next_event()) is not None:
+            if isinstance(event, IkeSaEstablished):
+                self._contacted.add(event.tunnel)
             self._events.append(event)
         if session.state is State.CLOSED:
-            self.sessions.pop(session.spi_i, None)
+            if self.sessions.get(session.spi_i) is session:
+                del self.sessions[session.spi_i]
+        spawned, session.spawned = session.spawned, []
+        for new in spawned:  # §2.18: the new IKE SA is found by its own initiator SPI
+            self.sessions[new.spi_i] = new
+            self._collect(new)
+
+    def _initial_contact(self, session: IkeSession) -> None:
+        """RFC 7296 §2.4: the peer has no other IKE SA with us any more, so ours are stale: close them."""
+        for other in self.sessions_for(session.config.tunnel):
+            if other is not session:
+                other.close(f"peer {session.remote[0]} restarted (INITIAL_CONTACT)")
+                self._collect(other)
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1

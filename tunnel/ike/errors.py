@@ -49,3 +49,17 @@ class DegeneratePublicValue(IkeError):
     """A DH public value that is not on the curve, or yields an all-zero/identity secret (RFC 8031 §2.3)."""
 
     notify = NotifyType.INVALID_SYNTAX
+
+
+class TemporaryFailure(IkeError):
+    """§2.25: the request collides with a rekey or delete in progress; the peer retries later."""
+
+    notify = NotifyType.TEMPORARY_FAILURE
+    fatal = False
+
+
+class ChildSaNotFound(IkeError):
+    """§2.25: REKEY_SA names a Child SA we do not have."""
+
+    notify = NotifyType.CHILD_SA_NOT_FOUND
+    fatal = False

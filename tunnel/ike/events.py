@@ -63,4 +63,16 @@ class ChildSaFailed:
     notify: int | None = None
 
 
-Event = IkeSaEstablished | ChildSaEstablished | ChildSaDeleted | IkeSaFailed | IkeSaDeleted | ChildSaFailed
+@dataclass(frozen=True)
+class IkeSaRekeyed:
+    """The IKE SA was replaced by a new one (RFC 7296 §2.18); its Child SAs moved over unchanged, so no
+    ChildSaDeleted follows for them."""
+
+    tunnel: str
+    old_spi_i: bytes
+    old_spi_r: bytes
+    new_spi_i: bytes
+    new_spi_r: bytes
+
+
+Event = IkeSaRekeyed | IkeSaEstablished | ChildSaEstablished | ChildSaDeleted | IkeSaFailed | IkeSaDeleted | ChildSaFailed

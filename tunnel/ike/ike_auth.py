@@ -4,7 +4,7 @@ with certificates, and the first Child SA with traffic-selector narrowing (§2.9
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from policy.ts import TsRange, covered, narrow
@@ -31,6 +31,17 @@ class ChildState:
     suite: EspSuite
     local_ts: tuple[TsRange, ...]
     remote_ts: tuple[TsRange, ...]
+    rekey_at: float | None = None  # soft lifetime (lifetime.py)
+    expire_at: float | None = None  # hard lifetime
+    state: str = "installed"  # installed | rekeying (our request is out) | rekeyed (replaced) | deleting
+    announced: bool = True  # the gateway got ChildSaEstablished for it
+    keys: tuple[bytes, bytes] = field(default=(), repr=False)  # (in, out) of a rekeyed SA until announced
+
+
+def auth_suites(suites) -> tuple[EspSuite, ...]:  # noqa: ANN001
+    """The Child SA of IKE_AUTH has no KE payload, so its proposals carry no DH transform (§1.2, §3.3.2);
+    the PFS group applies to CREATE_CHILD_SA only."""
+    return tuple(dict.fromkeys(replace(s, dh=None) for s in suites))
 
 
 # -- initiator -------------------------------------------------------------------------------------------
@@ -44,11 +55,12 @@ def start(session: IkeSession, now: float) -> None:
     payloads: list = [idi, *_certificates(session)]
     if isinstance(config.auth, CertAuth):
         payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE, config.auth.ca_key_hashes))
+    if session.send_initial_contact:  # §2.4: only on the first IKE SA since we started
+        payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
     payloads += [
-        NotifyPayload(NotifyType.INITIAL_CONTACT),
         IdPayload(False, *config.remote_id),
         _auth_payload(session, octets),
-        offer_esp(config.esp_suites, spi.to_bytes(4, "big")),
+        offer_esp(auth_suites(config.esp_suites), spi.to_bytes(4, "big")),
         TsPayload(True, tuple(to_wire(r) for r in config.local_ts)),
         TsPayload(False, tuple(to_wire(r) for r in config.remote_ts)),
     ]
@@ -67,7 +79,7 @@ def on_response(session: IkeSession, data: bytes, message: Message, now: float) 
     _check_identity(session, idr)
     octets = keys.signed_octets(crypto.init_response, crypto.ni, crypto.suite.prf, crypto.keys.sk_pr, idr.body())
     _verify(session, auth, octets, idr, message)
-    _established(session)
+    _established(session, now)
     spi_in: int = session.exchange
     if notify is not None:
         return session.event(ChildSaFailed(config.tunnel, f"peer refused the Child SA: {_name(notify)}", notify))
@@ -75,13 +87,13 @@ def on_response(session: IkeSession, data: bytes, message: Message, now: float) 
         sa, tsi, tsr = message.get(SaPayload), _find(message, TsPayload, True), _find(message, TsPayload, False)
         if sa is None or tsi is None or tsr is None:
             raise IkeError("IKE_AUTH response lacks SA, TSi or TSr")
-        suite, peer_spi = accept_esp(sa, config.esp_suites)
+        suite, peer_spi = accept_esp(sa, auth_suites(config.esp_suites))
         local, remote = from_wire(tsi.selectors), from_wire(tsr.selectors)
         if not (covered(local, config.local_ts) and covered(remote, config.remote_ts)):
             raise TsUnacceptable("peer answered traffic selectors outside what we proposed")
     except IkeError as exc:
         return session.event(ChildSaFailed(config.tunnel, str(exc), exc.notify))
-    _install_child(session, spi_in, int.from_bytes(peer_spi, "big"), suite, local, remote)
+    _install_child(session, spi_in, int.from_bytes(peer_spi, "big"), suite, local, remote, now)
 
 
 # -- responder ---------------------------------------------------------------------------------------------
@@ -97,30 +109,31 @@ def on_request(session: IkeSession, data: bytes, message: Message, now: float) -
     _check_identity(session, idi)
     octets = keys.signed_octets(crypto.init_request, crypto.nr, crypto.suite.prf, crypto.keys.sk_pi, idi.body())
     _verify(session, auth, octets, idi, message)
+    session.initial_contact_received = message.notify(NotifyType.INITIAL_CONTACT) is not None
     idr = IdPayload(False, *config.local_id)
     my_octets = keys.signed_octets(crypto.init_response, crypto.ni, crypto.suite.prf, crypto.keys.sk_pr, idr.body())
     payloads: list = [idr, *_certificates(session), _auth_payload(session, my_octets)]
-    _established(session)
+    _established(session, now)
     try:
-        payloads += _select_child(session, message)
+        payloads += _select_child(session, message, now)
     except IkeError as exc:  # the IKE SA stands; only the Child SA is refused (§2.21.2)
         payloads.append(NotifyPayload(exc.notify))
         session.event(ChildSaFailed(config.tunnel, str(exc), exc.notify))
     session.send_response(message, payloads)
 
 
-def _select_child(session: IkeSession, message: Message) -> list:
+def _select_child(session: IkeSession, message: Message, now: float) -> list:
     config = session.config
     sa, tsi, tsr = message.get(SaPayload), _find(message, TsPayload, True), _find(message, TsPayload, False)
     if sa is None or tsi is None or tsr is None:
         raise NoProposalChosen("IKE_AUTH request lacks SA, TSi or TSr")
-    proposal, suite = select_esp(sa, config.esp_suites)
+    proposal, suite = select_esp(sa, auth_suites(config.esp_suites))
     # TSi describes the initiator's side, which is our remote side (§2.9).
     remote, local = narrow(from_wire(tsi.selectors), config.remote_ts), narrow(from_wire(tsr.selectors), config.local_ts)
     if not remote or not local:
         raise TsUnacceptable("proposed traffic selectors do not intersect the configured subnets")
     spi_in = new_spi(session)
-    _install_child(session, spi_in, int.from_bytes(proposal.spi, "big"), suite, tuple(local), tuple(remote))
+    _install_child(session, spi_in, int.from_bytes(proposal.spi, "big"), suite, tuple(local), tuple(remote), now)
     answer = SaPayload((type(proposal)(proposal.number, proposal.protocol, spi_in.to_bytes(4, "big"), proposal.transforms),))
     return [answer, TsPayload(True, tuple(map(to_wire, remote))), TsPayload(False, tuple(map(to_wire, local)))]
 
@@ -133,21 +146,24 @@ def new_spi(session: IkeSession) -> int:
             return spi
 
 
-def _established(session: IkeSession) -> None:
+def _established(session: IkeSession, now: float) -> None:
+    from tunnel.ike import lifetime
     from tunnel.ike.session import State
 
     session.state = State.ESTABLISHED
     session.half_open_deadline = None
+    lifetime.start_ike(session, now)
     session.event(IkeSaEstablished(session.config.tunnel, session.spi_i, session.spi_r, session.crypto.suite.name,
                                    session.initiator, session.remote))
 
 
-def _install_child(session: IkeSession, spi_in: int, spi_out: int, suite: EspSuite, local, remote) -> None:
+def _install_child(session: IkeSession, spi_in: int, spi_out: int, suite: EspSuite, local, remote,
+                   now: float) -> None:
     crypto = session.crypto
     key_i, key_r = keys.child_keys(crypto.suite.prf, crypto.keys.sk_d, crypto.ni, crypto.nr,
                                    encr_key_len=suite.key_bits // 8 + 4)
     key_in, key_out = (key_r, key_i) if session.initiator else (key_i, key_r)
-    session.child = ChildState(spi_in, spi_out, suite, tuple(local), tuple(remote))
+    session.add_child(ChildState(spi_in, spi_out, suite, tuple(local), tuple(remote)), now)
     session.event(ChildSaEstablished(session.config.tunnel, spi_in, spi_out, Secret(key_in), Secret(key_out),
                                      tuple(local), tuple(remote), suite.name, session.remote))
 

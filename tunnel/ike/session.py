@@ -1,5 +1,6 @@
 """One IKE SA, sans I/O (after aioquic's QuicConnection): datagrams and `now` in, datagrams, events and
-one timer out. The exchanges themselves live in ike_init.py, ike_auth.py and informational.py; this
+one timer out. The exchanges themselves live in ike_init.py, ike_auth.py, informational.py,
+child_rekey.py, ike_rekey.py and dpd.py; lifetime.py owns the SA lifetimes and DPD schedule. This
 module owns the transport rules shared by all of them: SPIs, message IDs, retransmission, the SK
 envelope, the move from port 500 to 4500 (RFC 3948 / RFC 7296 §2.23) and the event queue.
 """
@@ -11,12 +12,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from tunnel.errors import MalformedPacket
-from tunnel.ike import ike_auth, ike_init, informational
+from tunnel.ike import child_rekey, ike_auth, ike_init, ike_rekey, informational, lifetime
 from tunnel.ike.config import IkeConfig
-from tunnel.ike.constants import IKE_PORT, NAT_T_PORT, NON_ESP_MARKER, ExchangeType, Flag, NotifyType
+from tunnel.ike.constants import IKE_PORT, NAT_T_PORT, NON_ESP_MARKER, ExchangeType, Flag, NotifyType, ProtocolId
 from tunnel.ike.errors import IkeError, IntegrityError
-from tunnel.ike.events import Event, IkeSaDeleted, IkeSaFailed
-from tunnel.ike.message import IkeHeader, Message, NotifyPayload, Payload, encode_message, encode_sk_message
+from tunnel.ike.events import ChildSaDeleted, Event, IkeSaDeleted, IkeSaFailed
+from tunnel.ike.message import (
+    IkeHeader, Message, NotifyPayload, Payload, SaPayload, encode_message, encode_sk_message,
+)
 from tunnel.ike.message import open_sk_message
 from tunnel.ike.window import RequestWindow, ResponseWindow
 
@@ -32,6 +35,7 @@ class State(enum.Enum):
     AUTH_SENT = "auth-sent"
     ESTABLISHED = "established"
     DELETING = "deleting"
+    REKEYED = "rekeyed"  # replaced by a new IKE SA (§2.18); waiting for the Delete of this one
     CLOSED = "closed"
 
 
@@ -56,8 +60,16 @@ class IkeSession:
         self.responses = ResponseWindow()
         self.exchange = None  # per-exchange state of the request we have outstanding
         self.crypto = None  # set after IKE_SA_INIT: tunnel.ike.ike_init.IkeSaCrypto
-        self.child = None  # set after IKE_AUTH: tunnel.ike.ike_auth.ChildState
+        self.children: list = []  # tunnel.ike.ike_auth.ChildState; more than one only while rekeying
         self.half_open_deadline: float | None = None
+        self.ike_rekey_at: float | None = None  # soft lifetime of this IKE SA (lifetime.py)
+        self.ike_expire_at: float | None = None  # hard lifetime
+        self.last_received: float | None = None  # last authenticated message (or ESP packet) from the peer
+        self.dpd_rtt: float | None = None  # round-trip time of the last DPD check (§2.4)
+        self.send_initial_contact = True  # N(INITIAL_CONTACT) in IKE_AUTH (§2.4); the dispatcher decides
+        self.initial_contact_received = False  # the peer's IKE_AUTH carried it; read by the dispatcher
+        self.spawned: list[IkeSession] = []  # new IKE SAs made by a rekey, for the dispatcher to index
+        self.quiet = False  # closing emits no IkeSaDeleted (a rekeyed or redundant IKE SA)
         self.drops: dict[str, int] = {}
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
@@ -89,6 +101,7 @@ class IkeSession:
 
     def get_timer(self) -> float | None:
         deadlines = [d for d in (self.requests.deadline, self.half_open_deadline) if d is not None]
+        deadlines += lifetime.deadlines(self)
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
@@ -97,9 +110,39 @@ class IkeSession:
         try:
             packet = self.requests.on_timer(now)
         except TimeoutError as exc:
-            return self.fail(f"peer {self.remote[0]} does not answer: {exc}")
+            dead = " (dead peer)" if self.ike_expire_at is not None else ""
+            return self.fail(f"peer {self.remote[0]} does not answer{dead}: {exc}")
         if packet is not None:
             self._emit(packet)
+        lifetime.on_timer(self, now)
+
+    def rekey_child(self, now: float) -> None:
+        """Rekey the Child SA now, or as soon as the outstanding request completes (e.g. when the data
+        plane's byte, packet or sequence-number limits approach)."""
+        for child in self.active_children:
+            child.rekey_at = now
+        lifetime.on_timer(self, now)
+
+    def rekey_ike(self, now: float) -> None:
+        """Rekey the IKE SA now, or as soon as the outstanding request completes (§1.3.2)."""
+        if self.ike_rekey_at is not None:
+            self.ike_rekey_at = now
+            lifetime.on_timer(self, now)
+
+    def note_esp_received(self, now: float) -> None:
+        """An authenticated ESP packet of one of our Child SAs arrived: liveness for DPD (§2.4)."""
+        if self.last_received is not None:
+            self.last_received = max(self.last_received, now)
+
+    @property
+    def child(self):  # noqa: ANN201 - ike_auth.ChildState | None
+        """The Child SA in use (the newest one not being replaced), or None."""
+        active = self.active_children
+        return active[-1] if active else None
+
+    @property
+    def active_children(self) -> list:
+        return [c for c in self.children if c.state in ("installed", "rekeying")]
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -160,13 +203,34 @@ class IkeSession:
             self.state = State.CLOSED
             self.requests.complete()
             self.half_open_deadline = None
+            self.drop_children()
             self.event(IkeSaFailed(self.config.tunnel, reason, notify))
 
     def close(self, reason: str) -> None:
         if self.state is not State.CLOSED:
             self.state = State.CLOSED
             self.requests.complete()
-            self.event(IkeSaDeleted(self.config.tunnel, reason))
+            self.drop_children()
+            if not self.quiet:
+                self.event(IkeSaDeleted(self.config.tunnel, reason))
+
+    def drop_children(self) -> None:
+        """Forget every Child SA; the gateway hears ChildSaDeleted for those it was told about."""
+        children, self.children = self.children, []
+        for child in children:
+            self.remove_child(child, keep=True)
+
+    def add_child(self, child, now: float, announce: bool = True) -> None:  # noqa: ANN001 - ChildState
+        lifetime.start_child(self, child, now)
+        child.announced = announce
+        self.children.append(child)
+
+    def remove_child(self, child, keep: bool = False) -> None:  # noqa: ANN001 - ChildState
+        if not keep and child in self.children:
+            self.children.remove(child)
+        if child.announced:
+            child.announced = False
+            self.event(ChildSaDeleted(self.config.tunnel, child.spi_in, child.spi_out))
 
     # -- internals ----------------------------------------------------------------------------------------
     def _encode(self, header: IkeHeader, payloads: Sequence[Payload], encrypted: bool) -> bytes:
@@ -197,18 +261,22 @@ class IkeSession:
             if opened is None:
                 return
             message = opened
+            self.last_received = now if self.last_received is not None else None
         self.requests.complete()
-        handler = {
-            ExchangeType.IKE_SA_INIT: ike_init.on_response,
-            ExchangeType.IKE_AUTH: ike_auth.on_response,
-            ExchangeType.INFORMATIONAL: informational.on_response,
-        }.get(message.header.exchange)
+        handler = getattr(self.exchange, "on_response", None)  # the newer exchanges carry their own
+        if handler is None:
+            handler = {
+                ExchangeType.IKE_SA_INIT: ike_init.on_response,
+                ExchangeType.IKE_AUTH: ike_auth.on_response,
+                ExchangeType.INFORMATIONAL: informational.on_response,
+            }.get(message.header.exchange)
         if handler is None:
             return self.drop("unsupported_exchange")
         try:
             handler(self, data, message, now)
         except IkeError as exc:
             self.fail(str(exc), exc.notify)
+        lifetime.on_timer(self, now)  # run what waited for the window (§2.3: one request at a time)
 
     def _on_request(self, data: bytes, message: Message, remote: Address, local_port: int, now: float) -> None:
         kind = self.responses.classify(message.header.message_id)
@@ -224,13 +292,14 @@ class IkeSession:
             if opened is None:
                 return
             message = opened
+            self.last_received = now if self.last_received is not None else None
             # RFC 7296 §2.11: answer where the request came from, on the port it arrived at.
             self.remote, self.local_port = remote, local_port
         handler = {
             ExchangeType.IKE_SA_INIT: ike_init.on_request,
             ExchangeType.IKE_AUTH: ike_auth.on_request,
             ExchangeType.INFORMATIONAL: informational.on_request,
-            ExchangeType.CREATE_CHILD_SA: informational.refuse_create_child,
+            ExchangeType.CREATE_CHILD_SA: _create_child_sa_handler(message),
         }.get(exchange)
         if handler is None:
             return self.drop("unsupported_exchange")
@@ -241,3 +310,11 @@ class IkeSession:
                 self.send_response(message, [NotifyPayload(exc.notify, data=exc.notify_data)])
             if exc.fatal:
                 self.fail(str(exc), exc.notify)
+
+
+def _create_child_sa_handler(message: Message) -> Callable:
+    """CREATE_CHILD_SA carries an IKE proposal for an IKE SA rekey (§1.3.2), else a Child SA (§1.3.1)."""
+    sa = message.get(SaPayload)
+    if sa is not None and sa.proposals and sa.proposals[0].protocol == ProtocolId.IKE:
+        return ike_rekey.on_request
+    return child_rekey.on_request
