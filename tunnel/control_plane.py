@@ -20,11 +20,15 @@ from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
 from tunnel.ike.dispatcher import IkeDispatcher
 from tunnel.ike.events import (
     ChildSaDeleted, ChildSaEstablished, ChildSaFailed, Event, IkeSaDeleted, IkeSaEstablished, IkeSaFailed,
+    IkeSaRekeyed,
 )
 
 log = logging.getLogger("sitelink.ike")
 
 RETRY_DELAY = 5.0  # seconds before an initiating tunnel tries again after a failed or deleted IKE SA
+# A deleted Child SA's inbound half keeps accepting this long, for packets the peer sealed before it
+# switched to the new SA and that the network delivers late (make-before-break, RFC 7296 §2.8).
+INBOUND_GRACE = 2.0
 KeyLogger = Callable[[ChildSaEstablished], None]
 
 
@@ -35,6 +39,7 @@ class TunnelRuntime:
     outbound_spi: int | None = None
     retry_at: float | None = None
     established_at: float | None = None
+    rx_seen: int = 0  # inbound ESP packets counted at the last liveness note
 
 
 class ControlPlane:
@@ -47,6 +52,7 @@ class ControlPlane:
         cert_auth = _cert_auth(config) if any(t.ike.auth == "cert" for t in self._ike_tunnels()) else None
         configs = [(_ike_config(t, cert_auth), str(t.peer.address)) for t in self._ike_tunnels()]
         self.dispatcher = IkeDispatcher(configs, random_bytes)
+        self._retiring: list[tuple[float, str, int]] = []  # (remove at, tunnel, inbound SPI)
         if self.tunnels:
             forwarder.accept_ike = True
 
@@ -74,13 +80,25 @@ class ControlPlane:
 
     def handle_timer(self, now: float) -> None:
         self.dispatcher.handle_timer(now)
+        while self._retiring and self._retiring[0][0] <= now:
+            _, name, spi = self._retiring.pop(0)
+            self.forwarder.remove_inbound(spi)
         for name, runtime in self.tunnels.items():
             if runtime.retry_at is not None and now >= runtime.retry_at:
                 self.initiate(name, now)
 
     def get_timer(self) -> float | None:
-        times = [t for t in [self.dispatcher.get_timer(), *(r.retry_at for r in self.tunnels.values())] if t is not None]
+        times = [t for t in [self.dispatcher.get_timer(), *(r.retry_at for r in self.tunnels.values()),
+                             self._retiring[0][0] if self._retiring else None] if t is not None]
         return min(times) if times else None
+
+    def note_esp_received(self, now: float) -> None:
+        """Authenticated ESP counts as liveness (RFC 7296 §2.4): no DPD while traffic flows."""
+        for name, runtime in self.tunnels.items():
+            rx = self.forwarder.tunnels[name].counters.rx_packets
+            if rx != runtime.rx_seen:
+                runtime.rx_seen = rx
+                self.dispatcher.note_esp_received(name, now)
 
     def process_events(self, now: float) -> None:
         while (event := self.dispatcher.next_event()) is not None:
@@ -94,8 +112,11 @@ class ControlPlane:
         elif isinstance(event, ChildSaEstablished):
             self._install(runtime, event, now)
         elif isinstance(event, ChildSaDeleted):
-            self._remove(runtime, event.spi_in, event.spi_out)
+            self._remove(runtime, event.spi_in, event.spi_out, now)
             log.info("tunnel %s: Child SA deleted (SPI in %#010x, out %#010x)", event.tunnel, event.spi_in, event.spi_out)
+        elif isinstance(event, IkeSaRekeyed):
+            log.info("tunnel %s: IKE SA rekeyed (SPIs %s_i %s_r -> %s_i %s_r)", event.tunnel, event.old_spi_i.hex(),
+                     event.old_spi_r.hex(), event.new_spi_i.hex(), event.new_spi_r.hex())
         elif isinstance(event, ChildSaFailed):
             log.warning("tunnel %s: Child SA not established: %s", event.tunnel, event.reason)
         elif isinstance(event, (IkeSaFailed, IkeSaDeleted)):
@@ -119,10 +140,10 @@ class ControlPlane:
                  name, event.suite, event.spi_in, event.spi_out, ",".join(map(str, event.local_ts)),
                  ",".join(map(str, event.remote_ts)), *event.remote)
 
-    def _remove(self, runtime: TunnelRuntime, spi_in: int, spi_out: int) -> None:
-        self.forwarder.remove_inbound(spi_in)
+    def _remove(self, runtime: TunnelRuntime, spi_in: int, spi_out: int, now: float) -> None:
         if spi_in in runtime.inbound_spis:
             runtime.inbound_spis.remove(spi_in)
+            self._retiring.append((now + INBOUND_GRACE, runtime.config.name, spi_in))
         if runtime.outbound_spi == spi_out:
             self.forwarder.remove_outbound(runtime.config.name)  # fail closed until a new SA exists
             runtime.outbound_spi = None
@@ -142,6 +163,11 @@ def _ike_config(tunnel: Tunnel, cert_auth: CertAuth | None) -> IkeConfig:
         local_ts=ranges(tunnel.local_subnets),
         remote_ts=ranges(tunnel.remote_subnets),
         wall_clock=lambda: dt.datetime.now(dt.timezone.utc),
+        child_rekey_time=float(ike.rekey_time),
+        child_lifetime=float(ike.lifetime) if ike.lifetime else None,
+        ike_rekey_time=float(ike.ike_rekey_time),
+        ike_lifetime=float(ike.ike_lifetime) if ike.ike_lifetime else None,
+        dpd_delay=float(ike.dpd_delay),
     )
 
 

@@ -188,19 +188,27 @@ class Gateway:
 
     def _on_udp_readable(self) -> None:
         inbound, write, failed = self.forwarder.inbound, self._tun.write, 0
+        inbox = self.forwarder.ike_inbox
         for datagram, peer in udp.recv_batch(self._sock, BATCH):
             inner = inbound(datagram, peer)
-            if inner is not None and not write(inner):
-                failed += 1
+            if inner is not None:
+                if not write(inner):
+                    failed += 1
+            elif inbox:
+                # IKE in arrival order: a CREATE_CHILD_SA response must install its SAs before the ESP
+                # packets behind it in the same batch are opened (make-before-break).
+                self._ike_inbox_now()
         if failed:
             self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
-        inbox = self.forwarder.ike_inbox
-        if inbox:
-            now = time.monotonic()
-            while inbox:
-                message, peer = inbox.popleft()
-                self.control.dispatcher.receive_datagram(message, peer[:2], NAT_T_PORT, now)
-            self._after_ike()
+        if self.control.tunnels:
+            self.control.note_esp_received(time.monotonic())
+
+    def _ike_inbox_now(self) -> None:
+        inbox, now = self.forwarder.ike_inbox, time.monotonic()
+        while inbox:
+            message, peer = inbox.popleft()
+            self.control.dispatcher.receive_datagram(message, peer[:2], NAT_T_PORT, now)
+        self._after_ike()
 
     def _on_ike_readable(self) -> None:
         now = time.monotonic()

@@ -30,6 +30,8 @@ from tunnel.ike.constants import IKE_PORT
 from tunnel.secret import Secret
 
 MAX_CONFIG_BYTES = 1024 * 1024
+MAX_LIFETIME = 7 * 24 * 3600
+LIFETIME_KEYS = ("rekey_time", "lifetime", "ike_rekey_time", "ike_lifetime", "dpd_delay")
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 NAME_RULE = "1-32 characters from A-Z a-z 0-9 _ . -"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -222,6 +224,12 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
         "ike_proposals": _ike_proposals,
         "esp_proposals": _esp_proposals,
         "start": lambda doc, node, path: doc.choice(node, path, [m.value for m in StartMode]),
+        # Lifetimes in seconds (RFC 7296 §2.8): rekey (soft) and expire (hard); DPD interval (§2.4), 0 = off.
+        "rekey_time": lambda doc, node, path: doc.integer(node, path, 1, MAX_LIFETIME),
+        "lifetime": lambda doc, node, path: doc.integer(node, path, 1, MAX_LIFETIME),
+        "ike_rekey_time": lambda doc, node, path: doc.integer(node, path, 1, MAX_LIFETIME),
+        "ike_lifetime": lambda doc, node, path: doc.integer(node, path, 1, MAX_LIFETIME),
+        "dpd_delay": lambda doc, node, path: doc.integer(node, path, 0, MAX_LIFETIME),
     }
     start = doc.checkpoint()
     required = ("auth", "local_id", "remote_id")
@@ -238,13 +246,17 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
     elif auth == "cert" and "psk_file" in fields:
         doc.error(fields["psk_file"], here, "only for auth: psk; auth: cert uses the certificate and key in "
                                             "gateway.pki")
+    for soft, hard in (("rekey_time", "lifetime"), ("ike_rekey_time", "ike_lifetime")):
+        if soft in v and hard in v and v[hard] <= v[soft]:
+            doc.error(fields[hard], key_path(path, hard), f"must be longer than {soft} ({v[soft]} s), so the "
+                                                         "rekey has time to finish before the SA expires")
     remote = v.get("remote_id")
     parts = {"auth": auth, "remote_id": remote[0] if remote else None,
              "remote_identity": remote[1] if remote else None}
     if not doc.clean_since(start):
         return IkeParts(**parts, model=None)
     model = Ike(auth=auth, local_id=v["local_id"][0], remote_id=remote[0], psk=psk,
-                **{key: v[key] for key in ("ike_proposals", "esp_proposals") if key in v},
+                **{key: v[key] for key in ("ike_proposals", "esp_proposals", *LIFETIME_KEYS) if key in v},
                 start=StartMode(v.get("start", StartMode.INITIATE)))
     return IkeParts(**parts, model=model)
 

@@ -71,6 +71,11 @@ class Ike:
     ike_proposals: tuple[IkeSuite, ...] = (IkeSuite(),)
     esp_proposals: tuple[EspSuite, ...] = (EspSuite(),)
     start: StartMode = StartMode.INITIATE
+    rekey_time: int = 3600  # Child SA soft lifetime (s), shortened by up to 10 % jitter
+    lifetime: int | None = None  # Child SA hard lifetime (s); default rekey_time * 1.1
+    ike_rekey_time: int = 14400
+    ike_lifetime: int | None = None
+    dpd_delay: int = 30  # seconds of silence before a liveness check; 0 = no dead-peer detection
 
 
 @dataclass(frozen=True)
