@@ -77,7 +77,8 @@ class Deployment:
 
     def __init__(self, lab: Lab, workdir: Path, log_level: str = "info", keying: str = "psk",
                  esp_key_log: bool = False, ike_proposals: list[str] | None = None,
-                 initiators: set[tuple[str, str]] | None = None, start_mode: str = "initiate") -> None:
+                 initiators: set[tuple[str, str]] | None = None, start_mode: str = "initiate",
+                 ike_options: dict[str, int] | None = None) -> None:
         """initiators: (site, peer) pairs where site initiates; default: the first-listed site of each pair.
         A site the lab runs something else on (e.g. strongSwan) simply is not started."""
         if keying not in ("psk", "cert", "manual"):
@@ -91,6 +92,7 @@ class Deployment:
         self.initiators: set[tuple[str, str]] = set()
         self.ike_proposals = ike_proposals
         self.start_mode = start_mode  # what initiating sites use: initiate | on-demand
+        self.ike_options = ike_options or {}  # extra keys of each tunnel's ike: mapping (lifetimes, dpd_delay)
         sites = lab.topology.sites
         self.gateways: dict[str, Gateway] = {
             s.name: Gateway(s, self.workdir / f"{s.name}.yaml", self.workdir / f"{s.name}.log") for s in sites
@@ -162,6 +164,7 @@ class Deployment:
             start = self.start_mode if (s.name, peer_name) in self.initiators else "respond"
             auth = f"auth: psk, psk_file: {keyfile.name}" if self.keying == "psk" else "auth: cert"
             proposals = f", ike_proposals: [{', '.join(self.ike_proposals)}]" if self.ike_proposals else ""
+            proposals += "".join(f", {key}: {value}" for key, value in self.ike_options.items())
             lines.append(f"    ike: {{{auth}, local_id: {identity(s.name)}, remote_id: {identity(peer_name)}, "
                          f"start: {start}{proposals}}}")
         return "\n".join(lines) + "\n"
