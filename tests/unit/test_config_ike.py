@@ -557,3 +557,24 @@ def test_example_configs_use_ike_with_psk(tmp_path: Path) -> None:
     assert hq.tunnels[0].ike.psk == branch.tunnels[0].ike.psk == Secret(PSK)
     assert hq.tunnels[0].ike.local_id == "gw.hq.example" and branch.tunnels[0].ike.local_id == "gw.branch1.example"
     assert hq.tunnels[0].ike.start is branch.tunnels[0].ike.start is StartMode.INITIATE
+
+
+# -- lifetimes and DPD ------------------------------------------------------------------------------------
+
+
+def test_lifetimes_and_dpd(site: Path) -> None:
+    text = GOOD + "      rekey_time: 600\n      lifetime: 700\n      ike_rekey_time: 3600\n      dpd_delay: 0\n"
+    ike = load_config(write(site, text)).tunnels[0].ike
+    assert (ike.rekey_time, ike.lifetime, ike.ike_rekey_time, ike.ike_lifetime, ike.dpd_delay) == (600, 700, 3600, None, 0)
+    defaults = load_config(write(site, GOOD)).tunnels[0].ike
+    assert (defaults.rekey_time, defaults.ike_rekey_time, defaults.dpd_delay) == (3600, 14400, 30)
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ("      rekey_time: 600\n      lifetime: 600\n", "17:17: tunnels[0].ike.lifetime: must be longer than rekey_time"),
+    ("      ike_rekey_time: 0\n", "16:23: tunnels[0].ike.ike_rekey_time:"),
+    ("      dpd_delay: soon\n", "16:18: tunnels[0].ike.dpd_delay:"),
+])
+def test_bad_lifetimes(site: Path, extra: str, expected: str) -> None:
+    found = problems(write(site, GOOD + extra))
+    assert len(found) == 1 and expected in found[0], found
