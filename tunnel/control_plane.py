@@ -26,6 +26,9 @@ from tunnel.ike.events import (
 log = logging.getLogger("sitelink.ike")
 
 RETRY_DELAY = 5.0  # seconds before an initiating tunnel tries again after a failed or deleted IKE SA
+MAX_RETRY_DELAY = 60.0  # the delay doubles after each failure up to this, and resets once a Child SA is up
+UNKNOWN_SPI_HOLDOFF = 5.0  # at most one IKE SA started per tunnel this often because of unknown-SPI ESP
+KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §2.3 NAT keepalive period
 # A deleted Child SA's inbound half keeps accepting this long, for packets the peer sealed before it
 # switched to the new SA and that the network delivers late (make-before-break, RFC 7296 §2.8).
 INBOUND_GRACE = 2.0
@@ -38,7 +41,9 @@ class TunnelRuntime:
     inbound_spis: list[int] = field(default_factory=list)
     outbound_spi: int | None = None
     retry_at: float | None = None
+    retry_delay: float = RETRY_DELAY
     established_at: float | None = None
+    unknown_spi_at: float | None = None
     rx_seen: int = 0  # inbound ESP packets counted at the last liveness note
 
 
@@ -70,6 +75,23 @@ class ControlPlane:
         log.info("tunnel %s: initiating IKE SA with %s", name, self.tunnels[name].config.peer.address)
         self.tunnels[name].retry_at = None
         self.dispatcher.initiate(name, now, self.config.ike_port)
+
+    def on_unknown_spi(self, peers: set[str], now: float) -> None:
+        """ESP for SPIs we do not know, from a configured peer that has no IKE SA with us: the peer
+        still uses SAs from before we restarted. Start a new IKE SA (with INITIAL_CONTACT, so the peer
+        drops the stale ones) instead of waiting for its dead-peer detection. Also in respond mode."""
+        for name, runtime in self.tunnels.items():
+            if str(runtime.config.peer.address) not in peers or self.dispatcher.sessions_for(name):
+                continue
+            if runtime.unknown_spi_at is not None and now - runtime.unknown_spi_at < UNKNOWN_SPI_HOLDOFF:
+                continue
+            runtime.unknown_spi_at = now
+            log.info("tunnel %s: ESP with unknown SPIs from %s (did we restart?)", name, runtime.config.peer.address)
+            self.initiate(name, now)
+
+    def keepalive_targets(self) -> list[tuple[str, int]]:
+        """Where to send a NAT keepalive (RFC 3948 §2.3): peers of tunnels with an outbound SA."""
+        return [self.forwarder.tunnels[name].peer for name, r in self.tunnels.items() if r.outbound_spi is not None]
 
     def on_need_sa(self, name: str, now: float) -> None:
         runtime = self.tunnels.get(name)
@@ -124,7 +146,8 @@ class ControlPlane:
             log.log(level, "tunnel %s: IKE SA %s: %s", event.tunnel,
                     "failed" if isinstance(event, IkeSaFailed) else "deleted", event.reason)
             if runtime.config.ike.start is StartMode.INITIATE and not self.dispatcher.sessions_for(event.tunnel):
-                runtime.retry_at = now + RETRY_DELAY
+                runtime.retry_at = now + runtime.retry_delay
+                runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
 
     def _install(self, runtime: TunnelRuntime, event: ChildSaEstablished, now: float) -> None:
         name = event.tunnel
@@ -134,6 +157,7 @@ class ControlPlane:
         runtime.inbound_spis.append(event.spi_in)
         runtime.outbound_spi = event.spi_out
         runtime.established_at = now
+        runtime.retry_delay = RETRY_DELAY
         if self.key_logger is not None:
             self.key_logger(event)
         log.info("tunnel %s: Child SA established (%s, SPI in %#010x, out %#010x, %s === %s, ESP to %s:%d)",

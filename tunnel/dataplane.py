@@ -73,7 +73,7 @@ class NeedSa:
 
 
 class TunnelState:
-    __slots__ = ("name", "peer", "local", "remote", "outbound", "counters", "_asked")
+    __slots__ = ("name", "peer", "local", "remote", "outbound", "counters", "peer_changes", "_asked")
 
     def __init__(self, name: str, peer: PeerAddress, local: Iterable[Network], remote: Iterable[Network]) -> None:
         self.name = name
@@ -82,6 +82,7 @@ class TunnelState:
         self.remote = SubnetSet(remote)
         self.outbound: OutboundSa | None = None
         self.counters = Counters()
+        self.peer_changes = 0  # times authenticated ESP arrived from a new address (NAT rebinding)
         self._asked = False  # a NeedSa is outstanding; do not repeat it for every packet
 
 
@@ -94,6 +95,7 @@ class Forwarder:
         self._inbound: dict[int, tuple[TunnelState, InboundSa]] = {}
         self._events: deque[NeedSa] = deque()
         self.ike_inbox: deque[tuple[bytes, PeerAddress]] = deque()
+        self.unknown_spi_peers: set[str] = set()  # drained by the control plane
         self.accept_ike = False  # until an IKE handler drains ike_inbox, IKE messages are counted drops
 
     # -- configuration (control plane) ------------------------------------------------------------
@@ -166,6 +168,7 @@ class Forwarder:
         entry = self._inbound.get(int.from_bytes(datagram[:4], "big"))
         if entry is None:
             self.counters.drop(DropReason.UNKNOWN_SPI)
+            self.unknown_spi_peers.add(peer[0])  # a restarted peer still using old SAs: ask for a new one
             return None
         tunnel, sa = entry
         counters = tunnel.counters
@@ -184,6 +187,11 @@ class Forwarder:
             return None
         counters.rx_packets += 1
         counters.rx_bytes += len(inner)
+        known = tunnel.peer
+        if peer[0] != known[0] or peer[1] != known[1]:
+            # RFC 3948 §3.1 / RFC 7296 §2.23: behind a NAT, reply to where authenticated ESP comes from.
+            tunnel.peer = peer[:2]
+            tunnel.peer_changes += 1
         return inner
 
     def _not_esp(self, kind: Kind, datagram: bytes, peer: PeerAddress) -> None:

@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 from tunnel.config.model import GatewayConfig, Tunnel
-from tunnel.control_plane import ControlPlane
+from tunnel.control_plane import KEEPALIVE_INTERVAL, ControlPlane
 from tunnel.dataplane import Counters, Forwarder, NeedSa
 from tunnel.drivers import udp
 from tunnel.drivers.netlink import Netlink
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.drops import DropReason
+from tunnel.esp.encap import NAT_KEEPALIVE
 from tunnel.esp.overhead import inner_mtu
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.ike.constants import NAT_T_PORT
@@ -54,6 +55,7 @@ class Gateway:
         self._ike_sock: socket.socket | None = None  # IKE_SA_INIT (ike_port)
         self._stopping: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
         self._esp_key_log = esp_key_log
         self.control: ControlPlane | None = None
 
@@ -111,6 +113,8 @@ class Gateway:
             loop.add_reader(self._ike_sock.fileno(), self._on_ike_readable)
         self.control.start(time.monotonic())
         self._after_ike()
+        if self.control.tunnels:
+            self._keepalive = loop.call_later(KEEPALIVE_INTERVAL, self._send_keepalives)
         try:
             await self._stopping.wait()
         finally:
@@ -120,11 +124,22 @@ class Gateway:
                 loop.remove_reader(self._ike_sock.fileno())
             if self._timer is not None:
                 self._timer.cancel()
+            if self._keepalive is not None:
+                self._keepalive.cancel()
             self.control.dispatcher.delete_all(time.monotonic())  # best effort: tell peers (§1.4.1)
             self._flush_ike()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             self.log_counters()
+
+    def _send_keepalives(self) -> None:
+        # A NAT between the gateways forgets an idle UDP mapping; one byte every 20 s keeps it (RFC 3948 §2.3).
+        for peer in self.control.keepalive_targets():
+            try:
+                self._sock.sendto(NAT_KEEPALIVE, peer)
+            except OSError:
+                pass
+        self._keepalive = asyncio.get_running_loop().call_later(KEEPALIVE_INTERVAL, self._send_keepalives)
 
     def _request_stop(self, sig: int) -> None:
         log.info("received %s, shutting down", signal.Signals(sig).name)
@@ -202,6 +217,10 @@ class Gateway:
             self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
         if self.control.tunnels:
             self.control.note_esp_received(time.monotonic())
+            if self.forwarder.unknown_spi_peers:
+                self.control.on_unknown_spi(self.forwarder.unknown_spi_peers, time.monotonic())
+                self.forwarder.unknown_spi_peers.clear()
+                self._after_ike()
 
     def _ike_inbox_now(self) -> None:
         inbox, now = self.forwarder.ike_inbox, time.monotonic()

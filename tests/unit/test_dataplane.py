@@ -169,3 +169,26 @@ def test_removed_inbound_sa_means_unknown_spi() -> None:
     br.remove_inbound(0x1001)
     assert br.inbound(esp, HQ_PEER) is None
     assert br.counters.drops[DropReason.UNKNOWN_SPI] == 1
+
+
+def test_authenticated_esp_from_a_new_address_moves_the_peer() -> None:
+    hq, br = make_pair()
+    _, esp = hq.outbound(ping("10.1.0.10", "10.2.0.10"))
+    nat = ("198.18.2.1", 40001)  # hq now appears behind a NAT
+    assert br.inbound(esp, nat) is not None
+    assert br.tunnels["hq"].peer == nat and br.tunnels["hq"].peer_changes == 1
+    assert br.outbound(ping("10.2.0.10", "10.1.0.10"))[0] == nat
+
+
+def test_forged_esp_from_a_new_address_does_not_move_the_peer() -> None:
+    hq, br = make_pair()
+    _, esp = hq.outbound(ping("10.1.0.10", "10.2.0.10"))
+    forged = esp[:-1] + bytes([esp[-1] ^ 1])
+    assert br.inbound(forged, ("203.0.113.66", 4500)) is None
+    assert br.tunnels["hq"].peer == HQ_PEER
+
+
+def test_unknown_spi_remembers_the_sender() -> None:
+    hq, _ = make_pair()
+    hq.inbound(b"\x00\x00\x99\x99" + bytes(60), ("198.18.2.2", 4500))
+    assert hq.unknown_spi_peers == {"198.18.2.2"}

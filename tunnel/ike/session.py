@@ -262,6 +262,8 @@ class IkeSession:
                 return
             message = opened
             self.last_received = now if self.last_received is not None else None
+            if local_port == NAT_T_PORT == self.local_port:
+                self.remote = remote  # RFC 7296 §2.23: follow the peer's NAT mapping (authenticated)
         self.requests.complete()
         handler = getattr(self.exchange, "on_response", None)  # the newer exchanges carry their own
         if handler is None:
