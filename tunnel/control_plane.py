@@ -29,6 +29,10 @@ RETRY_DELAY = 5.0  # seconds before an initiating tunnel tries again after a fai
 MAX_RETRY_DELAY = 60.0  # the delay doubles after each failure up to this, and resets once a Child SA is up
 UNKNOWN_SPI_HOLDOFF = 5.0  # at most one IKE SA started per tunnel this often because of unknown-SPI ESP
 KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §2.3 NAT keepalive period
+VOLUME_CHECK_INTERVAL = 1.0  # how often byte/packet/sequence-number use of outbound SAs is looked at
+SEQ_SOFT_LIMIT = 3 * 2**30  # rekey long before the 32-bit sequence numbers run out (RFC 4303 §3.3.3)
+HARD_VOLUME_FACTOR = 1.1  # past soft * this without a new SA, the outbound SA is dropped (fail closed)
+VOLUME_GRACE = 5.0  # ... but only when the rekey asked for at the soft limit has had this long
 # A deleted Child SA's inbound half keeps accepting this long, for packets the peer sealed before it
 # switched to the new SA and that the network delivers late (make-before-break, RFC 7296 §2.8).
 INBOUND_GRACE = 2.0
@@ -45,6 +49,9 @@ class TunnelRuntime:
     established_at: float | None = None
     unknown_spi_at: float | None = None
     rx_seen: int = 0  # inbound ESP packets counted at the last liveness note
+    tx_bytes_base: int = 0  # the tunnel's tx_bytes when its current outbound SA was installed
+    volume_rekey_spi: int | None = None  # outbound SPI a volume rekey was already asked for
+    volume_rekey_at: float = 0.0
 
 
 class ControlPlane:
@@ -88,6 +95,30 @@ class ControlPlane:
             runtime.unknown_spi_at = now
             log.info("tunnel %s: ESP with unknown SPIs from %s (did we restart?)", name, runtime.config.peer.address)
             self.initiate(name, now)
+
+    def check_volume(self, now: float) -> None:
+        """Volume lifetimes (RFC 4301 §4.4.2.1) and sequence-number exhaustion: ask for a rekey at the
+        soft limit; if no new SA has replaced this one VOLUME_GRACE seconds later and the hard limit is
+        passed too, drop the outbound SA so traffic fails closed until a new one exists."""
+        for name, runtime in self.tunnels.items():
+            state = self.forwarder.tunnels[name]
+            sa = state.outbound
+            if sa is None:
+                continue
+            ike = runtime.config.ike
+            used_bytes = state.counters.tx_bytes - runtime.tx_bytes_base
+            if runtime.volume_rekey_spi != sa.spi:
+                if sa.seq >= SEQ_SOFT_LIMIT or _over(sa.seq, used_bytes, ike.rekey_packets, ike.rekey_bytes):
+                    runtime.volume_rekey_spi, runtime.volume_rekey_at = sa.spi, now
+                    log.info("tunnel %s: rekeying after %d packets / %d bytes on SA %#010x", name, sa.seq,
+                             used_bytes, sa.spi)
+                    self.dispatcher.rekey_child(name, now)
+            elif now - runtime.volume_rekey_at >= VOLUME_GRACE and _over(
+                    sa.seq, used_bytes, ike.rekey_packets * HARD_VOLUME_FACTOR, ike.rekey_bytes * HARD_VOLUME_FACTOR):
+                log.warning("tunnel %s: outbound SA %#010x is past its hard volume limit and no new SA came "
+                            "within %.0f s; dropping it", name, sa.spi, VOLUME_GRACE)
+                self.forwarder.remove_outbound(name)
+                runtime.outbound_spi = None
 
     def keepalive_targets(self) -> list[tuple[str, int]]:
         """Where to send a NAT keepalive (RFC 3948 §2.3): peers of tunnels with an outbound SA."""
@@ -158,6 +189,7 @@ class ControlPlane:
         runtime.outbound_spi = event.spi_out
         runtime.established_at = now
         runtime.retry_delay = RETRY_DELAY
+        runtime.tx_bytes_base = self.forwarder.tunnels[name].counters.tx_bytes
         if self.key_logger is not None:
             self.key_logger(event)
         log.info("tunnel %s: Child SA established (%s, SPI in %#010x, out %#010x, %s === %s, ESP to %s:%d)",
@@ -171,6 +203,10 @@ class ControlPlane:
         if runtime.outbound_spi == spi_out:
             self.forwarder.remove_outbound(runtime.config.name)  # fail closed until a new SA exists
             runtime.outbound_spi = None
+
+
+def _over(packets: int, used_bytes: int, packet_limit: float, byte_limit: float) -> bool:
+    return bool(packet_limit and packets >= packet_limit) or bool(byte_limit and used_bytes >= byte_limit)
 
 
 def _ike_config(tunnel: Tunnel, cert_auth: CertAuth | None) -> IkeConfig:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tunnel.config.model import GatewayConfig, Tunnel
-from tunnel.control_plane import KEEPALIVE_INTERVAL, ControlPlane
+from tunnel.control_plane import KEEPALIVE_INTERVAL, VOLUME_CHECK_INTERVAL, ControlPlane
 from tunnel.dataplane import Counters, Forwarder, NeedSa
 from tunnel.drivers import udp
 from tunnel.drivers.netlink import Netlink
@@ -56,6 +56,7 @@ class Gateway:
         self._stopping: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        self._volume: asyncio.TimerHandle | None = None
         self._esp_key_log = esp_key_log
         self.control: ControlPlane | None = None
 
@@ -115,6 +116,7 @@ class Gateway:
         self._after_ike()
         if self.control.tunnels:
             self._keepalive = loop.call_later(KEEPALIVE_INTERVAL, self._send_keepalives)
+            self._volume = loop.call_later(VOLUME_CHECK_INTERVAL, self._check_volume)
         try:
             await self._stopping.wait()
         finally:
@@ -124,8 +126,9 @@ class Gateway:
                 loop.remove_reader(self._ike_sock.fileno())
             if self._timer is not None:
                 self._timer.cancel()
-            if self._keepalive is not None:
-                self._keepalive.cancel()
+            for handle in (self._keepalive, self._volume):
+                if handle is not None:
+                    handle.cancel()
             self.control.dispatcher.delete_all(time.monotonic())  # best effort: tell peers (§1.4.1)
             self._flush_ike()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
@@ -140,6 +143,11 @@ class Gateway:
             except OSError:
                 pass
         self._keepalive = asyncio.get_running_loop().call_later(KEEPALIVE_INTERVAL, self._send_keepalives)
+
+    def _check_volume(self) -> None:
+        self.control.check_volume(time.monotonic())
+        self._after_ike()
+        self._volume = asyncio.get_running_loop().call_later(VOLUME_CHECK_INTERVAL, self._check_volume)
 
     def _request_stop(self, sig: int) -> None:
         log.info("received %s, shutting down", signal.Signals(sig).name)

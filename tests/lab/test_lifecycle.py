@@ -33,3 +33,15 @@ def test_stream_survives_many_rekeys(tmp_path: Path) -> None:
             for tunnel, c in by_tunnel.items():
                 assert "replay" not in c["drops"] and "auth_failed" not in c["drops"], (site, tunnel, c)
                 assert "no_sa" not in c["drops"], (site, tunnel, c)
+
+
+def test_volume_lifetime_rekeys_by_packets(tmp_path: Path) -> None:
+    with Lab(TOPOLOGIES / "two-sites.yaml", mode="tunnel") as lab:
+        dep = Deployment(lab, tmp_path / "gw", ike_options={"rekey_packets": 4000, "rekey_time": 3600})
+        dep.start_all()
+        stream = iperf3(lab, "hq-host", "branch1-host", lab.addr("branch1-host"), seconds=10, udp=True,
+                        bitrate="16M", length=1000)
+        end = stream.raw["end"]["sum"]
+        rekeys = dep.gateways["hq"].log_text().count("rekeying after")
+        print(f"\n{end['packets']} datagrams, {end['lost_packets']} lost, {rekeys} rekeys by packet count")
+        assert rekeys >= 3 and end["lost_packets"] == 0

@@ -578,3 +578,9 @@ def test_lifetimes_and_dpd(site: Path) -> None:
 def test_bad_lifetimes(site: Path, extra: str, expected: str) -> None:
     found = problems(write(site, GOOD + extra))
     assert len(found) == 1 and expected in found[0], found
+
+
+def test_volume_lifetimes(site: Path) -> None:
+    ike = load_config(write(site, GOOD + "      rekey_bytes: 1000000000\n      rekey_packets: 500000\n")).tunnels[0].ike
+    assert (ike.rekey_bytes, ike.rekey_packets) == (1_000_000_000, 500_000)
+    assert "tunnels[0].ike.rekey_packets" in problems(write(site, GOOD + "      rekey_packets: 4294967296\n"))[0]

@@ -31,7 +31,8 @@ from tunnel.secret import Secret
 
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_LIFETIME = 7 * 24 * 3600
-LIFETIME_KEYS = ("rekey_time", "lifetime", "ike_rekey_time", "ike_lifetime", "dpd_delay")
+LIFETIME_KEYS = ("rekey_time", "lifetime", "ike_rekey_time", "ike_lifetime", "dpd_delay", "rekey_bytes",
+                 "rekey_packets")
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 NAME_RULE = "1-32 characters from A-Z a-z 0-9 _ . -"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -230,6 +231,9 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
         "ike_rekey_time": lambda doc, node, path: doc.integer(node, path, 1, MAX_LIFETIME),
         "ike_lifetime": lambda doc, node, path: doc.integer(node, path, 1, MAX_LIFETIME),
         "dpd_delay": lambda doc, node, path: doc.integer(node, path, 0, MAX_LIFETIME),
+        # Volume lifetimes (RFC 4301 §4.4.2.1): rekey after so many bytes / packets; 0 = none.
+        "rekey_bytes": lambda doc, node, path: doc.integer(node, path, 0, 2**62),
+        "rekey_packets": lambda doc, node, path: doc.integer(node, path, 0, 2**32 - 1),
     }
     start = doc.checkpoint()
     required = ("auth", "local_id", "remote_id")
