@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import Conntrack, IPRoute, netns
 
 from .topology import Site, Topology, TopologyError, iter_links, load_topology, validate
 
@@ -178,6 +179,7 @@ class Lab:
         self._procs: list[subprocess.Popen] = []
         self._wan_loss = 0.0
         self._wan_blocked = False
+        self._nat: tuple[str, int | None] | None = None  # (site behind the NAT, SNAT port base)
         self._state = "new"  # new -> building -> up -> closed
         self._lock = threading.RLock()
         self._owner_pid = os.getpid()  # a forked copy of this object must not tear down
@@ -352,6 +354,83 @@ class Lab:
         self._wan_blocked = bool(blocked)
         self._apply_nft()
 
+    # ---- NAT in the router (nftables masquerade + conntrack) ------------------
+
+    NAT_PORT_RANGE = 100  # ports per SNAT range: port_base .. port_base + 99
+
+    @property
+    def nat(self) -> tuple[str, int | None] | None:
+        """``(site, port_base)`` of the active NAT, or None."""
+        return self._nat
+
+    def set_nat(self, site: str | None, port_base: int | None = None) -> None:
+        """Put ``site``'s gateway behind a NAT in the router; ``None`` removes the NAT.
+
+        Traffic that enters the router from the site's link and leaves through
+        another link is masqueraded to the router's address on the outgoing
+        link (``nat_public_address``).  With ``port_base`` TCP/UDP source ports
+        are mapped into ``port_base .. port_base+99``; otherwise the kernel
+        picks (usually keeping the original port).  The router's conntrack
+        decides per flow: flows it already tracks keep their old mapping until
+        :meth:`flush_conntrack` (set_nat with a new port_base + flush_conntrack
+        is a "NAT rebinding").
+        """
+        if site is not None:
+            self.site(site)  # KeyError for unknown sites
+            if port_base is not None and not 1024 <= port_base <= 65536 - self.NAT_PORT_RANGE:
+                raise ValueError(f"port_base must be within 1024..{65536 - self.NAT_PORT_RANGE}, got {port_base}")
+        elif port_base is not None:
+            raise ValueError("port_base needs a site")
+        self._nat = None if site is None else (site, port_base)
+        self._apply_nft()
+
+    def nat_public_address(self, site: str, peer: str | None = None) -> str:
+        """The IPv4 address ``peer``'s gateway sees ``site``'s gateway traffic come from.
+
+        Behind the NAT: the router's address on the peer's link; otherwise the
+        gateway's own WAN address.  ``peer`` may be omitted with two sites.
+        """
+        self.site(site)
+        if self._nat is None or self._nat[0] != site:
+            return self.addr(self.site(site).gw)
+        others = [s.name for s in self.topology.sites if s.name != site]
+        if peer is None:
+            if len(others) != 1:
+                raise ValueError(f"site {site!r} has several peers ({', '.join(others)}); name one")
+            peer = others[0]
+        if peer not in others:
+            raise ValueError(f"{peer!r} is not another site of this lab")
+        return str(self.site(peer).router_wan4)
+
+    def flush_conntrack(self) -> int:
+        """Drop every conntrack entry in the router (all families); returns how many there were.
+
+        The next packet of each flow is NATed afresh (with the current ``set_nat``).
+        """
+        if self._state not in ("building", "up"):
+            raise LabError(f"lab {self.prefix} is {self._state}")
+        try:
+            with Conntrack(nfgen_family=socket.AF_UNSPEC, netns=self.ns(self.topology.router),
+                           flags=0) as ct:
+                before = ct.count()
+                ct.flush()
+        except Exception as exc:
+            raise LabError(f"flushing conntrack in the router: {exc}") from exc
+        return before
+
+    def _nat_rules(self) -> list[str]:
+        if self._nat is None:
+            return []
+        site, port_base = self._nat
+        inside = self.site(site).router_if
+        match = f'iifname "{inside}" oifname != "{inside}"'
+        if port_base is None:
+            return [f"{match} counter masquerade"]
+        ports = f"{port_base}-{port_base + self.NAT_PORT_RANGE - 1}"
+        # a port mapping needs a transport-protocol match; everything else (ICMP) is masqueraded plainly
+        return [f"{match} meta l4proto {{ tcp, udp }} counter masquerade to :{ports}",
+                f"{match} counter masquerade"]
+
     def _apply_nft(self) -> None:
         # Replace the whole table atomically from our state: idempotent, no rule handles.
         rules = []
@@ -362,11 +441,19 @@ class Lab:
             rules.append("counter drop")  # nft rejects "< 10000" for a mod-10000 value
         elif threshold > 0:
             rules.append(f"numgen random mod 10000 < {threshold} counter drop")
+        nat_rules = self._nat_rules()
         script = f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
-        if rules:
-            body = "\n".join(f"    {r}" for r in rules)
-            script += (f"table inet {NFT_TABLE} {{\n  chain forward {{\n"
-                       f"    type filter hook forward priority -10; policy accept;\n{body}\n  }}\n}}\n")
+        if rules or nat_rules:
+            script += f"table inet {NFT_TABLE} {{\n"
+            if rules:
+                body = "\n".join(f"    {r}" for r in rules)
+                script += (f"  chain forward {{\n"
+                           f"    type filter hook forward priority -10; policy accept;\n{body}\n  }}\n")
+            if nat_rules:
+                body = "\n".join(f"    {r}" for r in nat_rules)
+                script += (f"  chain postrouting {{\n"
+                           f"    type nat hook postrouting priority srcnat; policy accept;\n{body}\n  }}\n")
+            script += "}\n"
         self.run(self.topology.router, ["nft", "-f", "-"], input=script, timeout=10)
 
     # ---- packet capture ---------------------------------------------------

@@ -78,8 +78,11 @@ class Deployment:
     def __init__(self, lab: Lab, workdir: Path, log_level: str = "info", keying: str = "psk",
                  esp_key_log: bool = False, ike_proposals: list[str] | None = None,
                  initiators: set[tuple[str, str]] | None = None, start_mode: str = "initiate",
-                 ike_options: dict[str, int] | None = None) -> None:
+                 ike_options: dict[str, int] | None = None,
+                 peer_address_overrides: dict[tuple[str, str], str] | None = None) -> None:
         """initiators: (site, peer) pairs where site initiates; default: the first-listed site of each pair.
+        peer_address_overrides: {(site, peer): address} writes that address into site's config for peer
+        instead of the peer's WAN address (e.g. lab.nat_public_address(peer) when peer is behind the NAT).
         A site the lab runs something else on (e.g. strongSwan) simply is not started."""
         if keying not in ("psk", "cert", "manual"):
             raise ValueError(f"keying must be psk, cert or manual, not {keying!r}")
@@ -93,6 +96,7 @@ class Deployment:
         self.ike_proposals = ike_proposals
         self.start_mode = start_mode  # what initiating sites use: initiate | on-demand
         self.ike_options = ike_options or {}  # extra keys of each tunnel's ike: mapping (lifetimes, dpd_delay)
+        self.peer_address_overrides = dict(peer_address_overrides or {})
         sites = lab.topology.sites
         self.gateways: dict[str, Gateway] = {
             s.name: Gateway(s, self.workdir / f"{s.name}.yaml", self.workdir / f"{s.name}.log") for s in sites
@@ -154,7 +158,7 @@ class Deployment:
             p = self.gateways[peer_name].site
             lines += [
                 f"  - name: {peer_name}",
-                f"    peer: {{address: {p.gw_wan4}, port: 4500}}",
+                f"    peer: {{address: {self.peer_address_overrides.get((s.name, peer_name), p.gw_wan4)}, port: 4500}}",
                 f"    local_subnets: [{', '.join(_subnets(s))}]",
                 f"    remote_subnets: [{', '.join(_subnets(p))}]",
             ]

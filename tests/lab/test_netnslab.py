@@ -15,7 +15,7 @@ import pytest
 
 import netnslab.lab as lab_module
 from netnslab import (CommandError, CommandTimeout, Lab, LabBuildError, ToolError, TopologyError,
-                      iperf3, load_topology, parse_ping, ping)
+                      iperf3, load_topology, parse_ping, ping, wait_listening)
 
 from .conftest import LAB_DIR
 
@@ -138,6 +138,69 @@ def test_wan_loss_and_block(two_sites_topology) -> None:
         assert ping(lab, "hq-gw", gw2, count=1).ok
         with pytest.raises(ValueError):
             lab.set_wan_loss(101)
+
+
+_UDP_RECEIVER = "; ".join([
+    "import socket, sys", "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+    "s.bind((sys.argv[1], int(sys.argv[2])))", "s.settimeout(5)", "data, src = s.recvfrom(100)",
+    "print(src[0], src[1], data.decode(), flush=True)"])
+_UDP_SENDER = "; ".join([
+    "import socket, sys", "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)",
+    "s.bind((sys.argv[1], int(sys.argv[2])))", "s.sendto(sys.argv[5].encode(), (sys.argv[3], int(sys.argv[4])))"])
+
+
+def _udp_source_seen(lab: Lab, payload: str) -> tuple[str, int]:
+    """Send one datagram hq-gw:4500 -> branch1-gw:4500; return the source branch1-gw saw."""
+    hq, br = lab.addr("hq-gw"), lab.addr("branch1-gw")
+    rx = lab.popen("branch1-gw", [sys.executable, "-c", _UDP_RECEIVER, br, "4500"],
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_listening(lab, "branch1-gw", 4500, udp=True, proc=rx)
+        lab.run("hq-gw", [sys.executable, "-c", _UDP_SENDER, hq, "4500", br, "4500", payload])
+        out, _ = rx.communicate(timeout=10)
+    finally:
+        lab.stop(rx)
+    address, port, data = out.split()
+    assert data == payload, out
+    return address, int(port)
+
+
+def test_nat_masquerades_and_rebinds(two_sites_topology) -> None:
+    with Lab(two_sites_topology, mode="tunnel") as lab:
+        router_side = str(lab.site("branch1").router_wan4)
+        assert lab.nat_public_address("hq") == lab.addr("hq-gw")  # no NAT yet
+        assert _udp_source_seen(lab, "direct") == (lab.addr("hq-gw"), 4500)
+
+        lab.set_nat("hq", 40000)
+        lab.flush_conntrack()  # the datagram above was not tracked as NATed; start clean
+        assert lab.nat == ("hq", 40000)
+        assert lab.nat_public_address("hq") == router_side
+        assert lab.nat_public_address("branch1") == lab.addr("branch1-gw")
+        address, first = _udp_source_seen(lab, "one")
+        assert address == router_side and 40000 <= first <= 40099, (address, first)
+        assert _udp_source_seen(lab, "again") == (address, first)  # conntrack keeps the mapping
+        # loss/blocking rewrite the same nft table; the NAT must survive that
+        lab.set_wan_loss(0)
+        lab.block_wan(False)
+        assert _udp_source_seen(lab, "still") == (address, first)
+        # ICMP (no ports) is masqueraded too
+        assert ping(lab, "hq-gw", lab.addr("branch1-gw"), count=1).ok
+
+        lab.set_nat("hq", 41000)
+        assert _udp_source_seen(lab, "tracked") == (address, first)  # old flow: old mapping
+        assert lab.flush_conntrack() >= 1
+        address2, second = _udp_source_seen(lab, "rebound")
+        assert address2 == router_side and 41000 <= second <= 41099, (address2, second)
+
+        lab.set_nat(None)
+        lab.flush_conntrack()
+        assert lab.nat is None and lab.nat_public_address("hq") == lab.addr("hq-gw")
+        assert _udp_source_seen(lab, "plain") == (lab.addr("hq-gw"), 4500)
+        with pytest.raises(KeyError):
+            lab.set_nat("nowhere")
+        with pytest.raises(ValueError):
+            lab.set_nat("hq", 70000)
+    assert_gone(lab)
 
 
 def test_capture_records_icmp(two_sites_topology, tmp_path) -> None:
