@@ -322,3 +322,28 @@ def test_random_bytes_into_established_session_do_not_raise() -> None:
         br.receive_datagram(bytes(data), (HQ, 4500), 4500, 0.0)
         session.receive_datagram(bytes(data), (HQ, 4500), 4500, 0.0)
     assert session.established
+
+
+def _with_children(d: IkeDispatcher) -> list:
+    return [s for s in d.sessions.values() if s.children]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize("lost", range(8))
+def test_simultaneous_ike_rekey_with_loss_keeps_the_children(seed: int, lost: int) -> None:
+    """Found in the lab under 20 % loss: a peer that wins the collision deletes the old IKE SA while our
+    own rekey response is still lost; the Child SAs must move to the peer's new SA, not die."""
+    hq, br, wire, c_hq, c_br = up(seed=seed)
+    start = len(wire.log)
+    wire.lose = lambda sender, data: len(wire.log) == start + lost + 1
+    hq.rekey_ike("branch1", wire.now)
+    br.rekey_ike("hq", wire.now)
+    wire.pump()
+    for _ in range(6):
+        wire.advance(2.0)
+    e_hq, e_br = events(hq), events(br)
+    assert not any(isinstance(e, (ChildSaDeleted, IkeSaDeleted, IkeSaFailed)) for e in e_hq + e_br), (e_hq, e_br)
+    (s_hq,), (s_br,) = _with_children(hq), _with_children(br)
+    assert (s_hq.spi_i, s_hq.spi_r) == (s_br.spi_i, s_br.spi_r) and s_hq.established and s_br.established
+    assert [(c.spi_in, c.spi_out) for c in s_hq.children] == [(c.spi_out, c.spi_in) for c in s_br.children]
+    assert s_hq.children[0].spi_in == c_hq.spi_in

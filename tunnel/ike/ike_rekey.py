@@ -49,6 +49,12 @@ class IkeRekey:
 
     def on_response(self, session: IkeSession, data: bytes, message: Message, now: float) -> None:
         error = next((n.type for n in message.all(NotifyPayload) if n.type < 16384), None)
+        if error is not None and self.collision is not None:
+            # The peer refused ours (§2.25.2) after we had answered its own: its new SA is the only one,
+            # so the Child SAs go there, and the peer deletes the old SA.
+            _move(session, self.collision.session)
+            session.state = _state().REKEYED
+            return session.drop("ike_rekey_refused")
         if error is not None:  # TEMPORARY_FAILURE or a refusal: keep the old SA, try again later (§2.25)
             session.ike_rekey_at = lifetime.retry_at(session, now)
             return session.drop("ike_rekey_refused")
@@ -121,6 +127,15 @@ def on_request(session: IkeSession, data: bytes, message: Message, now: float) -
         return
     _move(session, new)
     session.state = _state().REKEYED  # the peer deletes the old SA next
+
+
+def on_old_sa_deleted(session: IkeSession) -> None:
+    """The peer deletes the old IKE SA while our rekey is still out and we answered its rekey: its new SA
+    won (§2.8.2: only the winner's initiator deletes the old SA), so the Child SAs move there first
+    instead of dying with the old SA. Our own request is abandoned with the old SA."""
+    ours = session.exchange if session.requests.busy else None
+    if isinstance(ours, IkeRekey) and ours.collision is not None and session.children:
+        _move(session, ours.collision.session)
 
 
 def _refuse(session: IkeSession, message: Message, notify: int, data: bytes = b"") -> None:

@@ -31,6 +31,9 @@ def on_request(session: IkeSession, data: bytes, message: Message, now: float) -
     # §1.4.1: deleting the IKE SA answers with an empty INFORMATIONAL; §2.25.2: it also cancels our rekey.
     session.send_response(message, [] if delete_ike else answer)
     if delete_ike:
+        from tunnel.ike.ike_rekey import on_old_sa_deleted
+
+        on_old_sa_deleted(session)
         session.close(f"peer {session.remote[0]} deleted the IKE SA")
 
 
