@@ -12,7 +12,7 @@ from tests.unit.test_ike_session import BR, HQ, Wire, config, events, pair, rng
 from tunnel.ike.constants import DhGroup, ExchangeType, NotifyType
 from tunnel.ike.dispatcher import IkeDispatcher
 from tunnel.ike.events import (
-    ChildSaDeleted, ChildSaEstablished, IkeSaDeleted, IkeSaEstablished, IkeSaFailed, IkeSaRekeyed,
+    ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaDeleted, IkeSaEstablished, IkeSaFailed, IkeSaRekeyed,
 )
 from tunnel.ike.message import parse_header
 from tunnel.ike.proposal import EspSuite
@@ -347,3 +347,28 @@ def test_simultaneous_ike_rekey_with_loss_keeps_the_children(seed: int, lost: in
     assert (s_hq.spi_i, s_hq.spi_r) == (s_br.spi_i, s_br.spi_r) and s_hq.established and s_br.established
     assert [(c.spi_in, c.spi_out) for c in s_hq.children] == [(c.spi_out, c.spi_in) for c in s_br.children]
     assert s_hq.children[0].spi_in == c_hq.spi_in
+
+
+@pytest.mark.parametrize("pfs", [True, False], ids=["pfs", "no-pfs"])
+@pytest.mark.parametrize("delay", [0.0, 0.5, 1.5, 2.5])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("lost", [(a,) for a in range(8)] + [(a, b) for a in range(6) for b in range(a + 1, 8)])
+def test_overlapping_child_rekeys_with_loss_converge(seed: int, lost: tuple, delay: float, pfs: bool) -> None:
+    """Found in the lab under 20 % loss: the peer rekeyed the Child SA our outstanding rekey had just
+    created (its answer lost); we must not answer CHILD_SA_NOT_FOUND, which made it drop that SA."""
+    hq, br, wire, c_hq, c_br = up(PFS, PFS, seed=seed) if pfs else up(seed=seed)
+    start = len(wire.log)
+    wire.lose = lambda sender, data: (len(wire.log) - start - 1) in lost
+    hq.rekey_child("branch1", wire.now)
+    if delay:
+        wire.pump()
+        wire.advance(delay)
+    br.rekey_child("hq", wire.now)
+    wire.pump()
+    for _ in range(8):
+        wire.advance(1.0)
+    e = events(hq) + events(br)
+    assert not any(isinstance(x, (ChildSaFailed, IkeSaFailed, IkeSaDeleted)) for x in e), e
+    a = [c for s in hq.sessions.values() for c in s.children if c.state != "deleting"]
+    b = [c for s in br.sessions.values() for c in s.children if c.state != "deleting"]
+    assert len(a) == 1 and len(b) == 1 and (a[0].spi_in, a[0].spi_out) == (b[0].spi_out, b[0].spi_in), (a, b, e)

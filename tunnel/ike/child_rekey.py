@@ -142,6 +142,10 @@ def on_request(session: IkeSession, data: bytes, message: Message, now: float) -
     if rekey is not None:
         spi = int.from_bytes(rekey.spi, "big")
         old = next((c for c in session.children if c.spi_out == spi), None)
+        if old is None and isinstance(session.exchange, ChildRekey) and session.requests.busy:
+            # The SPI may belong to the Child SA our outstanding request is creating: the peer answered
+            # it, the answer has not reached us yet. Not "not found" but a collision (§2.25.1).
+            raise TemporaryFailure("REKEY_SA names an SPI our outstanding CREATE_CHILD_SA may be creating")
         if old is None:  # §2.25: CHILD_SA_NOT_FOUND with the SPI copied from REKEY_SA
             return _answer(session, message, NotifyPayload(NotifyType.CHILD_SA_NOT_FOUND, ProtocolId.ESP, rekey.spi))
         if old.state in ("rekeyed", "deleting"):
