@@ -78,7 +78,7 @@ class Deployment:
     def __init__(self, lab: Lab, workdir: Path, log_level: str = "info", keying: str = "psk",
                  esp_key_log: bool = False, ike_proposals: list[str] | None = None,
                  initiators: set[tuple[str, str]] | None = None, start_mode: str = "initiate",
-                 ike_options: dict[str, int] | None = None,
+                 ike_options: dict[str, int] | None = None, esp_proposals: list[str] | None = None,
                  peer_address_overrides: dict[tuple[str, str], str] | None = None) -> None:
         """initiators: (site, peer) pairs where site initiates; default: the first-listed site of each pair.
         peer_address_overrides: {(site, peer): address} writes that address into site's config for peer
@@ -94,6 +94,7 @@ class Deployment:
         self.command = sitelink_command()
         self.initiators: set[tuple[str, str]] = set()
         self.ike_proposals = ike_proposals
+        self.esp_proposals = esp_proposals
         self.start_mode = start_mode  # what initiating sites use: initiate | on-demand
         self.ike_options = ike_options or {}  # extra keys of each tunnel's ike: mapping (lifetimes, dpd_delay)
         self.peer_address_overrides = dict(peer_address_overrides or {})
@@ -168,6 +169,8 @@ class Deployment:
             start = self.start_mode if (s.name, peer_name) in self.initiators else "respond"
             auth = f"auth: psk, psk_file: {keyfile.name}" if self.keying == "psk" else "auth: cert"
             proposals = f", ike_proposals: [{', '.join(self.ike_proposals)}]" if self.ike_proposals else ""
+            if self.esp_proposals:
+                proposals += f", esp_proposals: [{', '.join(self.esp_proposals)}]"
             proposals += "".join(f", {key}: {value}" for key, value in self.ike_options.items())
             lines.append(f"    ike: {{{auth}, local_id: {identity(s.name)}, remote_id: {identity(peer_name)}, "
                          f"start: {start}{proposals}}}")
