@@ -24,6 +24,8 @@ from tunnel.ike.constants import DhGroup, EncrId, Esn, PrfId
 from tunnel.ike.proposal import EspSuite, IkeSuite
 from tunnel.secret import Secret
 
+from tests.unit.test_config_loader import problems as loader_problems, write  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 PSK = b"0123456789abcdefSECRETPSKTEXT-xyz"  # 33 bytes; never expected in any message
 
@@ -83,16 +85,8 @@ def site(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def write(directory: Path, text: str) -> Path:
-    path = directory / "config.yaml"
-    path.write_text(text)
-    return path
-
-
 def problems(path: Path) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    found = [p.replace(str(path), "C") for p in info.value.problems]
+    found = loader_problems(path)
     assert not any(PSK[:8].decode() in p for p in found)
     return found
 
