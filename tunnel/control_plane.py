@@ -52,6 +52,9 @@ class TunnelRuntime:
     tx_bytes_base: int = 0  # the tunnel's tx_bytes when its current outbound SA was installed
     volume_rekey_spi: int | None = None  # outbound SPI a volume rekey was already asked for
     volume_rekey_at: float = 0.0
+    # The new SA of a rekey the peer asked for: (its inbound SPI, its outbound SA, the outbound SPI it
+    # replaces). Outbound switches when the peer deletes the old SA or sends on the new one.
+    pending_out: tuple[int, OutboundSa, int] | None = None
 
 
 class ControlPlane:
@@ -146,12 +149,16 @@ class ControlPlane:
         return min(times) if times else None
 
     def note_esp_received(self, now: float) -> None:
-        """Authenticated ESP counts as liveness (RFC 7296 §2.4): no DPD while traffic flows."""
+        """Authenticated ESP counts as liveness (RFC 7296 §2.4): no DPD while traffic flows. ESP on the
+        new SA of a rekey we answered shows the peer has it: our outbound traffic moves there too."""
         for name, runtime in self.tunnels.items():
             rx = self.forwarder.tunnels[name].counters.rx_packets
             if rx != runtime.rx_seen:
                 runtime.rx_seen = rx
                 self.dispatcher.note_esp_received(name, now)
+                pending = runtime.pending_out
+                if pending is not None and self.forwarder.inbound_used(pending[0]):
+                    self._switch_outbound(runtime, pending[1])
 
     def process_events(self, now: float) -> None:
         while (event := self.dispatcher.next_event()) is not None:
@@ -181,28 +188,45 @@ class ControlPlane:
                 runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
 
     def _install(self, runtime: TunnelRuntime, event: ChildSaEstablished, now: float) -> None:
+        """Inbound at once (the peer may use it as soon as it has our answer); outbound at once too,
+        unless this answers the peer's rekey of the SA we still send on: make-before-break both ways."""
         name = event.tunnel
         self.forwarder.install_inbound(name, InboundSa(event.spi_in, event.key_in.reveal(), runtime.config.replay_window))
-        self.forwarder.install_outbound(name, OutboundSa(event.spi_out, event.key_out.reveal()))
+        outbound = OutboundSa(event.spi_out, event.key_out.reveal())
         self.forwarder.tunnels[name].peer = (event.remote[0], event.remote[1])
         runtime.inbound_spis.append(event.spi_in)
-        runtime.outbound_spi = event.spi_out
+        if event.replaces_out is not None and event.replaces_out == runtime.outbound_spi:
+            runtime.pending_out = (event.spi_in, outbound, event.replaces_out)
+        else:
+            self._switch_outbound(runtime, outbound)
         runtime.established_at = now
         runtime.retry_delay = RETRY_DELAY
-        runtime.tx_bytes_base = self.forwarder.tunnels[name].counters.tx_bytes
         if self.key_logger is not None:
             self.key_logger(event)
         log.info("tunnel %s: Child SA established (%s, SPI in %#010x, out %#010x, %s === %s, ESP to %s:%d)",
                  name, event.suite, event.spi_in, event.spi_out, ",".join(map(str, event.local_ts)),
                  ",".join(map(str, event.remote_ts)), *event.remote)
 
+    def _switch_outbound(self, runtime: TunnelRuntime, sa: OutboundSa) -> None:
+        name = runtime.config.name
+        self.forwarder.install_outbound(name, sa)
+        runtime.outbound_spi = sa.spi
+        runtime.pending_out = None
+        runtime.tx_bytes_base = self.forwarder.tunnels[name].counters.tx_bytes
+
     def _remove(self, runtime: TunnelRuntime, spi_in: int, spi_out: int, now: float) -> None:
         if spi_in in runtime.inbound_spis:
             runtime.inbound_spis.remove(spi_in)
             self._retiring.append((now + INBOUND_GRACE, runtime.config.name, spi_in))
-        if runtime.outbound_spi == spi_out:
-            self.forwarder.remove_outbound(runtime.config.name)  # fail closed until a new SA exists
-            runtime.outbound_spi = None
+        pending = runtime.pending_out
+        if pending is not None and pending[0] == spi_in:
+            runtime.pending_out = None  # the answered rekey's SA went first (a redundant collision SA)
+        elif runtime.outbound_spi == spi_out:
+            if pending is not None and pending[2] == spi_out:
+                self._switch_outbound(runtime, pending[1])  # the peer deleted the old SA: it has the new
+            else:
+                self.forwarder.remove_outbound(runtime.config.name)  # fail closed until a new SA exists
+                runtime.outbound_spi = None
 
 
 def _over(packets: int, used_bytes: int, packet_limit: float, byte_limit: float) -> bool:

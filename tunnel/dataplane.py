@@ -126,6 +126,11 @@ class Forwarder:
     def remove_inbound(self, spi: int) -> None:
         self._inbound.pop(spi, None)
 
+    def inbound_used(self, spi: int) -> bool:
+        """Whether an authenticated packet has arrived on this inbound SA (the peer sends on it)."""
+        entry = self._inbound.get(spi)
+        return entry is not None and entry[1].window.highest > 0
+
     def next_event(self) -> NeedSa | None:
         return self._events.popleft() if self._events else None
 

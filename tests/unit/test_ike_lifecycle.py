@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from tests.unit.test_ike_session import BR, HQ, Wire, config, events, pair, rng
+from tests.unit.test_ike_session import BR, HQ, Wire, child, config, events, pair, rng
 from tunnel.ike.constants import DhGroup, ExchangeType, NotifyType
 from tunnel.ike.dispatcher import IkeDispatcher
 from tunnel.ike.events import (
@@ -372,3 +372,70 @@ def test_overlapping_child_rekeys_with_loss_converge(seed: int, lost: tuple, del
     a = [c for s in hq.sessions.values() for c in s.children if c.state != "deleting"]
     b = [c for s in br.sessions.values() for c in s.children if c.state != "deleting"]
     assert len(a) == 1 and len(b) == 1 and (a[0].spi_in, a[0].spi_out) == (b[0].spi_out, b[0].spi_in), (a, b, e)
+
+
+EXPIRE = {"child_rekey_time": 100.0, "child_lifetime": 105.0, "rekey_jitter": 0.0, "dpd_delay": 0.0,
+          "ike_rekey_time": 1e6}
+
+
+def test_rekey_answered_after_hard_expiry_leaves_one_child_each_side() -> None:
+    """Found in the lab under 20 % loss: our rekey's answer came after the old SA had hard-expired here;
+    the peer must still be told to delete the old SA, else it keeps it as a second Child SA."""
+    hq, br, wire, c_hq, c_br = up(EXPIRE, {**EXPIRE, "child_rekey_time": 1e5, "child_lifetime": 2e5})
+    wire.lose = lambda sender, data: True
+    wire.advance(100.0)  # the rekey request goes out and is lost, retransmissions too
+    wire.advance(5.5)
+    assert ChildSaDeleted("branch1", c_hq.spi_in, c_hq.spi_out) in events(hq)
+    wire.lose = lambda sender, data: False
+    for _ in range(20):
+        wire.advance(1.0)
+    new_hq, new_br = child(events(hq)), child([e for e in events(br) if not isinstance(e, ChildSaDeleted)])
+    mirror(new_hq, new_br)
+    consistent(hq, br)
+
+
+def test_last_child_expired_without_successor_gets_a_fresh_one() -> None:
+    """The IKE SA outlived its only Child SA (rekeys lost, then the window freed): a new Child SA is
+    asked for with CREATE_CHILD_SA without REKEY_SA (§1.3.1), not left missing until the IKE SA dies."""
+    hq, br, wire, c_hq, c_br = up(EXPIRE, EXPIRE)
+    wire.lose = lambda sender, data: True
+    wire.advance(100.0)
+    wire.advance(6.0)  # both sides' SAs hard-expired; their rekey requests still out, unanswered
+    assert ChildSaDeleted("branch1", c_hq.spi_in, c_hq.spi_out) in events(hq)
+    assert ChildSaDeleted("hq", c_br.spi_in, c_br.spi_out) in events(br)
+    assert only(hq).children == [] and only(br).children == []
+    wire.lose = lambda sender, data: False
+    for _ in range(30):
+        wire.advance(1.0)
+    e_hq, e_br = events(hq), events(br)
+    assert not any(isinstance(e, (ChildSaFailed, IkeSaFailed, IkeSaDeleted)) for e in e_hq + e_br), (e_hq, e_br)
+    consistent(hq, br)
+
+
+@pytest.mark.parametrize("seed", range(1, 6))
+def test_simultaneous_requests_for_a_fresh_child_make_one(seed: int) -> None:
+    hq, br, wire, c_hq, c_br = up(seed=seed)
+    for d in (hq, br):
+        s = only(d)
+        s.remove_child(s.children[0])
+        s.new_child_at = wire.now + 1.0
+    events(hq), events(br)
+    wire.advance(1.0)  # both requests cross on the wire
+    for _ in range(5):
+        wire.advance(1.0)
+    e_hq, e_br = events(hq), events(br)
+    assert not any(isinstance(e, ChildSaFailed) for e in e_hq + e_br), (e_hq, e_br)
+    mirror(child(e_hq), child(e_br))
+    consistent(hq, br)
+
+
+def test_temporary_failure_retry_fits_before_hard_expiry() -> None:
+    from tunnel.ike import lifetime
+
+    hq, br, wire, c_hq, c_br = up()
+    s = only(hq)
+    for now in (0.0, 50.0):
+        at = lifetime.retry_at(s, now, expire_at=now + 12.0)
+        assert now + 0.5 <= at <= now + 6.0  # a quarter of the 12 s left, plus up to 100 %
+        assert now + 10.0 <= lifetime.retry_at(s, now, expire_at=now + 1000.0) <= now + 20.0
+        assert now + 10.0 <= lifetime.retry_at(s, now) <= now + 20.0

@@ -62,7 +62,9 @@ class ChildRekey:
             session.add_child(new[0], now, announce=False)
             return informational.send_delete_child(session, new[0], now)
         _announce(session, new[0], now)
-        if self.old is not None and self.old in session.children:
+        if self.old is not None:
+            # Also when it hard-expired while this request was out: the peer still holds it, and
+            # expire() could not tell it then (window busy). A peer that already deleted it ignores this.
             informational.send_delete_child(session, self.old, now)
 
     def _accept(self, session: IkeSession, message: Message, now: float) -> tuple[ChildState, bytes]:
@@ -83,6 +85,9 @@ class ChildRekey:
 
     def _refused(self, session: IkeSession, error: int, now: float) -> None:
         old = self.old
+        if old is None and session.active_children and error in (NotifyType.NO_ADDITIONAL_SAS,
+                                                                  NotifyType.TEMPORARY_FAILURE):
+            return  # the peer's simultaneous request for a fresh Child SA made one; nothing is missing
         if error == NotifyType.CHILD_SA_NOT_FOUND:  # §2.25: forget it silently, start afresh if none is left
             if old is not None and old in session.children:
                 session.remove_child(old)
@@ -95,7 +100,9 @@ class ChildRekey:
     def _failed(self, session: IkeSession, reason: str, notify: int | None, now: float) -> None:
         if self.old is not None and self.old.state == "rekeying":
             self.old.state = "installed"
-            self.old.rekey_at = lifetime.retry_at(session, now)  # §2.25: never retry at once
+            self.old.rekey_at = lifetime.retry_at(session, now, self.old.expire_at)  # §2.25: never at once
+        elif self.old is None and not session.active_children:
+            session.new_child_at = lifetime.retry_at(session, now)
         if notify != NotifyType.TEMPORARY_FAILURE:
             session.event(ChildSaFailed(session.config.tunnel, reason, notify))
 
@@ -127,6 +134,8 @@ def expire(session: IkeSession, child: ChildState, now: float) -> None:
     session.remove_child(child)
     if not session.requests.busy and child.state != "deleting":
         informational.send_delete_child(session, child, now)
+    if not session.active_children:
+        lifetime.schedule_new_child(session, now)
 
 
 # -- responder ---------------------------------------------------------------------------------------------
@@ -152,6 +161,12 @@ def on_request(session: IkeSession, data: bytes, message: Message, now: float) -
             raise TemporaryFailure("that Child SA is being deleted (§2.25.1)")
     elif session.active_children:
         return _answer(session, message, NotifyPayload(NotifyType.NO_ADDITIONAL_SAS))
+    elif isinstance(session.exchange, ChildRekey) and session.exchange.old is None and session.requests.busy:
+        # Both sides ask for a fresh Child SA at once (after the last one expired): only the request with
+        # the higher nonce gets one, else there would be two Child SAs for the same traffic.
+        theirs = message.get(NoncePayload)
+        if theirs is not None and theirs.data < session.exchange.nonce:
+            raise TemporaryFailure("our own request for a new Child SA is out and wins (higher nonce)")
     try:
         payloads, new, ni, nr = _respond(session, message, now)
     except IkeError as exc:
@@ -163,7 +178,7 @@ def on_request(session: IkeSession, data: bytes, message: Message, now: float) -
         ours.collision = Collision(new, ni, nr)  # §2.8.1: decided when our own response arrives
     if old is not None:
         old.state = "rekeyed"  # the peer deletes it once the new one is in place
-    _announce(session, new, now)
+    _announce(session, new, now, replaces_out=old.spi_out if old is not None else None)
 
 
 def _respond(session: IkeSession, message: Message, now: float) -> tuple[list, ChildState, bytes, bytes]:
@@ -230,12 +245,12 @@ def _child(session: IkeSession, initiator: bool, spi_in: int, spi_out: int, suit
     return child
 
 
-def _announce(session: IkeSession, child: ChildState, now: float) -> None:
+def _announce(session: IkeSession, child: ChildState, now: float, replaces_out: int | None = None) -> None:
     key_in, key_out = child.keys
     session.add_child(child, now)
     session.event(ChildSaEstablished(session.config.tunnel, child.spi_in, child.spi_out, Secret(key_in),
                                      Secret(key_out), child.local_ts, child.remote_ts, child.suite.name,
-                                     session.remote))
+                                     session.remote, replaces_out))
 
 
 def _lowest(collision: Collision) -> bytes:

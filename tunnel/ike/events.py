@@ -30,6 +30,10 @@ class ChildSaEstablished:
     remote_ts: tuple[TsRange, ...]
     suite: str
     remote: tuple  # (host, port) for ESP-in-UDP
+    # Set when this SA answers the peer's rekey: the outbound SPI of the SA it replaces. The peer may not
+    # have our answer yet, so the gateway keeps sending on the old SA until the peer deletes it or sends
+    # on the new one (strongSwan does the same; RFC 7296 §2.8 leaves the switch time open).
+    replaces_out: int | None = None
 
 
 @dataclass(frozen=True)

@@ -56,12 +56,12 @@ class IkeRekey:
             session.state = _state().REKEYED
             return session.drop("ike_rekey_refused")
         if error is not None:  # TEMPORARY_FAILURE or a refusal: keep the old SA, try again later (§2.25)
-            session.ike_rekey_at = lifetime.retry_at(session, now)
+            session.ike_rekey_at = lifetime.retry_at(session, now, session.ike_expire_at)
             return session.drop("ike_rekey_refused")
         try:
             new, nr = self._accept(session, message, now)
         except IkeError:
-            session.ike_rekey_at = lifetime.retry_at(session, now)
+            session.ike_rekey_at = lifetime.retry_at(session, now, session.ike_expire_at)
             return session.drop("ike_rekey_failed")
         collision = self.collision
         if collision is not None and min(collision.ni, collision.nr) > min(self.nonce, nr):

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from tunnel.ike.session import IkeSession
 
 TEMPORARY_FAILURE_RETRY = 10.0  # §2.25: wait before retrying after TEMPORARY_FAILURE (plus up to 100 %)
+MIN_RETRY = 0.5  # ... but never sooner than this, and sooner than 10 s when the hard lifetime is near
+NEW_CHILD_DELAY = 1.0  # after the last Child SA expired, a new one is asked for within this (randomised)
 
 
 def _fraction(session: IkeSession) -> float:
@@ -29,9 +31,13 @@ def soft_time(session: IkeSession, seconds: float) -> float:
     return seconds * (1.0 - session.config.rekey_jitter * _fraction(session))
 
 
-def retry_at(session: IkeSession, now: float) -> float:
-    """When to try a refused rekey again (§2.25: MUST NOT retry immediately), randomised."""
-    return now + TEMPORARY_FAILURE_RETRY * (1.0 + _fraction(session))
+def retry_at(session: IkeSession, now: float, expire_at: float | None = None) -> float:
+    """When to try a refused rekey again (§2.25: MUST NOT retry immediately), randomised. With a hard
+    expiry ahead, at most a quarter of the time left, so several tries fit before the SA goes."""
+    delay = TEMPORARY_FAILURE_RETRY
+    if expire_at is not None:
+        delay = max(MIN_RETRY, min(delay, (expire_at - now) / 4))
+    return now + delay * (1.0 + _fraction(session))
 
 
 def start_child(session: IkeSession, child: ChildState, now: float) -> None:
@@ -63,7 +69,7 @@ def deadlines(session: IkeSession) -> list[float]:
     found.append(session.ike_expire_at)
     if not session.requests.busy:
         found += [c.rekey_at for c in session.children if c.state == "installed"]
-        found += [session.ike_rekey_at, dpd_due(session)]
+        found += [session.ike_rekey_at, dpd_due(session), session.new_child_at]
     return [d for d in found if d is not None]
 
 
@@ -86,6 +92,17 @@ def on_timer(session: IkeSession, now: float) -> None:
     for child in session.children:
         if child.state == "installed" and child.rekey_at is not None and child.rekey_at <= now:
             return child_rekey.start(session, child, now)
+    if session.new_child_at is not None and session.new_child_at <= now:
+        session.new_child_at = None
+        if not session.active_children:
+            return child_rekey.start(session, None, now)
     due = dpd_due(session)
     if due is not None and due <= now:
         dpd.start(session, now)
+
+
+def schedule_new_child(session: IkeSession, now: float) -> None:
+    """The last Child SA went without a successor while the IKE SA stands (§2.25 and hard expiry under
+    loss): ask for a fresh one soon, randomised so both peers rarely ask at once."""
+    if session.new_child_at is None:
+        session.new_child_at = now + NEW_CHILD_DELAY * _fraction(session)

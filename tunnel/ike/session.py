@@ -64,6 +64,7 @@ class IkeSession:
         self.half_open_deadline: float | None = None
         self.ike_rekey_at: float | None = None  # soft lifetime of this IKE SA (lifetime.py)
         self.ike_expire_at: float | None = None  # hard lifetime
+        self.new_child_at: float | None = None  # ask for a fresh Child SA then (lifetime.schedule_new_child)
         self.last_received: float | None = None  # last authenticated message (or ESP packet) from the peer
         self.dpd_rtt: float | None = None  # round-trip time of the last DPD check (§2.4)
         self.send_initial_contact = True  # N(INITIAL_CONTACT) in IKE_AUTH (§2.4); the dispatcher decides

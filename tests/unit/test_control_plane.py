@@ -1,0 +1,187 @@
+"""The control plane between IKE events and the forwarder, two sites back to back without sockets: real
+IKE messages between two ControlPlanes, real ESP between their Forwarders, a hand-driven clock.
+
+The point is make-before-break across a rekey when the rekey's answer is lost: the side that answered
+must keep sending on the old SA until the peer shows it has the new one (RFC 7296 §2.8)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_config_ike import write_file
+from tests.unit.test_config_loader import write
+from tunnel.config.loader import load_config
+from tunnel.control_plane import ControlPlane
+from tunnel.dataplane import Forwarder
+from tunnel.ike.constants import ExchangeType
+from tunnel.ike.message import parse_header
+
+PSK = b"control-plane-test-psk-0123456789"
+ADDR = {"hq": "198.18.1.2", "branch1": "198.18.2.2"}
+SUBNET = {"hq": "10.1.0", "branch1": "10.2.0"}
+
+CONFIG = """\
+gateway:
+  name: {me}
+  listen:
+    address: {my_addr}
+tunnels:
+  - name: {peer}
+    peer:
+      address: {peer_addr}
+    local_subnets: [{my_net}.0/24]
+    remote_subnets: [{peer_net}.0/24]
+    ike:
+      auth: psk
+      psk_file: {me}.psk
+      local_id: gw.{me}.example
+      remote_id: gw.{peer}.example
+      start: {start}
+      rekey_time: 100
+      lifetime: 150
+      dpd_delay: 0
+"""
+
+
+class Site:
+    def __init__(self, directory: Path, me: str, peer: str, start: str) -> None:
+        directory.mkdir()
+        write_file(directory / f"{me}.psk", PSK + b"\n")
+        path = write(directory, CONFIG.format(me=me, peer=peer, my_addr=ADDR[me], peer_addr=ADDR[peer],
+                                              my_net=SUBNET[me], peer_net=SUBNET[peer], start=start))
+        config = load_config(path)
+        self.name, self.peer = me, peer
+        self.forwarder = Forwarder()
+        for t in config.tunnels:
+            self.forwarder.add_tunnel(t.name, (str(t.peer.address), t.peer.port), t.local_subnets, t.remote_subnets)
+        self.control = ControlPlane(config, self.forwarder, os.urandom)
+
+    def packet(self, n: int) -> bytes:
+        """A minimal IPv4/UDP packet from our host .1 to the peer's host .1, n in the payload."""
+        src = bytes(map(int, SUBNET[self.name].split("."))) + b"\x01"
+        dst = bytes(map(int, SUBNET[self.peer].split("."))) + b"\x01"
+        payload = n.to_bytes(4, "big")
+        udp = (5004).to_bytes(2, "big") * 2 + (8 + len(payload)).to_bytes(2, "big") + b"\0\0" + payload
+        return b"\x45\x00" + (20 + len(udp)).to_bytes(2, "big") + b"\0\0\0\0\x40\x11\0\0" + src + dst + udp
+
+
+class Link:
+    def __init__(self, tmp_path: Path) -> None:
+        self.now = 100.0
+        self.hq = Site(tmp_path / "hq", "hq", "branch1", "initiate")
+        self.br = Site(tmp_path / "br", "branch1", "hq", "respond")
+        self.sites = {ADDR["hq"]: self.hq, ADDR["branch1"]: self.br}
+        self.lose_ike: Callable[[str, bytes], bool] = lambda sender, data: False
+        self.ike_log: list[tuple[str, int, bool]] = []  # (sender, exchange, response)
+
+    def pump(self) -> None:
+        for _ in range(20):
+            moved = False
+            for addr, site in self.sites.items():
+                site.control.process_events(self.now)
+                for data, remote, local_port in site.control.dispatcher.datagrams_to_send(self.now):
+                    moved = True
+                    if local_port == 4500:
+                        data = data[4:]  # the non-ESP marker (RFC 3948)
+                    h = parse_header(data)
+                    self.ike_log.append((site.name, h.exchange, h.is_response))
+                    if not self.lose_ike(site.name, data):
+                        self.sites[remote[0]].control.dispatcher.receive_datagram(data, (addr, local_port), remote[1], self.now)
+            if not moved:
+                return
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for site in self.sites.values():
+            site.control.handle_timer(self.now)
+        self.pump()
+
+    def send(self, sender: Site, n: int) -> bool:
+        """One packet through the tunnel; whether the other side delivered it."""
+        receiver = self.br if sender is self.hq else self.hq
+        out = sender.forwarder.outbound(sender.packet(n))
+        if out is None:
+            return False
+        inner = receiver.forwarder.inbound(out[1], (ADDR[sender.name], 4500))
+        receiver.control.note_esp_received(self.now)
+        self.pump()
+        return inner == sender.packet(n)
+
+
+@pytest.fixture
+def link(tmp_path: Path) -> Link:
+    link = Link(tmp_path)
+    link.hq.control.start(link.now)
+    link.pump()
+    assert link.send(link.hq, 0) and link.send(link.br, 0)
+    return link
+
+
+def _spi_out(site: Site) -> int:
+    return site.forwarder.tunnels[site.peer].outbound.spi
+
+
+def _lose_once(sender: str, exchange: int) -> Callable[[str, bytes], bool]:
+    lost: list[bytes] = []
+
+    def lose(who: str, data: bytes) -> bool:
+        if not lost and who == sender and parse_header(data).exchange == exchange:
+            lost.append(data)
+            return True
+        return False
+    return lose
+
+
+@pytest.mark.parametrize("lost", ["answer", "delete"])
+def test_rekey_responder_keeps_the_old_sa_until_the_peer_has_the_new_one(link: Link, lost: str) -> None:
+    old = _spi_out(link.br), _spi_out(link.hq)
+    link.lose_ike = (_lose_once("branch1", ExchangeType.CREATE_CHILD_SA) if lost == "answer"
+                     else _lose_once("hq", ExchangeType.INFORMATIONAL))
+    link.hq.control.dispatcher.rekey_child("branch1", link.now)
+    link.pump()
+    # branch answered and has the new SA, but keeps sending on the old one: hq may not have it
+    assert _spi_out(link.br) == old[0]
+    assert (_spi_out(link.hq) == old[1]) == (lost == "answer")
+    for n in range(1, 20):
+        assert link.send(link.br, n), n  # never lost, whether or not hq got the answer
+        if n == 5:
+            link.advance(2.5)  # hq retransmits what was lost
+        if n > 5:
+            assert link.send(link.hq, n), n
+    assert _spi_out(link.br) != old[0] and _spi_out(link.hq) != old[1]
+    assert _spi_out(link.br) == link.hq.control.tunnels["branch1"].inbound_spis[-1]
+    for site in (link.hq, link.br):
+        assert site.forwarder.tunnels[site.peer].counters.drops_by_reason() == {}
+
+
+def test_rekey_responder_switches_on_esp_from_the_new_sa(link: Link) -> None:
+    old = _spi_out(link.br)
+    link.lose_ike = lambda sender, data: sender == "hq" and parse_header(data).exchange == ExchangeType.INFORMATIONAL
+    link.hq.control.dispatcher.rekey_child("branch1", link.now)
+    link.pump()  # hq has switched; its DELETE of the old SA is lost (and stays lost)
+    assert _spi_out(link.br) == old
+    assert link.send(link.hq, 1)
+    assert _spi_out(link.br) == link.hq.control.tunnels["branch1"].inbound_spis[-1] != old
+    assert link.send(link.br, 2)
+
+
+def test_rekey_responder_switches_when_the_old_sa_is_deleted_without_traffic(link: Link) -> None:
+    old = _spi_out(link.br)
+    link.hq.control.dispatcher.rekey_child("branch1", link.now)
+    link.pump()  # answer, then hq's DELETE of the old SA, all delivered; no ESP from hq meanwhile
+    assert (ExchangeType.INFORMATIONAL, False) in [(e, r) for s, e, r in link.ike_log if s == "hq"]
+    assert _spi_out(link.br) != old
+    assert link.send(link.br, 1) and link.send(link.hq, 1)
+
+
+def test_initiator_switches_outbound_at_once(link: Link) -> None:
+    old = _spi_out(link.br)
+    link.br.control.dispatcher.rekey_child("hq", link.now)
+    link.lose_ike = lambda sender, data: parse_header(data).exchange == ExchangeType.INFORMATIONAL
+    link.pump()
+    assert _spi_out(link.br) != old
+    assert link.send(link.br, 1)  # hq has the new inbound SA since it answered
