@@ -439,3 +439,22 @@ def test_temporary_failure_retry_fits_before_hard_expiry() -> None:
         assert now + 0.5 <= at <= now + 6.0  # a quarter of the 12 s left, plus up to 100 %
         assert now + 10.0 <= lifetime.retry_at(s, now, expire_at=now + 1000.0) <= now + 20.0
         assert now + 10.0 <= lifetime.retry_at(s, now) <= now + 20.0
+
+
+@pytest.mark.parametrize("side", ["hq", "br"])
+def test_child_rekey_follows_invalid_ke_to_the_responders_pfs_group(side: str) -> None:
+    """The responder picks its strongest suite the initiator offered (§2.7); when that has another DH group
+    than the initiator's KE, INVALID_KE_PAYLOAD names it and the rekey is sent again with that group."""
+    ours = {"esp": (EspSuite(dh=DhGroup.ECP_256), EspSuite(dh=DhGroup.CURVE_25519))}
+    theirs = {"esp": (EspSuite(dh=DhGroup.CURVE_25519), EspSuite(dh=DhGroup.ECP_256))}
+    hq, br, wire, c_hq, c_br = up(ours, theirs) if side == "hq" else up(theirs, ours)
+    start = len(wire.log)
+    (hq if side == "hq" else br).rekey_child("branch1" if side == "hq" else "hq", wire.now)
+    wire.pump()
+    e_hq, e_br = events(hq), events(br)
+    assert not any(isinstance(e, ChildSaFailed) for e in e_hq + e_br), (e_hq, e_br)
+    mirror(child(e_hq), child(e_br))
+    consistent(hq, br)
+    creates = [x for x in exchanges(wire, start) if x[1] == ExchangeType.CREATE_CHILD_SA]
+    assert len(creates) == 4  # request, INVALID_KE_PAYLOAD, request with the other group, answer
+    assert only(hq).children[0].suite.dh == DhGroup.CURVE_25519 if side == "hq" else DhGroup.ECP_256

@@ -48,10 +48,14 @@ class ChildRekey:
     nonce: bytes
     dh: dh.DhPrivate | None
     collision: Collision | None = None
+    ke_retried: bool = False  # already sent again with the group an INVALID_KE_PAYLOAD asked for
+
 
     def on_response(self, session: IkeSession, data: bytes, message: Message, now: float) -> None:
         try:
             error = next((n.type for n in message.all(NotifyPayload) if n.type < 16384), None)
+            if error == NotifyType.INVALID_KE_PAYLOAD and self._retry_with_group(session, message, now):
+                return None
             if error is not None:
                 return self._refused(session, error, now)
             new = self._accept(session, message, now)
@@ -83,6 +87,20 @@ class ChildRekey:
                        self.nonce, nonce.data, shared)
         return child, nonce.data
 
+    def _retry_with_group(self, session: IkeSession, message: Message, now: float) -> bool:
+        """§1.3: the responder chose a PFS group other than our KE's; send again with that one, once,
+        if we offered it."""
+        notify = message.notify(NotifyType.INVALID_KE_PAYLOAD)
+        group = int.from_bytes(notify.data, "big") if notify is not None and len(notify.data) == 2 else None
+        offered = {s.dh for s in session.config.esp_suites}
+        if self.ke_retried or group is None or group not in offered or (self.dh and self.dh.group == group):
+            return False
+        if self.old is not None:
+            self.old.state = "installed"
+        start(session, self.old, now, group=group)
+        session.exchange.ke_retried = True
+        return True
+
     def _refused(self, session: IkeSession, error: int, now: float) -> None:
         old = self.old
         if old is None and session.active_children and error in (NotifyType.NO_ADDITIONAL_SAS,
@@ -108,11 +126,12 @@ class ChildRekey:
 
 
 # -- initiator -------------------------------------------------------------------------------------------
-def start(session: IkeSession, old: ChildState | None, now: float) -> None:
-    """Send CREATE_CHILD_SA; with PFS when the preferred ESP suite names a DH group (§1.3.1)."""
+def start(session: IkeSession, old: ChildState | None, now: float, group: int | None = None) -> None:
+    """Send CREATE_CHILD_SA; with PFS when the preferred ESP suite (or `group`, asked for by an
+    INVALID_KE_PAYLOAD) names a DH group (§1.3.1)."""
     config = session.config
     spi, nonce = new_spi(session), session.random(config.nonce_len)
-    group = config.esp_suites[0].dh
+    group = group or config.esp_suites[0].dh
     private = dh.generate(group, session.random) if group is not None else None
     payloads: list = []
     if old is not None:
@@ -170,7 +189,8 @@ def on_request(session: IkeSession, data: bytes, message: Message, now: float) -
     try:
         payloads, new, ni, nr = _respond(session, message, now)
     except IkeError as exc:
-        session.event(ChildSaFailed(session.config.tunnel, f"refused the peer's Child SA: {exc}", exc.notify))
+        if exc.notify != NotifyType.INVALID_KE_PAYLOAD:  # that one is negotiation: the peer sends again
+            session.event(ChildSaFailed(session.config.tunnel, f"refused the peer's Child SA: {exc}", exc.notify))
         return _answer(session, message, NotifyPayload(exc.notify or NotifyType.NO_PROPOSAL_CHOSEN, data=exc.notify_data))
     session.send_response(message, payloads)
     ours = session.exchange if session.requests.busy else None
