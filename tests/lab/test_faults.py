@@ -139,12 +139,12 @@ def test_establish_and_rekey_under_loss(tmp_path: Path) -> None:
         print(f"\n20 % WAN loss: tunnel established in {established:.2f} s; in 20 s {child_rekeys} Child rekeys, "
               f"{ike_rekeys} IKE rekeys; ping {r.received}/{r.sent} answered ({r.loss_pct:.0f} % lost, "
               f"~36 % expected); packets dropped for want of an SA {no_sa}")
-        assert r.received > 0, logs(dep)
-        assert child_rekeys >= 2, logs(dep)
-        # Printed, not asserted, until the SA-lifecycle issue closes (known bugs, seen in ~1 of 10 runs):
-        # an IKE rekey under loss can be refused again and again so none completes within a minute, and
-        # a lossy rekey can still leave one side without a Child SA for a few seconds (no_sa > 0).
         print(f"IKE SAs lost {lost_sas}")
+        assert r.received > 0, logs(dep)
+        assert child_rekeys >= 2 and ike_rekeys >= 1, logs(dep)
+        # no_sa is printed, not asserted: when every retransmission of a rekey is lost until the old SA's
+        # hard lifetime (12 s after the rekey here), that SA goes and traffic fails closed until a fresh
+        # Child SA is made - correct behaviour, and possible at 20 % loss.
         for site in dep.gateways:
             assert dep.gateways[site].proc.poll() is None, logs(dep)
 
