@@ -53,6 +53,8 @@ class Gateway:
         self._tun_index: int | None = None
         self._sock: socket.socket | None = None  # ESP-in-UDP and IKE after IKE_SA_INIT (listen.port)
         self._ike_sock: socket.socket | None = None  # IKE_SA_INIT (ike_port)
+        self._gro = False  # UDP_GRO on self._sock: received buffers may hold several datagrams
+        self._sender: udp.SegmentingSender | None = None
         self._stopping: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.TimerHandle | None = None
@@ -73,7 +75,10 @@ class Gateway:
             self.control = ControlPlane(self.config, self.forwarder, os.urandom, key_log)
             self._open_tun()
             listen = self.config.listen
-            self._sock = udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes)
+            self._sock = udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes,
+                                         zero_checksum=False)
+            self._gro = udp.enable_gro(self._sock)
+            self._sender = udp.SegmentingSender(self._sock)
             if self.control.tunnels:
                 self._ike_sock = udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20)
         except BaseException:
@@ -197,14 +202,15 @@ class Gateway:
 
     # -- data path --------------------------------------------------------------------------------------
     def _on_tun_readable(self) -> None:
-        outbound, sendto, failed = self.forwarder.outbound, self._sock.sendto, 0
+        outbound, out = self.forwarder.outbound, []
+        append = out.append
         for packet in self._tun.read_batch(BATCH):
             result = outbound(packet)
             if result is not None:
-                try:
-                    sendto(result[1], result[0])
-                except OSError:
-                    failed += 1  # socket buffer full or no route to the peer: counted, never retried in clear
+                append((result[1], result[0]))
+        # Runs of equal-size ESP packets leave in one UDP_SEGMENT send. A failure (socket buffer full,
+        # no route to the peer) is counted, never retried in clear.
+        failed = self._sender.send(out) if out else 0
         if failed:
             self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
         self._handle_events()
@@ -212,7 +218,8 @@ class Gateway:
     def _on_udp_readable(self) -> None:
         inbound, write, failed = self.forwarder.inbound, self._tun.write, 0
         inbox = self.forwarder.ike_inbox
-        for datagram, peer in udp.recv_batch(self._sock, BATCH):
+        receive = udp.recv_gro_batch if self._gro else udp.recv_batch
+        for datagram, peer in receive(self._sock, BATCH):
             inner = inbound(datagram, peer)
             if inner is not None:
                 if not write(inner):

@@ -14,6 +14,7 @@ import atexit
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -205,6 +206,7 @@ class Lab:
             ("create namespaces", self._create_namespaces),
             ("set sysctls", self._set_sysctls),
             ("create veth links", self._create_links),
+            ("WAN offloads like a physical NIC", self._wan_offloads),
             ("configure addresses", self._configure_addresses),
             ("add routes", self._add_routes),
             ("wait for links and IPv6 addresses", self._wait_ready),
@@ -531,6 +533,16 @@ class Lab:
             with self._ipr(node_a, what) as ipr:
                 ipr.link("add", ifname=if_a, kind="veth", index=_VETH_INDEX_BASE + n,
                          peer={"ifname": if_b, "net_ns_fd": self.ns(node_b)})
+
+    def _wan_offloads(self) -> None:
+        """A veth passes a UDP_SEGMENT (GSO) send to the far end as one 64 KB super-packet, which no
+        physical WAN does: the router would forward, and a capture show, one frame per send, and the
+        receiving gateway would get the whole run in one read. Turn the gateways' WAN devices into a NIC
+        without UDP segmentation offload: the kernel cuts each send into datagrams before the wire."""
+        if shutil.which("ethtool") is None:
+            raise LabError("ethtool is not installed (apt-get install ethtool); the lab needs it to set WAN offloads")
+        for site in self.topology.sites:
+            self.run(site.gw, ["ethtool", "-K", site.gw_wan_if, "tx-udp-segmentation", "off"], timeout=10)
 
     def _configure_addresses(self) -> None:
         for node, addrs in self._addresses_by_node().items():

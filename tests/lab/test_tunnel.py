@@ -59,7 +59,9 @@ def test_traffic_crosses_and_every_wan_packet_decrypts(keyed_sites, tmp_path: Pa
     assert cap.kernel_drops == 0  # the capture is complete, so the counts below must agree exactly
     report = analyse(pcap, wan_sas(dep), GATEWAYS)
     assert report.cleartext == [] and report.unknown_spi == []
-    assert report.nonzero_checksums == 0  # RFC 3948 §2.1: zero UDP checksum
+    # No assert on checksums: the kernel refuses UDP_SEGMENT sends with a zero checksum, so sitelink lets
+    # it fill them in (RFC 3948 §2.1: SHOULD be zero, and a receiver MUST NOT depend on it).
+    assert report.esp_sizes_max <= 1500 - 20  # one datagram per frame: the WAN device segmented the runs
     assert report.esp > 2000
     assert len(report.decrypted) == report.esp  # scapy decrypted every one (it raises otherwise)
     inner_v4 = [p for p in report.decrypted if isinstance(p, IP)]

@@ -34,6 +34,7 @@ class WanReport:
     by_sender: dict = field(default_factory=dict)  # outer source -> ESP packet count
     unknown_spi: list = field(default_factory=list)
     nonzero_checksums: int = 0
+    esp_sizes_max: int = 0  # largest UDP datagram carrying ESP (a GSO super-packet would exceed the MTU)
     cleartext: list = field(default_factory=list)  # summaries of packets that should not be there
 
 
@@ -85,6 +86,7 @@ def analyse(pcap: Path, sas: dict[int, SecurityAssociation], gateways: set[str])
                     continue
                 report.esp += 1
                 report.by_sender[ip.src] = report.by_sender.get(ip.src, 0) + 1
+                report.esp_sizes_max = max(report.esp_sizes_max, len(ip[UDP]))
                 if ip[UDP].chksum != 0:
                     report.nonzero_checksums += 1
                 sa = sas.get(int.from_bytes(payload[:4], "big"))

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import socket
+import struct
+import sys
 
 from tunnel.errors import DriverError
 
 SO_NO_CHECK = 11  # Linux: send IPv4 UDP with a zero checksum
+SOL_UDP = 17
+UDP_SEGMENT = 103  # Linux: send one buffer as several datagrams of a given size (GSO); no Python constant
+UDP_GRO = 104  # Linux: receive a run of same-size datagrams as one buffer, sizes in a control message
 MAX_DATAGRAM = 65535
+MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of the kernel
+MAX_GSO_BYTES = 65000  # one GSO send stays below the 64 KiB IP datagram limit
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 
 
-def open_socket(address: str, port: int, buffer_bytes: int) -> socket.socket:
+def open_socket(address: str, port: int, buffer_bytes: int, zero_checksum: bool = True) -> socket.socket:
+    """zero_checksum: RFC 3948 §2.1 says the UDP checksum SHOULD be zero (ESP's ICV protects the payload),
+    but the kernel refuses UDP_SEGMENT sends without checksums, so the batching data path turns it off:
+    receivers MUST accept either, and the checksum is computed by offload, not by us."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         _set_buffers(sock, buffer_bytes)
-        if family == socket.AF_INET:
-            # RFC 3948 §2.1: the UDP checksum SHOULD be zero; ESP's ICV protects the payload.
+        if family == socket.AF_INET and zero_checksum:
             sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         sock.bind((address, port))
     except OSError as exc:
@@ -49,3 +59,89 @@ def recv_batch(sock: socket.socket, limit: int) -> list[tuple[bytes, tuple]]:
     except OSError:
         pass  # e.g. an ICMP error queued on the socket; the next read sees the next datagram
     return datagrams
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Ask for UDP_GRO; False on kernels without it (then every datagram arrives alone)."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        return True
+    except OSError:
+        return False
+
+
+def recv_gro_batch(sock: socket.socket, limit: int) -> list[tuple[bytes, tuple]]:
+    """Like recv_batch, for a socket with UDP_GRO on: a coalesced buffer is split back into its
+    datagrams (the control message gives their size; only the last may be shorter). `limit` counts
+    receive calls, not datagrams."""
+    datagrams = []
+    recvmsg, append = sock.recvmsg, datagrams.append
+    try:
+        for _ in range(limit):
+            data, ancdata, _flags, peer = recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE)
+            size = 0
+            for level, kind, value in ancdata:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    size = int.from_bytes(value[:4], sys.byteorder)
+            if size and len(data) > size:
+                for start in range(0, len(data), size):
+                    append((data[start:start + size], peer))
+            else:
+                append((data, peer))
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        pass  # e.g. an ICMP error queued on the socket; the next read sees the next datagram
+    return datagrams
+
+
+class SegmentingSender:
+    """Sends a batch of (datagram, peer) with as few system calls as it can: each run of datagrams to
+    the same peer whose sizes are equal (the last may be shorter) goes out as one UDP_SEGMENT send,
+    which the kernel (or the NIC) cuts into the same datagrams on the wire. Falls back to one sendto
+    per datagram for good if the kernel refuses GSO."""
+
+    def __init__(self, sock: socket.socket, segmentation: bool = True) -> None:
+        self.sock = sock
+        self.segmentation = segmentation
+        self.gso_sends = 0  # UDP_SEGMENT sends, for the counters
+
+    def send(self, batch: list[tuple[bytes, tuple]]) -> int:
+        """Returns the number of datagrams that could not be sent (buffer full, no route)."""
+        failed, n, i = 0, len(batch), 0
+        sendto = self.sock.sendto
+        while i < n:
+            data, peer = batch[i]
+            size, j = len(data), i + 1
+            if self.segmentation:
+                total = size
+                while j < n and j - i < MAX_SEGMENTS:
+                    more, to = batch[j]
+                    length = len(more)
+                    if to != peer or length > size or total + length > MAX_GSO_BYTES:
+                        break
+                    total += length
+                    j += 1
+                    if length < size:
+                        break  # a shorter datagram ends a GSO run
+            try:
+                if j - i == 1:
+                    sendto(data, peer)
+                else:
+                    self._send_run(batch, i, j, size, peer)
+            except (OSError, TypeError, ValueError):  # TypeError/ValueError: a peer of the wrong family
+                failed += j - i
+            i = j
+        return failed
+
+    def _send_run(self, batch: list[tuple[bytes, tuple]], i: int, j: int, size: int, peer: tuple) -> None:
+        payload = b"".join([batch[k][0] for k in range(i, j)])
+        try:
+            self.sock.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, peer)
+            self.gso_sends += 1
+        except OSError as exc:
+            if exc.errno not in (22, 5, 95):  # EINVAL, EIO, EOPNOTSUPP: GSO not possible here
+                raise
+            self.segmentation = False
+            for k in range(i, j):
+                self.sock.sendto(batch[k][0], peer)

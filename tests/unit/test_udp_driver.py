@@ -1,0 +1,102 @@
+"""The batching UDP driver on real loopback sockets: UDP_SEGMENT runs on send, UDP_GRO splitting on
+receive, and the fallback when the kernel refuses GSO. What goes in must come out, datagram for datagram."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from tunnel.drivers import udp
+
+
+def _pair(gro: bool, zero_checksum: bool = False) -> tuple[socket.socket, socket.socket, bool]:
+    rx = udp.open_socket("127.0.0.1", 0, 1 << 22)
+    enabled = udp.enable_gro(rx) if gro else False
+    tx = udp.open_socket("127.0.0.1", 0, 1 << 22, zero_checksum=zero_checksum)
+    return tx, rx, enabled
+
+
+def _drain(rx: socket.socket, gro: bool, expected: int) -> list[bytes]:
+    got: list[bytes] = []
+    deadline = time.monotonic() + 2
+    while len(got) < expected and time.monotonic() < deadline:
+        batch = udp.recv_gro_batch(rx, 64) if gro else udp.recv_batch(rx, 64)
+        got += [d for d, _ in batch]
+        if not batch:
+            time.sleep(0.001)
+    return got
+
+
+def _datagrams(sizes: list[int]) -> list[bytes]:
+    return [os.urandom(size) for size in sizes]
+
+
+SHAPES = {
+    "equal": [1400] * 10,
+    "short last": [1400] * 7 + [333],
+    "short in the middle": [1400] * 3 + [100] + [1400] * 4,
+    "growing": [100, 200, 300, 1400, 1400],
+    "many": [1000] * 150,  # more than MAX_SEGMENTS and more than MAX_GSO_BYTES in one run
+    "single": [77],
+}
+
+
+@pytest.mark.parametrize("gro", [True, False], ids=["gro", "no-gro"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_segmented_sends_arrive_as_the_same_datagrams(shape: str, gro: bool) -> None:
+    tx, rx, enabled = _pair(gro)
+    try:
+        sent = _datagrams(SHAPES[shape])
+        sender = udp.SegmentingSender(tx)
+        assert sender.send([(d, rx.getsockname()) for d in sent]) == 0
+        assert _drain(rx, enabled, len(sent)) == sent
+        if SHAPES[shape].count(SHAPES[shape][0]) > 1:
+            assert sender.gso_sends >= 1 and sender.segmentation
+    finally:
+        tx.close()
+        rx.close()
+
+
+def test_runs_break_at_a_change_of_peer() -> None:
+    tx, rx1, _ = _pair(True)
+    rx2 = udp.open_socket("127.0.0.1", 0, 1 << 22)
+    udp.enable_gro(rx2)
+    try:
+        a, b = _datagrams([1200] * 4), _datagrams([1200] * 4)
+        batch = [(a[0], rx1.getsockname()), (a[1], rx1.getsockname()), (b[0], rx2.getsockname()),
+                 (b[1], rx2.getsockname()), (a[2], rx1.getsockname()), (b[2], rx2.getsockname()),
+                 (b[3], rx2.getsockname()), (a[3], rx1.getsockname())]
+        assert udp.SegmentingSender(tx).send(batch) == 0
+        assert _drain(rx1, True, 4) == a
+        assert _drain(rx2, True, 4) == b
+    finally:
+        for s in (tx, rx1, rx2):
+            s.close()
+
+
+def test_gso_refused_falls_back_to_one_send_per_datagram() -> None:
+    tx, rx, enabled = _pair(True, zero_checksum=True)  # the kernel refuses GSO without checksums
+    try:
+        sent = _datagrams([1300] * 6)
+        sender = udp.SegmentingSender(tx)
+        assert sender.send([(d, rx.getsockname()) for d in sent]) == 0
+        assert not sender.segmentation and sender.gso_sends == 0
+        assert _drain(rx, enabled, 6) == sent
+    finally:
+        tx.close()
+        rx.close()
+
+
+def test_unreachable_peer_counts_failures_not_exceptions() -> None:
+    tx, rx, _ = _pair(False)
+    try:
+        good = _datagrams([100] * 2)
+        batch = [(b"y" * 100, ("::1", 4500, 0, 0))] * 3 + [(d, rx.getsockname()) for d in good]  # wrong family
+        assert udp.SegmentingSender(tx).send(batch) == 3
+        assert _drain(rx, False, 2) == good
+    finally:
+        tx.close()
+        rx.close()
