@@ -183,7 +183,7 @@ class ControlPlane:
             level = logging.WARNING if isinstance(event, IkeSaFailed) else logging.INFO
             log.log(level, "tunnel %s: IKE SA %s: %s", event.tunnel,
                     "failed" if isinstance(event, IkeSaFailed) else "deleted", event.reason)
-            if runtime.config.ike.start is StartMode.INITIATE and not self.dispatcher.sessions_for(event.tunnel):
+            if _restarts(runtime.config) and not self.dispatcher.sessions_for(event.tunnel):
                 runtime.retry_at = now + runtime.retry_delay
                 runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
 
@@ -227,6 +227,12 @@ class ControlPlane:
             else:
                 self.forwarder.remove_outbound(runtime.config.name)  # fail closed until a new SA exists
                 runtime.outbound_spi = None
+
+
+def _restarts(tunnel: Tunnel) -> bool:
+    """dpd_action (default: restart when the tunnel initiates, else clear)."""
+    action = tunnel.ike.dpd_action
+    return action == "restart" if action is not None else tunnel.ike.start is StartMode.INITIATE
 
 
 def _over(packets: int, used_bytes: int, packet_limit: float, byte_limit: float) -> bool:

@@ -562,12 +562,16 @@ def test_lifetimes_and_dpd(site: Path) -> None:
     assert (ike.rekey_time, ike.lifetime, ike.ike_rekey_time, ike.ike_lifetime, ike.dpd_delay) == (600, 700, 3600, None, 0)
     defaults = load_config(write(site, GOOD)).tunnels[0].ike
     assert (defaults.rekey_time, defaults.ike_rekey_time, defaults.dpd_delay) == (3600, 14400, 30)
+    assert defaults.dpd_action is None  # restart when initiating, else clear (control_plane._restarts)
+    for action in ("restart", "clear"):
+        assert load_config(write(site, GOOD + f"      dpd_action: {action}\n")).tunnels[0].ike.dpd_action == action
 
 
 @pytest.mark.parametrize("extra,expected", [
     ("      rekey_time: 600\n      lifetime: 600\n", "17:17: tunnels[0].ike.lifetime: must be longer than rekey_time"),
     ("      ike_rekey_time: 0\n", "16:23: tunnels[0].ike.ike_rekey_time:"),
     ("      dpd_delay: soon\n", "16:18: tunnels[0].ike.dpd_delay:"),
+    ("      dpd_action: hold\n", "16:19: tunnels[0].ike.dpd_action:"),
 ])
 def test_bad_lifetimes(site: Path, extra: str, expected: str) -> None:
     found = problems(write(site, GOOD + extra))

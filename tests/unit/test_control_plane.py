@@ -44,15 +44,16 @@ tunnels:
       rekey_time: 100
       lifetime: 150
       dpd_delay: 0
-"""
+{extra}"""
 
 
 class Site:
-    def __init__(self, directory: Path, me: str, peer: str, start: str) -> None:
+    def __init__(self, directory: Path, me: str, peer: str, start: str, extra: str = "") -> None:
         directory.mkdir()
         write_file(directory / f"{me}.psk", PSK + b"\n")
         path = write(directory, CONFIG.format(me=me, peer=peer, my_addr=ADDR[me], peer_addr=ADDR[peer],
-                                              my_net=SUBNET[me], peer_net=SUBNET[peer], start=start))
+                                              my_net=SUBNET[me], peer_net=SUBNET[peer], start=start,
+                                              extra=extra))
         config = load_config(path)
         self.name, self.peer = me, peer
         self.forwarder = Forwarder()
@@ -70,10 +71,10 @@ class Site:
 
 
 class Link:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, hq_extra: str = "", br_extra: str = "") -> None:
         self.now = 100.0
-        self.hq = Site(tmp_path / "hq", "hq", "branch1", "initiate")
-        self.br = Site(tmp_path / "br", "branch1", "hq", "respond")
+        self.hq = Site(tmp_path / "hq", "hq", "branch1", "initiate", hq_extra)
+        self.br = Site(tmp_path / "br", "branch1", "hq", "respond", br_extra)
         self.sites = {ADDR["hq"]: self.hq, ADDR["branch1"]: self.br}
         self.lose_ike: Callable[[str, bytes], bool] = lambda sender, data: False
         self.ike_log: list[tuple[str, int, bool]] = []  # (sender, exchange, response)
@@ -112,13 +113,16 @@ class Link:
         return inner == sender.packet(n)
 
 
-@pytest.fixture
-def link(tmp_path: Path) -> Link:
-    link = Link(tmp_path)
+def _up(link: Link) -> Link:
     link.hq.control.start(link.now)
     link.pump()
     assert link.send(link.hq, 0) and link.send(link.br, 0)
     return link
+
+
+@pytest.fixture
+def link(tmp_path: Path) -> Link:
+    return _up(Link(tmp_path))
 
 
 def _spi_out(site: Site) -> int:
@@ -185,3 +189,29 @@ def test_initiator_switches_outbound_at_once(link: Link) -> None:
     link.pump()
     assert _spi_out(link.br) != old
     assert link.send(link.br, 1)  # hq has the new inbound SA since it answered
+
+
+@pytest.mark.parametrize("hq_action,br_action,who_restarts", [
+    ("", "", "hq"),  # defaults: the initiating side restarts, the responding side clears
+    ("      dpd_action: clear\n", "", None),
+    ("      dpd_action: clear\n", "      dpd_action: restart\n", "branch1"),
+])
+def test_dpd_action_after_the_ike_sa_dies(tmp_path: Path, hq_action: str, br_action: str, who_restarts) -> None:
+    link = _up(Link(tmp_path, hq_action, br_action))
+    link.lose_ike = lambda sender, data: True  # the peer is unreachable: DPD-like death by retransmission
+    for site in (link.hq, link.br):
+        site.control.dispatcher.rekey_child(site.peer, link.now)  # a request that will never be answered
+    link.pump()
+    for _ in range(70):
+        link.advance(1.0)
+    for site in (link.hq, link.br):  # dead peer: its SAs are gone, traffic fails closed
+        assert site.forwarder.tunnels[site.peer].outbound is None
+        assert not any(s.established for s in site.control.dispatcher.sessions_for(site.peer))
+    link.lose_ike = lambda sender, data: False
+    link.ike_log.clear()
+    for _ in range(70):
+        link.advance(1.0)
+    initiators = {s for s, exchange, response in link.ike_log if exchange == ExchangeType.IKE_SA_INIT and not response}
+    assert initiators == ({who_restarts} if who_restarts else set())
+    if who_restarts:
+        assert link.send(link.hq, 2) and link.send(link.br, 2)

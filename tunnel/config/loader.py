@@ -231,6 +231,7 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
         "ike_rekey_time": lambda doc, node, path: doc.integer(node, path, 1, MAX_LIFETIME),
         "ike_lifetime": lambda doc, node, path: doc.integer(node, path, 1, MAX_LIFETIME),
         "dpd_delay": lambda doc, node, path: doc.integer(node, path, 0, MAX_LIFETIME),
+        "dpd_action": lambda doc, node, path: doc.choice(node, path, ["restart", "clear"]),
         # Volume lifetimes (RFC 4301 §4.4.2.1): rekey after so many bytes / packets; 0 = none.
         "rekey_bytes": lambda doc, node, path: doc.integer(node, path, 0, 2**62),
         "rekey_packets": lambda doc, node, path: doc.integer(node, path, 0, 2**32 - 1),
@@ -260,7 +261,8 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
     if not doc.clean_since(start):
         return IkeParts(**parts, model=None)
     model = Ike(auth=auth, local_id=v["local_id"][0], remote_id=remote[0], psk=psk,
-                **{key: v[key] for key in ("ike_proposals", "esp_proposals", *LIFETIME_KEYS) if key in v},
+                **{key: v[key] for key in ("ike_proposals", "esp_proposals", "dpd_action", *LIFETIME_KEYS)
+                   if key in v},
                 start=StartMode(v.get("start", StartMode.INITIATE)))
     return IkeParts(**parts, model=model)
 

@@ -76,6 +76,10 @@ class Ike:
     ike_rekey_time: int = 14400
     ike_lifetime: int | None = None
     dpd_delay: int = 30  # seconds of silence before a liveness check; 0 = no dead-peer detection
+    # What follows when the IKE SA dies (dead peer, failure, the peer's delete): "restart" sets it up again
+    # (with backoff), "clear" leaves the tunnel down until the peer or, with start: on-demand, traffic
+    # brings it back. None: restart when start is initiate, else clear.
+    dpd_action: str | None = None
     rekey_bytes: int = 0  # rekey the Child SA after this many bytes sent on it; 0 = no byte limit
     rekey_packets: int = 0  # likewise packets (the 32-bit sequence number space always triggers one)
 
