@@ -216,18 +216,19 @@ class Gateway:
         self._handle_events()
 
     def _on_udp_readable(self) -> None:
-        inbound, write, failed = self.forwarder.inbound, self._tun.write, 0
-        inbox = self.forwarder.ike_inbox
+        inbound, inbox, delivered = self.forwarder.inbound, self.forwarder.ike_inbox, []
+        deliver = delivered.append
         receive = udp.recv_gro_batch if self._gro else udp.recv_batch
         for datagram, peer in receive(self._sock, BATCH):
             inner = inbound(datagram, peer)
             if inner is not None:
-                if not write(inner):
-                    failed += 1
+                deliver(inner)
             elif inbox:
                 # IKE in arrival order: a CREATE_CHILD_SA response must install its SAs before the ESP
                 # packets behind it in the same batch are opened (make-before-break).
                 self._ike_inbox_now()
+        # One write per run of in-order TCP segments (GSO); a failed write is counted, never retried.
+        failed = self._tun.write_batch(delivered) if delivered else 0
         if failed:
             self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
         if self.control.tunnels:
