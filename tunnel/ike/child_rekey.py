@@ -50,7 +50,6 @@ class ChildRekey:
     collision: Collision | None = None
     ke_retried: bool = False  # already sent again with the group an INVALID_KE_PAYLOAD asked for
 
-
     def on_response(self, session: IkeSession, data: bytes, message: Message, now: float) -> None:
         try:
             error = next((n.type for n in message.all(NotifyPayload) if n.type < 16384), None)
