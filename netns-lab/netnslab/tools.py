@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,3 +214,101 @@ def _parse_iperf3(cp: subprocess.CompletedProcess, server_output: str) -> Iperf3
                         received_bps=float(recv.get("bits_per_second", 0.0)),
                         retransmits=sent.get("retransmits"), lost_percent=None, jitter_ms=None,
                         raw=data)
+
+
+# --------------------------------------------------------------------------
+# time to the first reply, CPU time of daemons (benchmarks)
+
+_STAMPED_REPLY_RE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from ")
+
+
+class ReplyWatch:
+    """A background ``ping -D -i 0.01`` that tells when the first reply came back.
+
+    Started *before* the gateways, it measures "gateway start to first packet through" to within
+    the 10 ms probe interval, from ping's own receive timestamps rather than from polling with
+    one-shot pings (each costs a namespace exec, ~10-20 ms of its own). Unanswered probes and
+    "Destination Net Unreachable" from the gateway while it has no route yet are expected.
+    """
+
+    def __init__(self, lab: Lab, node: str, dst: str, interval: float = 0.01) -> None:
+        self.lab = lab
+        self._out = tempfile.NamedTemporaryFile(mode="w+", prefix="replywatch-", suffix=".txt")
+        # no -w: with a deadline iputils ping quits at the first ICMP error ("Net Unreachable" from a
+        # gateway that has no route yet); close() or lab teardown stops it instead
+        argv = ["ping", "-n", "-D", "-i", f"{interval:g}", dst]
+        self.proc = lab.popen(node, argv, stdout=self._out, stderr=subprocess.STDOUT, text=True)
+
+    def wait(self, timeout: float) -> float | None:
+        """Wall-clock time (time.time()) of the first reply, or None if none came within ``timeout``."""
+        end = time.monotonic() + timeout
+        while True:
+            stamp = self._first_reply()
+            if stamp is not None:
+                return stamp
+            if self.proc.poll() is not None or time.monotonic() > end:
+                return None
+            time.sleep(0.01)
+
+    def _first_reply(self) -> float | None:
+        for line in Path(self._out.name).read_text(errors="replace").splitlines():
+            m = _STAMPED_REPLY_RE.match(line)
+            if m:
+                return float(m.group(1))
+        return None
+
+    def output(self) -> str:
+        return Path(self._out.name).read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.lab.stop(self.proc, timeout=2)
+        self._out.close()
+
+    def __enter__(self) -> "ReplyWatch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) may contain spaces and parentheses: split after its closing ")"
+    return text[text.rindex(")") + 2:].split()
+
+
+def _descendants(pids: list[int]) -> set[int]:
+    """The given PIDs and every live process below them (a daemon's helpers count as its CPU)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat_fields(int(entry))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime of the processes (all their threads) and their live descendants, in seconds.
+
+    Read from /proc/<pid>/stat in the root PID namespace, so it works for processes in any lab
+    namespace. Take it before and after a measurement; a process that exits in between loses its
+    share, so only use it on daemons that keep running.
+    """
+    total = 0
+    for pid in _descendants(list(pids)):
+        fields = _stat_fields(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
+    return total / _CLK_TCK
