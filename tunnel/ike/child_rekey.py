@@ -21,7 +21,7 @@ from tunnel.ike import dh, informational, keys, lifetime
 from tunnel.ike.constants import ExchangeType, NotifyType, ProtocolId
 from tunnel.ike.errors import DegeneratePublicValue, IkeError, NoProposalChosen, TemporaryFailure, TsUnacceptable
 from tunnel.ike.events import ChildSaEstablished, ChildSaFailed
-from tunnel.ike.ike_auth import ChildState, from_wire, new_spi, to_wire
+from tunnel.ike.ike_auth import ChildState, from_wire, new_spi, to_wire, worker_of
 from tunnel.ike.message import KePayload, Message, NoncePayload, NotifyPayload, Proposal, SaPayload, TsPayload
 from tunnel.ike.proposal import EspSuite, accept_esp, offer_esp, select_esp
 from tunnel.secret import Secret
@@ -65,6 +65,8 @@ class ChildRekey:
             session.add_child(new[0], now, announce=False)
             return informational.send_delete_child(session, new[0], now)
         _announce(session, new[0], now)
+        if self.old is None:
+            _more_children(session, now)
         if self.old is not None:
             # Also when it hard-expired while this request was out: the peer still holds it, and
             # expire() could not tell it then (window busy). A peer that already deleted it ignores this.
@@ -104,7 +106,12 @@ class ChildRekey:
         old = self.old
         if old is None and session.active_children and error in (NotifyType.NO_ADDITIONAL_SAS,
                                                                   NotifyType.TEMPORARY_FAILURE):
-            return  # the peer's simultaneous request for a fresh Child SA made one; nothing is missing
+            if error == NotifyType.TEMPORARY_FAILURE:
+                _more_children(session, now, retry=True)  # the peer's own request won; see what is missing
+            elif missing_workers(session):
+                session.event(ChildSaFailed(session.config.tunnel, "the peer accepts no more Child SAs; "
+                                            f"workers {missing_workers(session)} have none", error))
+            return
         if error == NotifyType.CHILD_SA_NOT_FOUND:  # §2.25: forget it silently, start afresh if none is left
             if old is not None and old in session.children:
                 session.remove_child(old)
@@ -118,7 +125,7 @@ class ChildRekey:
         if self.old is not None and self.old.state == "rekeying":
             self.old.state = "installed"
             self.old.rekey_at = lifetime.retry_at(session, now, self.old.expire_at)  # §2.25: never at once
-        elif self.old is None and not session.active_children:
+        elif self.old is None and missing_workers(session):
             session.new_child_at = lifetime.retry_at(session, now)
         if notify != NotifyType.TEMPORARY_FAILURE:
             session.event(ChildSaFailed(session.config.tunnel, reason, notify))
@@ -129,7 +136,8 @@ def start(session: IkeSession, old: ChildState | None, now: float, group: int | 
     """Send CREATE_CHILD_SA; with PFS when the preferred ESP suite (or `group`, asked for by an
     INVALID_KE_PAYLOAD) names a DH group (§1.3.1)."""
     config = session.config
-    spi, nonce = new_spi(session), session.random(config.nonce_len)
+    worker = worker_of(session, old.spi_in) if old is not None else (missing_workers(session) or [0])[0]
+    spi, nonce = new_spi(session, worker), session.random(config.nonce_len)
     group = group or config.esp_suites[0].dh
     private = dh.generate(group, session.random) if group is not None else None
     payloads: list = []
@@ -152,8 +160,7 @@ def expire(session: IkeSession, child: ChildState, now: float) -> None:
     session.remove_child(child)
     if not session.requests.busy and child.state != "deleting":
         informational.send_delete_child(session, child, now)
-    if not session.active_children:
-        lifetime.schedule_new_child(session, now)
+    _more_children(session, now)
 
 
 # -- responder ---------------------------------------------------------------------------------------------
@@ -177,16 +184,17 @@ def on_request(session: IkeSession, data: bytes, message: Message, now: float) -
             return _answer(session, message, NotifyPayload(NotifyType.CHILD_SA_NOT_FOUND, ProtocolId.ESP, rekey.spi))
         if old.state in ("rekeyed", "deleting"):
             raise TemporaryFailure("that Child SA is being deleted (§2.25.1)")
-    elif session.active_children:
-        return _answer(session, message, NotifyPayload(NotifyType.NO_ADDITIONAL_SAS))
-    elif isinstance(session.exchange, ChildRekey) and session.exchange.old is None and session.requests.busy:
-        # Both sides ask for a fresh Child SA at once (after the last one expired): only the request with
-        # the higher nonce gets one, else there would be two Child SAs for the same traffic.
-        theirs = message.get(NoncePayload)
-        if theirs is not None and theirs.data < session.exchange.nonce:
-            raise TemporaryFailure("our own request for a new Child SA is out and wins (higher nonce)")
+    else:
+        if isinstance(session.exchange, ChildRekey) and session.exchange.old is None and session.requests.busy:
+            # Both sides ask for a fresh Child SA at once (after the last one expired, or one more for a
+            # worker): only the request with the higher nonce gets one, else there would be one too many.
+            theirs = message.get(NoncePayload)
+            if theirs is not None and theirs.data < session.exchange.nonce:
+                raise TemporaryFailure("our own request for a new Child SA is out and wins (higher nonce)")
+        if len(session.active_children) >= session.config.max_children:
+            return _answer(session, message, NotifyPayload(NotifyType.NO_ADDITIONAL_SAS))
     try:
-        payloads, new, ni, nr = _respond(session, message, now)
+        payloads, new, ni, nr = _respond(session, message, now, old)
     except IkeError as exc:
         if exc.notify != NotifyType.INVALID_KE_PAYLOAD:  # that one is negotiation: the peer sends again
             session.event(ChildSaFailed(session.config.tunnel, f"refused the peer's Child SA: {exc}", exc.notify))
@@ -200,7 +208,8 @@ def on_request(session: IkeSession, data: bytes, message: Message, now: float) -
     _announce(session, new, now, replaces_out=old.spi_out if old is not None else None)
 
 
-def _respond(session: IkeSession, message: Message, now: float) -> tuple[list, ChildState, bytes, bytes]:
+def _respond(session: IkeSession, message: Message, now: float,
+             old: ChildState | None) -> tuple[list, ChildState, bytes, bytes]:
     config = session.config
     sa, nonce, ke = message.get(SaPayload), message.get(NoncePayload), message.get(KePayload)
     tsi, tsr = _ts(message, True), _ts(message, False)
@@ -217,7 +226,8 @@ def _respond(session: IkeSession, message: Message, now: float) -> tuple[list, C
     local = narrow(from_wire(tsr.selectors), config.local_ts)
     if not remote or not local:
         raise TsUnacceptable("proposed traffic selectors do not intersect the configured subnets")
-    spi_in, nr = new_spi(session), session.random(config.nonce_len)
+    worker = worker_of(session, old.spi_in) if old is not None else _least_loaded(session)
+    spi_in, nr = new_spi(session, worker), session.random(config.nonce_len)
     child = _child(session, False, spi_in, int.from_bytes(proposal.spi, "big"), suite, local, remote,
                    nonce.data, nr, shared)
     answer = Proposal(proposal.number, ProtocolId.ESP, spi_in.to_bytes(4, "big"), proposal.transforms)
@@ -269,7 +279,34 @@ def _announce(session: IkeSession, child: ChildState, now: float, replaces_out: 
     session.add_child(child, now)
     session.event(ChildSaEstablished(session.config.tunnel, child.spi_in, child.spi_out, Secret(key_in),
                                      Secret(key_out), child.local_ts, child.remote_ts, child.suite.name,
-                                     session.remote, replaces_out))
+                                     session.remote, replaces_out, worker_of(session, child.spi_in)))
+
+
+def _loads(session: IkeSession) -> list[int]:
+    """Active Child SAs per worker."""
+    counts = [0] * session.config.workers
+    for child in session.active_children:
+        counts[worker_of(session, child.spi_in)] += 1
+    return counts
+
+
+def missing_workers(session: IkeSession) -> list[int]:
+    """Workers without an active Child SA of their own."""
+    return [w for w, n in enumerate(_loads(session)) if n == 0]
+
+
+def _least_loaded(session: IkeSession) -> int:
+    loads = _loads(session)
+    return loads.index(min(loads))
+
+
+def _more_children(session: IkeSession, now: float, retry: bool = False) -> None:
+    """Ask for a fresh Child SA when a worker has none (the last one expired, or one more worker)."""
+    if missing_workers(session):
+        if retry:  # §2.25: not at once
+            session.new_child_at = now + lifetime.NEW_CHILD_DELAY * (1.0 + lifetime.fraction(session))
+        else:
+            lifetime.schedule_new_child(session, now)
 
 
 def _lowest(collision: Collision) -> bytes:

@@ -51,6 +51,14 @@ class IkeConfig:
     rekey_jitter: float = 0.1
     # Dead-peer detection (§2.4): an empty INFORMATIONAL after this long without hearing from the peer.
     dpd_delay: float = 30.0
+    # Data-plane workers of this gateway, each with Child SAs of its own (the idea of RFC 9611's
+    # per-resource SAs): extra Child SAs with the same selectors, negotiated as plain CREATE_CHILD_SA so a
+    # peer that knows nothing of it just sees several Child SAs. A Child SA belongs to worker
+    # (inbound SPI % workers), which is how received ESP finds its worker. 1 = one Child SA.
+    workers: int = 1
+    # How many Child SAs with these selectors the peer may have us hold (its own workers, rekeys
+    # overlapping); beyond that its CREATE_CHILD_SA gets NO_ADDITIONAL_SAS.
+    max_children: int = 16
 
     def __post_init__(self) -> None:
         if self.child_lifetime is None:
@@ -59,3 +67,5 @@ class IkeConfig:
             object.__setattr__(self, "ike_lifetime", self.ike_rekey_time * 1.1)
         if not 0.0 <= self.rekey_jitter < 1.0:
             raise ValueError("rekey_jitter must be in [0, 1)")
+        if not 1 <= self.workers <= self.max_children:
+            raise ValueError("workers must be in [1, max_children]")

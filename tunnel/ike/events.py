@@ -34,6 +34,7 @@ class ChildSaEstablished:
     # have our answer yet, so the gateway keeps sending on the old SA until the peer deletes it or sends
     # on the new one (strongSwan does the same; RFC 7296 §2.8 leaves the switch time open).
     replaces_out: int | None = None
+    worker: int = 0  # the data-plane worker it belongs to: spi_in % IkeConfig.workers
 
 
 @dataclass(frozen=True)

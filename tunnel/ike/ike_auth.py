@@ -139,11 +139,18 @@ def _select_child(session: IkeSession, message: Message, now: float) -> list:
 
 
 # -- shared ------------------------------------------------------------------------------------------------
-def new_spi(session: IkeSession) -> int:
+def new_spi(session: IkeSession, worker: int = 0) -> int:
+    """A random inbound SPI that belongs to `worker`: spi % workers == worker (IkeConfig.workers)."""
+    n = session.config.workers
     while True:  # 0-255 are reserved (RFC 4303 §2.1)
         spi = int.from_bytes(session.random(4), "big")
-        if spi >= 256:
+        spi += worker - spi % n
+        if 256 <= spi < 2**32:
             return spi
+
+
+def worker_of(session: IkeSession, spi_in: int) -> int:
+    return spi_in % session.config.workers
 
 
 def _established(session: IkeSession, now: float) -> None:
@@ -163,9 +170,13 @@ def _install_child(session: IkeSession, spi_in: int, spi_out: int, suite: EspSui
     key_i, key_r = keys.child_keys(crypto.suite.prf, crypto.keys.sk_d, crypto.ni, crypto.nr,
                                    encr_key_len=suite.key_bits // 8 + 4)
     key_in, key_out = (key_r, key_i) if session.initiator else (key_i, key_r)
+    from tunnel.ike import lifetime
+
     session.add_child(ChildState(spi_in, spi_out, suite, tuple(local), tuple(remote)), now)
     session.event(ChildSaEstablished(session.config.tunnel, spi_in, spi_out, Secret(key_in), Secret(key_out),
-                                     tuple(local), tuple(remote), suite.name, session.remote))
+                                     tuple(local), tuple(remote), suite.name, session.remote, worker=0))
+    if session.config.workers > 1:
+        lifetime.schedule_new_child(session, now)  # one Child SA for each further worker
 
 
 def _certificates(session: IkeSession) -> list:

@@ -21,14 +21,14 @@ MIN_RETRY = 0.5  # ... but never sooner than this, and sooner than 10 s when the
 NEW_CHILD_DELAY = 1.0  # after the last Child SA expired, a new one is asked for within this (randomised)
 
 
-def _fraction(session: IkeSession) -> float:
+def fraction(session: IkeSession) -> float:
     """A uniform number in [0, 1) from the injected random source."""
     return int.from_bytes(session.random(4), "big") / 2**32
 
 
 def soft_time(session: IkeSession, seconds: float) -> float:
     """The rekey time shortened by the jitter: seconds * (1 - rekey_jitter * u), u uniform in [0, 1)."""
-    return seconds * (1.0 - session.config.rekey_jitter * _fraction(session))
+    return seconds * (1.0 - session.config.rekey_jitter * fraction(session))
 
 
 def retry_at(session: IkeSession, now: float, expire_at: float | None = None) -> float:
@@ -37,7 +37,7 @@ def retry_at(session: IkeSession, now: float, expire_at: float | None = None) ->
     delay = TEMPORARY_FAILURE_RETRY
     if expire_at is not None:
         delay = max(MIN_RETRY, min(delay, (expire_at - now) / 4))
-    return now + delay * (1.0 + _fraction(session))
+    return now + delay * (1.0 + fraction(session))
 
 
 def start_child(session: IkeSession, child: ChildState, now: float) -> None:
@@ -94,7 +94,7 @@ def on_timer(session: IkeSession, now: float) -> None:
             return child_rekey.start(session, child, now)
     if session.new_child_at is not None and session.new_child_at <= now:
         session.new_child_at = None
-        if not session.active_children:
+        if child_rekey.missing_workers(session):
             return child_rekey.start(session, None, now)
     due = dpd_due(session)
     if due is not None and due <= now:
@@ -105,4 +105,4 @@ def schedule_new_child(session: IkeSession, now: float) -> None:
     """The last Child SA went without a successor while the IKE SA stands (§2.25 and hard expiry under
     loss): ask for a fresh one soon, randomised so both peers rarely ask at once."""
     if session.new_child_at is None:
-        session.new_child_at = now + NEW_CHILD_DELAY * _fraction(session)
+        session.new_child_at = now + NEW_CHILD_DELAY * fraction(session)
