@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
-from tunnel.coalesce import GSO_TCPV4, GSO_TCPV6, MAX_SEGMENTS, NEEDS_CSUM, PLAIN, coalesce
+from tunnel.coalesce import GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, MAX_SEGMENTS, NEEDS_CSUM, PLAIN, coalesce
 
 TS = [("NOP", None), ("NOP", None), ("Timestamp", (1000, 2000))]
 
@@ -30,18 +30,42 @@ def stream(n: int, size: int = 1386, seq: int = 1000, **kw) -> list[bytes]:
     return [segment(seq + i * size, size, ip_id=1 + i, fill=i, **kw) for i in range(n)]
 
 
+def datagram(size: int, *, v6: bool = False, sport: int = 5004, ip_id: int = 1, fill: int = 0, df: bool = True,
+             chksum: int | None = None) -> bytes:
+    udp = UDP(sport=sport, dport=5006, chksum=chksum) / Raw(bytes((fill + i) & 0xFF for i in range(size)))
+    if v6:
+        return bytes(IPv6(src="fd00:2::10", dst="fd00:1::10") / udp)
+    return bytes(IP(src="10.2.0.10", dst="10.1.0.10", id=ip_id, flags="DF" if df else 0) / udp)
+
+
+def media(n: int, size: int = 1200, **kw) -> list[bytes]:
+    return [datagram(size, ip_id=1 + i, fill=i, **kw) for i in range(n)]
+
+
 def resegment(hdr: bytes, packet: bytes) -> list[bytes]:
     """What the kernel makes of a write: the packet as is, or the GSO segments, rebuilt with scapy."""
     flags, gso, hlen, size, start, offset = struct.unpack("=BBHHHH", hdr)
     if gso == 0:
         assert hdr == PLAIN
         return [packet]
-    assert flags == NEEDS_CSUM and offset == 16 and start in (20, 40)
-    v6 = gso == GSO_TCPV6
-    assert gso == (GSO_TCPV6 if v6 else GSO_TCPV4)
+    assert flags == NEEDS_CSUM and start in (20, 40)
+    v6 = start == 40
     big = IPv6(packet) if v6 else IP(packet)
     payload = packet[hlen:]
     out = []
+    if gso == GSO_UDP_L4:
+        assert offset == 6
+        for i, at in enumerate(range(0, len(payload), size)):
+            head = big.copy()
+            head[UDP].remove_payload()
+            head[UDP].len, head[UDP].chksum = None, None
+            if v6:
+                head.plen = None
+            else:
+                head.id, head.len, head.chksum = (big.id + i) & 0xFFFF, None, None
+            out.append(bytes(head / Raw(payload[at:at + size])))
+        return out
+    assert offset == 16 and gso == (GSO_TCPV6 if v6 else GSO_TCPV4)
     for i, at in enumerate(range(0, len(payload), size)):
         head = big.copy()
         head[TCP].remove_payload()
@@ -122,7 +146,11 @@ def test_what_may_not_merge_passes_through_untouched() -> None:
         "FIN": [segment(base, 1000, flags="FA"), segment(base + 1000, 1000)],
         "pure ACKs": [segment(base, 0), segment(base, 0)],
         "larger after smaller": [segment(base, 500), segment(base + 500, 1000)],
-        "UDP": [bytes(IP(src="10.2.0.10", dst="10.1.0.10") / UDP() / Raw(b"x" * 1000))] * 2,
+        "UDP without DF, IP IDs not consecutive": [datagram(1000, df=False, ip_id=1)] * 2,
+        "UDP sent without a checksum": [datagram(1000, chksum=0, ip_id=i) for i in (1, 2)],
+        "UDP larger after smaller": [datagram(500), datagram(1000, ip_id=2)],
+        "UDP different ports": [datagram(1000), datagram(1000, sport=5005, ip_id=2)],
+        "ICMP": [bytes(IP(src="10.2.0.10", dst="10.1.0.10") / Raw(b"\x08\0\0\0" + b"x" * 100))] * 2,
     }
     for name, packets in cases.items():
         writes = coalesce(packets)
@@ -169,15 +197,18 @@ def test_runs_stop_at_the_size_and_count_limits() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([1111, 2222, 3333]), st.integers(1, 1400),
+@given(st.lists(st.tuples(st.sampled_from([1111, 2222, 3333, 4444]), st.integers(1, 1400),
                           st.sampled_from(["A", "A", "A", "PA", "FA"]), st.booleans(), st.booleans()),
                 max_size=40))
 def test_resegmenting_the_writes_gives_back_every_packet_per_flow_in_order(spec) -> None:
-    seqs = {1111: 1, 2222: 2**32 - 3000, 3333: 99}  # one flow wraps its sequence numbers
+    seqs = {1111: 1, 2222: 2**32 - 3000, 3333: 99, 4444: 0}  # one flow wraps its sequence numbers; 4444 is UDP
     packets = []
     for sport, size, flags, gap, corrupt in spec:
         seq = seqs[sport] + (7 if gap else 0)
-        p = segment(seq & 0xFFFFFFFF, size, sport=sport, flags=flags, ip_id=len(packets), fill=len(packets))
+        if sport == 4444:
+            p = datagram(size if gap else 1000, sport=sport, ip_id=len(packets), fill=len(packets))
+        else:
+            p = segment(seq & 0xFFFFFFFF, size, sport=sport, flags=flags, ip_id=len(packets), fill=len(packets))
         seqs[sport] = seq + size
         if corrupt:
             b = bytearray(p)
@@ -187,7 +218,7 @@ def test_resegmenting_the_writes_gives_back_every_packet_per_flow_in_order(spec)
     out, packets = without_df_ids(flatten(coalesce(packets))), without_df_ids(packets)
     assert sorted(out) == sorted(packets)
     for sport in seqs:
-        assert [p for p in out if TCP(p[20:]).sport == sport] == [p for p in packets if TCP(p[20:]).sport == sport]
+        assert [p for p in out if UDP(p[20:]).sport == sport] == [p for p in packets if UDP(p[20:]).sport == sport]
 
 
 def test_without_df_only_consecutive_ip_ids_merge() -> None:
@@ -200,3 +231,30 @@ def test_without_df_only_consecutive_ip_ids_merge() -> None:
     jumbled = [seg(0, 50), seg(1000, 52), seg(2000, 53)]
     writes = coalesce(jumbled)
     assert [h == PLAIN for h, _ in writes] == [True, False] and flatten(writes) == jumbled
+
+
+def test_a_udp_media_stream_becomes_one_write_with_every_datagram_kept() -> None:
+    packets = media(30) + [datagram(700, ip_id=31, fill=9)]  # a shorter last one joins, then ends the run
+    writes = coalesce(packets)
+    assert len(writes) == 1
+    flags, gso, hlen, size, start, offset = struct.unpack("=BBHHHH", writes[0][0])
+    assert (gso, hlen, size, start, offset) == (GSO_UDP_L4, 28, 1200, 20, 6)
+    assert flatten(writes) == packets
+    v6 = [datagram(1000, v6=True, fill=i) for i in range(5)]
+    writes = coalesce(v6)
+    assert len(writes) == 1 and flatten(writes) == v6
+
+
+def test_udp_with_a_bad_checksum_is_written_alone() -> None:
+    packets = media(5)
+    bad = bytearray(packets[2])
+    bad[40] ^= 0x10
+    packets[2] = bytes(bad)
+    writes = coalesce(packets)
+    assert (PLAIN, packets[2]) in writes and flatten(writes) == packets
+
+
+def test_udp_runs_stop_at_the_segment_limit() -> None:
+    packets = media(MAX_SEGMENTS + 3, size=200)
+    writes = coalesce(packets)
+    assert len(writes) == 2 and flatten(writes) == packets
