@@ -1,13 +1,20 @@
-"""Glue between the IKE cores and the forwarder: builds each tunnel's IkeConfig from the gateway config
-and turns IKE events into ESP SAs in the data plane. No sockets here; gateway.py moves the bytes."""
+"""Glue between the IKE cores and the data plane: builds each tunnel's IkeConfig from the gateway config
+and turns IKE events into ESP SAs. No sockets here; gateway.py moves the bytes.
+
+The data plane is one or more workers (gateway.workers), each a forwarder with Child SAs of its own: a
+Child SA belongs to worker spi_in % workers (the IKE core picks SPIs that way), and each worker has its
+own outbound SA per tunnel, so sequence numbers never need sharing. Worker 0 is the forwarder in this
+process; the others are reached through a DataPlane proxy (tunnel/workers.py).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 
@@ -39,37 +46,106 @@ INBOUND_GRACE = 2.0
 KeyLogger = Callable[[ChildSaEstablished], None]
 
 
+class DataPlane(Protocol):
+    """What the control plane needs of one worker's forwarder (LocalPlane here, a proxy for others)."""
+
+    def install_inbound(self, tunnel: str, spi: int, key: bytes, window: int) -> None: ...
+    def install_outbound(self, tunnel: str, spi: int, key: bytes) -> None: ...
+    def remove_inbound(self, spi: int) -> None: ...
+    def remove_outbound(self, tunnel: str) -> None: ...
+    def set_peer(self, tunnel: str, peer: tuple[str, int]) -> None: ...
+    def peer(self, tunnel: str) -> tuple[str, int]: ...
+    def inbound_used(self, spi: int) -> bool: ...
+    def rx_packets(self, tunnel: str) -> int: ...
+    def tx_bytes(self, tunnel: str) -> int: ...
+    def outbound_state(self, tunnel: str) -> tuple[int, int] | None: ...  # (SPI, last sequence number)
+
+
+class LocalPlane:
+    """A Forwarder in this process as a DataPlane."""
+
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+
+    def install_inbound(self, tunnel: str, spi: int, key: bytes, window: int) -> None:
+        self.forwarder.install_inbound(tunnel, InboundSa(spi, key, window))
+
+    def install_outbound(self, tunnel: str, spi: int, key: bytes) -> None:
+        self.forwarder.install_outbound(tunnel, OutboundSa(spi, key))
+
+    def remove_inbound(self, spi: int) -> None:
+        self.forwarder.remove_inbound(spi)
+
+    def remove_outbound(self, tunnel: str) -> None:
+        self.forwarder.remove_outbound(tunnel)
+
+    def set_peer(self, tunnel: str, peer: tuple[str, int]) -> None:
+        self.forwarder.tunnels[tunnel].peer = peer
+
+    def peer(self, tunnel: str) -> tuple[str, int]:
+        return self.forwarder.tunnels[tunnel].peer
+
+    def inbound_used(self, spi: int) -> bool:
+        return self.forwarder.inbound_used(spi)
+
+    def rx_packets(self, tunnel: str) -> int:
+        return self.forwarder.tunnels[tunnel].counters.rx_packets
+
+    def tx_bytes(self, tunnel: str) -> int:
+        return self.forwarder.tunnels[tunnel].counters.tx_bytes
+
+    def outbound_state(self, tunnel: str) -> tuple[int, int] | None:
+        sa = self.forwarder.tunnels[tunnel].outbound
+        return None if sa is None else (sa.spi, sa.seq)
+
+
+@dataclass
+class Lane:
+    """One worker's side of a tunnel: its outbound SA and the state that goes with it."""
+
+    outbound_spi: int | None = None
+    tx_bytes_base: int = 0  # the worker's tx_bytes for the tunnel when this outbound SA was installed
+    volume_rekey_spi: int | None = None  # outbound SPI a volume rekey was already asked for
+    volume_rekey_at: float = 0.0
+    # The new SA of a rekey the peer asked for: (its inbound SPI, its outbound SPI and key, the outbound
+    # SPI it replaces). Outbound switches when the peer deletes the old SA or sends on the new one.
+    pending_out: tuple[int, int, bytes, int] | None = field(default=None, repr=False)
+
+
 @dataclass
 class TunnelRuntime:
     config: Tunnel
+    lanes: list[Lane]
     inbound_spis: list[int] = field(default_factory=list)
-    outbound_spi: int | None = None
     retry_at: float | None = None
     retry_delay: float = RETRY_DELAY
     established_at: float | None = None
     unknown_spi_at: float | None = None
     rx_seen: int = 0  # inbound ESP packets counted at the last liveness note
-    tx_bytes_base: int = 0  # the tunnel's tx_bytes when its current outbound SA was installed
-    volume_rekey_spi: int | None = None  # outbound SPI a volume rekey was already asked for
-    volume_rekey_at: float = 0.0
-    # The new SA of a rekey the peer asked for: (its inbound SPI, its outbound SA, the outbound SPI it
-    # replaces). Outbound switches when the peer deletes the old SA or sends on the new one.
-    pending_out: tuple[int, OutboundSa, int] | None = None
+    peer: tuple[str, int] | None = None  # where ESP goes; a worker that sees the peer move tells the others
+
+    @property
+    def outbound_spi(self) -> int | None:
+        """Worker 0's outbound SPI (with one worker: the tunnel's)."""
+        return self.lanes[0].outbound_spi
 
 
 class ControlPlane:
-    def __init__(self, config: GatewayConfig, forwarder: Forwarder, random_bytes: Callable[[int], bytes],
-                 key_logger: KeyLogger | None = None) -> None:
+    def __init__(self, config: GatewayConfig, forwarder: Forwarder | Sequence[DataPlane],
+                 random_bytes: Callable[[int], bytes], key_logger: KeyLogger | None = None) -> None:
+        """forwarder: this process's Forwarder (one worker), or one DataPlane per worker."""
         self.config = config
-        self.forwarder = forwarder
+        self.planes: list[DataPlane] = [LocalPlane(forwarder)] if isinstance(forwarder, Forwarder) else list(forwarder)
         self.key_logger = key_logger
-        self.tunnels = {t.name: TunnelRuntime(t) for t in config.tunnels if t.ike is not None}
+        n = len(self.planes)
+        self.tunnels = {t.name: TunnelRuntime(t, [Lane() for _ in range(n)]) for t in config.tunnels if t.ike is not None}
         cert_auth = _cert_auth(config) if any(t.ike.auth == "cert" for t in self._ike_tunnels()) else None
-        configs = [(_ike_config(t, cert_auth), str(t.peer.address)) for t in self._ike_tunnels()]
+        configs = [(_ike_config(t, cert_auth, n), str(t.peer.address)) for t in self._ike_tunnels()]
         self.dispatcher = IkeDispatcher(configs, random_bytes)
-        self._retiring: list[tuple[float, str, int]] = []  # (remove at, tunnel, inbound SPI)
-        if self.tunnels:
-            forwarder.accept_ike = True
+        self._retiring: list[tuple[float, int, int]] = []  # (remove at, worker, inbound SPI)
+        for plane in self.planes:
+            if self.tunnels and isinstance(plane, LocalPlane):
+                plane.forwarder.accept_ike = True
 
     def _ike_tunnels(self) -> list[Tunnel]:
         return [t for t in self.config.tunnels if t.ike is not None]
@@ -104,28 +180,30 @@ class ControlPlane:
         soft limit; if no new SA has replaced this one VOLUME_GRACE seconds later and the hard limit is
         passed too, drop the outbound SA so traffic fails closed until a new one exists."""
         for name, runtime in self.tunnels.items():
-            state = self.forwarder.tunnels[name]
-            sa = state.outbound
-            if sa is None:
-                continue
             ike = runtime.config.ike
-            used_bytes = state.counters.tx_bytes - runtime.tx_bytes_base
-            if runtime.volume_rekey_spi != sa.spi:
-                if sa.seq >= SEQ_SOFT_LIMIT or _over(sa.seq, used_bytes, ike.rekey_packets, ike.rekey_bytes):
-                    runtime.volume_rekey_spi, runtime.volume_rekey_at = sa.spi, now
-                    log.info("tunnel %s: rekeying after %d packets / %d bytes on SA %#010x", name, sa.seq,
-                             used_bytes, sa.spi)
-                    self.dispatcher.rekey_child(name, now)
-            elif now - runtime.volume_rekey_at >= VOLUME_GRACE and _over(
-                    sa.seq, used_bytes, ike.rekey_packets * HARD_VOLUME_FACTOR, ike.rekey_bytes * HARD_VOLUME_FACTOR):
-                log.warning("tunnel %s: outbound SA %#010x is past its hard volume limit and no new SA came "
-                            "within %.0f s; dropping it", name, sa.spi, VOLUME_GRACE)
-                self.forwarder.remove_outbound(name)
-                runtime.outbound_spi = None
+            for plane, lane in zip(self.planes, runtime.lanes):
+                state = plane.outbound_state(name)
+                if state is None or state[0] != lane.outbound_spi:
+                    continue
+                spi, seq = state
+                used_bytes = plane.tx_bytes(name) - lane.tx_bytes_base
+                if lane.volume_rekey_spi != spi:
+                    if seq >= SEQ_SOFT_LIMIT or _over(seq, used_bytes, ike.rekey_packets, ike.rekey_bytes):
+                        lane.volume_rekey_spi, lane.volume_rekey_at = spi, now
+                        log.info("tunnel %s: rekeying after %d packets / %d bytes on SA %#010x", name, seq,
+                                 used_bytes, spi)
+                        self.dispatcher.rekey_child(name, now)
+                elif now - lane.volume_rekey_at >= VOLUME_GRACE and _over(
+                        seq, used_bytes, ike.rekey_packets * HARD_VOLUME_FACTOR, ike.rekey_bytes * HARD_VOLUME_FACTOR):
+                    log.warning("tunnel %s: outbound SA %#010x is past its hard volume limit and no new SA came "
+                                "within %.0f s; dropping it", name, spi, VOLUME_GRACE)
+                    plane.remove_outbound(name)
+                    lane.outbound_spi = None
 
     def keepalive_targets(self) -> list[tuple[str, int]]:
         """Where to send a NAT keepalive (RFC 3948 §2.3): peers of tunnels with an outbound SA."""
-        return [self.forwarder.tunnels[name].peer for name, r in self.tunnels.items() if r.outbound_spi is not None]
+        return [self.planes[0].peer(name) for name, r in self.tunnels.items()
+                if any(lane.outbound_spi is not None for lane in r.lanes)]
 
     def on_need_sa(self, name: str, now: float) -> None:
         runtime = self.tunnels.get(name)
@@ -137,8 +215,8 @@ class ControlPlane:
     def handle_timer(self, now: float) -> None:
         self.dispatcher.handle_timer(now)
         while self._retiring and self._retiring[0][0] <= now:
-            _, name, spi = self._retiring.pop(0)
-            self.forwarder.remove_inbound(spi)
+            _, worker, spi = self._retiring.pop(0)
+            self.planes[worker].remove_inbound(spi)
         for name, runtime in self.tunnels.items():
             if runtime.retry_at is not None and now >= runtime.retry_at:
                 self.initiate(name, now)
@@ -152,13 +230,27 @@ class ControlPlane:
         """Authenticated ESP counts as liveness (RFC 7296 §2.4): no DPD while traffic flows. ESP on the
         new SA of a rekey we answered shows the peer has it: our outbound traffic moves there too."""
         for name, runtime in self.tunnels.items():
-            rx = self.forwarder.tunnels[name].counters.rx_packets
-            if rx != runtime.rx_seen:
-                runtime.rx_seen = rx
-                self.dispatcher.note_esp_received(name, now)
-                pending = runtime.pending_out
-                if pending is not None and self.forwarder.inbound_used(pending[0]):
-                    self._switch_outbound(runtime, pending[1])
+            rx = sum(plane.rx_packets(name) for plane in self.planes)
+            if rx == runtime.rx_seen:
+                continue
+            runtime.rx_seen = rx
+            self.dispatcher.note_esp_received(name, now)
+            for worker, (plane, lane) in enumerate(zip(self.planes, runtime.lanes)):
+                pending = lane.pending_out
+                if pending is not None and plane.inbound_used(pending[0]):
+                    self._switch_outbound(runtime, worker, pending[1], pending[2])
+            self._follow_peer(name, runtime)
+
+    def _follow_peer(self, name: str, runtime: TunnelRuntime) -> None:
+        """NAT rebinding seen by one worker (authenticated ESP from a new address): all send there."""
+        for plane in self.planes:
+            peer = plane.peer(name)
+            if runtime.peer is not None and peer != runtime.peer:
+                runtime.peer = peer
+                for other in self.planes:
+                    if other is not plane:
+                        other.set_peer(name, peer)
+                return
 
     def process_events(self, now: float) -> None:
         while (event := self.dispatcher.next_event()) is not None:
@@ -190,43 +282,48 @@ class ControlPlane:
     def _install(self, runtime: TunnelRuntime, event: ChildSaEstablished, now: float) -> None:
         """Inbound at once (the peer may use it as soon as it has our answer); outbound at once too,
         unless this answers the peer's rekey of the SA we still send on: make-before-break both ways."""
-        name = event.tunnel
-        self.forwarder.install_inbound(name, InboundSa(event.spi_in, event.key_in.reveal(), runtime.config.replay_window))
-        outbound = OutboundSa(event.spi_out, event.key_out.reveal())
-        self.forwarder.tunnels[name].peer = (event.remote[0], event.remote[1])
+        name, worker = event.tunnel, event.spi_in % len(self.planes)
+        plane, lane = self.planes[worker], runtime.lanes[worker]
+        plane.install_inbound(name, event.spi_in, event.key_in.reveal(), runtime.config.replay_window)
+        runtime.peer = (event.remote[0], event.remote[1])
+        for each in self.planes:
+            each.set_peer(name, runtime.peer)
         runtime.inbound_spis.append(event.spi_in)
-        if event.replaces_out is not None and event.replaces_out == runtime.outbound_spi:
-            runtime.pending_out = (event.spi_in, outbound, event.replaces_out)
+        if event.replaces_out is not None and event.replaces_out == lane.outbound_spi:
+            lane.pending_out = (event.spi_in, event.spi_out, event.key_out.reveal(), event.replaces_out)
         else:
-            self._switch_outbound(runtime, outbound)
+            self._switch_outbound(runtime, worker, event.spi_out, event.key_out.reveal())
         runtime.established_at = now
         runtime.retry_delay = RETRY_DELAY
         if self.key_logger is not None:
             self.key_logger(event)
-        log.info("tunnel %s: Child SA established (%s, SPI in %#010x, out %#010x, %s === %s, ESP to %s:%d)",
+        workers = f", worker {worker}" if len(self.planes) > 1 else ""
+        log.info("tunnel %s: Child SA established (%s, SPI in %#010x, out %#010x, %s === %s, ESP to %s:%d%s)",
                  name, event.suite, event.spi_in, event.spi_out, ",".join(map(str, event.local_ts)),
-                 ",".join(map(str, event.remote_ts)), *event.remote)
+                 ",".join(map(str, event.remote_ts)), *event.remote, workers)
 
-    def _switch_outbound(self, runtime: TunnelRuntime, sa: OutboundSa) -> None:
-        name = runtime.config.name
-        self.forwarder.install_outbound(name, sa)
-        runtime.outbound_spi = sa.spi
-        runtime.pending_out = None
-        runtime.tx_bytes_base = self.forwarder.tunnels[name].counters.tx_bytes
+    def _switch_outbound(self, runtime: TunnelRuntime, worker: int, spi: int, key: bytes) -> None:
+        name, plane, lane = runtime.config.name, self.planes[worker], runtime.lanes[worker]
+        plane.install_outbound(name, spi, key)
+        lane.outbound_spi = spi
+        lane.pending_out = None
+        lane.tx_bytes_base = plane.tx_bytes(name)
 
     def _remove(self, runtime: TunnelRuntime, spi_in: int, spi_out: int, now: float) -> None:
+        worker = spi_in % len(self.planes)
+        lane = runtime.lanes[worker]
         if spi_in in runtime.inbound_spis:
             runtime.inbound_spis.remove(spi_in)
-            self._retiring.append((now + INBOUND_GRACE, runtime.config.name, spi_in))
-        pending = runtime.pending_out
+            self._retiring.append((now + INBOUND_GRACE, worker, spi_in))
+        pending = lane.pending_out
         if pending is not None and pending[0] == spi_in:
-            runtime.pending_out = None  # the answered rekey's SA went first (a redundant collision SA)
-        elif runtime.outbound_spi == spi_out:
-            if pending is not None and pending[2] == spi_out:
-                self._switch_outbound(runtime, pending[1])  # the peer deleted the old SA: it has the new
+            lane.pending_out = None  # the answered rekey's SA went first (a redundant collision SA)
+        elif lane.outbound_spi == spi_out:
+            if pending is not None and pending[3] == spi_out:
+                self._switch_outbound(runtime, worker, pending[1], pending[2])  # the peer has the new one
             else:
-                self.forwarder.remove_outbound(runtime.config.name)  # fail closed until a new SA exists
-                runtime.outbound_spi = None
+                self.planes[worker].remove_outbound(runtime.config.name)  # fail closed until a new SA exists
+                lane.outbound_spi = None
 
 
 def _restarts(tunnel: Tunnel) -> bool:
@@ -239,7 +336,7 @@ def _over(packets: int, used_bytes: int, packet_limit: float, byte_limit: float)
     return bool(packet_limit and packets >= packet_limit) or bool(byte_limit and used_bytes >= byte_limit)
 
 
-def _ike_config(tunnel: Tunnel, cert_auth: CertAuth | None) -> IkeConfig:
+def _ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) -> IkeConfig:
     ike = tunnel.ike
     local, remote = PeerIdentity.parse(ike.local_id), PeerIdentity.parse(ike.remote_id)
     auth = PskAuth(ike.psk.reveal()) if ike.auth == "psk" else cert_auth
@@ -258,6 +355,7 @@ def _ike_config(tunnel: Tunnel, cert_auth: CertAuth | None) -> IkeConfig:
         ike_rekey_time=float(ike.ike_rekey_time),
         ike_lifetime=float(ike.ike_lifetime) if ike.ike_lifetime else None,
         dpd_delay=float(ike.dpd_delay),
+        workers=workers,
     )
 
 

@@ -15,7 +15,7 @@ import pytest
 from tests.unit.test_config_ike import write_file
 from tests.unit.test_config_loader import write
 from tunnel.config.loader import load_config
-from tunnel.control_plane import ControlPlane
+from tunnel.control_plane import ControlPlane, LocalPlane
 from tunnel.dataplane import Forwarder
 from tunnel.ike.constants import ExchangeType
 from tunnel.ike.message import parse_header
@@ -48,7 +48,7 @@ tunnels:
 
 
 class Site:
-    def __init__(self, directory: Path, me: str, peer: str, start: str, extra: str = "") -> None:
+    def __init__(self, directory: Path, me: str, peer: str, start: str, extra: str = "", workers: int = 1) -> None:
         directory.mkdir()
         write_file(directory / f"{me}.psk", PSK + b"\n")
         path = write(directory, CONFIG.format(me=me, peer=peer, my_addr=ADDR[me], peer_addr=ADDR[peer],
@@ -56,10 +56,13 @@ class Site:
                                               extra=extra))
         config = load_config(path)
         self.name, self.peer = me, peer
-        self.forwarder = Forwarder()
-        for t in config.tunnels:
-            self.forwarder.add_tunnel(t.name, (str(t.peer.address), t.peer.port), t.local_subnets, t.remote_subnets)
-        self.control = ControlPlane(config, self.forwarder, os.urandom)
+        self.forwarders = [Forwarder() for _ in range(workers)]
+        for forwarder in self.forwarders:
+            for t in config.tunnels:
+                forwarder.add_tunnel(t.name, (str(t.peer.address), t.peer.port), t.local_subnets, t.remote_subnets)
+        self.forwarder = self.forwarders[0]
+        planes = [LocalPlane(f) for f in self.forwarders]
+        self.control = ControlPlane(config, self.forwarder if workers == 1 else planes, os.urandom)
 
     def packet(self, n: int) -> bytes:
         """A minimal IPv4/UDP packet from our host .1 to the peer's host .1, n in the payload."""
@@ -71,10 +74,10 @@ class Site:
 
 
 class Link:
-    def __init__(self, tmp_path: Path, hq_extra: str = "", br_extra: str = "") -> None:
+    def __init__(self, tmp_path: Path, hq_extra: str = "", br_extra: str = "", workers: tuple[int, int] = (1, 1)) -> None:
         self.now = 100.0
-        self.hq = Site(tmp_path / "hq", "hq", "branch1", "initiate", hq_extra)
-        self.br = Site(tmp_path / "br", "branch1", "hq", "respond", br_extra)
+        self.hq = Site(tmp_path / "hq", "hq", "branch1", "initiate", hq_extra, workers[0])
+        self.br = Site(tmp_path / "br", "branch1", "hq", "respond", br_extra, workers[1])
         self.sites = {ADDR["hq"]: self.hq, ADDR["branch1"]: self.br}
         self.lose_ike: Callable[[str, bytes], bool] = lambda sender, data: False
         self.ike_log: list[tuple[str, int, bool]] = []  # (sender, exchange, response)
@@ -101,13 +104,15 @@ class Link:
             site.control.handle_timer(self.now)
         self.pump()
 
-    def send(self, sender: Site, n: int) -> bool:
-        """One packet through the tunnel; whether the other side delivered it."""
+    def send(self, sender: Site, n: int, worker: int = 0) -> bool:
+        """One packet through the tunnel from one of the sender's workers; whether the other side (the
+        worker its SPI steers it to, as the gateway's socket filter does) delivered it."""
         receiver = self.br if sender is self.hq else self.hq
-        out = sender.forwarder.outbound(sender.packet(n))
+        out = sender.forwarders[worker].outbound(sender.packet(n))
         if out is None:
             return False
-        inner = receiver.forwarder.inbound(out[1], (ADDR[sender.name], 4500))
+        steer = int.from_bytes(out[1][:4], "big") % len(receiver.forwarders)
+        inner = receiver.forwarders[steer].inbound(out[1], (ADDR[sender.name], 4500))
         receiver.control.note_esp_received(self.now)
         self.pump()
         return inner == sender.packet(n)
@@ -215,3 +220,24 @@ def test_dpd_action_after_the_ike_sa_dies(tmp_path: Path, hq_action: str, br_act
     assert initiators == ({who_restarts} if who_restarts else set())
     if who_restarts:
         assert link.send(link.hq, 2) and link.send(link.br, 2)
+
+
+@pytest.mark.parametrize("workers", [(2, 2), (3, 1), (1, 2)])
+def test_every_worker_sends_and_receives_on_child_sas_of_its_own(tmp_path: Path, workers) -> None:
+    link = Link(tmp_path, workers=workers)  # rekey_time 100, lifetime 150
+    link.hq.control.start(link.now)
+    link.pump()
+    link.advance(1.5)  # the extra Child SAs
+    for second in range(330):  # across three rekeys of every Child SA
+        for site in (link.hq, link.br):
+            for worker in range(len(site.forwarders)):
+                assert link.send(site, second, worker), (site.name, worker, second)
+        link.advance(1.0)
+    for site in (link.hq, link.br):
+        n = len(site.forwarders)
+        outs = [f.tunnels[site.peer].outbound.spi for f in site.forwarders]
+        assert len(set(outs)) == n  # no outbound SA shared between workers
+        ins = [spi for f in site.forwarders for spi in f._inbound]
+        assert all(spi % n == w for w, f in enumerate(site.forwarders) for spi in f._inbound), ins
+        for f in site.forwarders:
+            assert f.tunnels[site.peer].counters.drops_by_reason() == {} and f.counters.drops_by_reason() == {}

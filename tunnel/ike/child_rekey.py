@@ -65,8 +65,8 @@ class ChildRekey:
             session.add_child(new[0], now, announce=False)
             return informational.send_delete_child(session, new[0], now)
         _announce(session, new[0], now)
-        if self.old is None:
-            _more_children(session, now)
+        if self.old is None and missing_workers(session):
+            session.new_child_at = now  # the next worker's, as soon as the window is free
         if self.old is not None:
             # Also when it hard-expired while this request was out: the peer still holds it, and
             # expire() could not tell it then (window busy). A peer that already deleted it ignores this.

@@ -175,8 +175,11 @@ def _install_child(session: IkeSession, spi_in: int, spi_out: int, suite: EspSui
     session.add_child(ChildState(spi_in, spi_out, suite, tuple(local), tuple(remote)), now)
     session.event(ChildSaEstablished(session.config.tunnel, spi_in, spi_out, Secret(key_in), Secret(key_out),
                                      tuple(local), tuple(remote), suite.name, session.remote, worker=0))
-    if session.config.workers > 1:
-        lifetime.schedule_new_child(session, now)  # one Child SA for each further worker
+    if session.config.workers > 1:  # one Child SA for each further worker: the initiator asks at once,
+        if session.initiator:        # the responder a moment later unless the initiator's came first
+            session.new_child_at = now
+        else:
+            lifetime.schedule_new_child(session, now)
 
 
 def _certificates(session: IkeSession) -> list:
