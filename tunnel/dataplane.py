@@ -126,6 +126,10 @@ class Forwarder:
     def remove_inbound(self, spi: int) -> None:
         self._inbound.pop(spi, None)
 
+    def used_inbound_spis(self) -> list[int]:
+        """Inbound SAs on which an authenticated packet has arrived."""
+        return [spi for spi, (_, sa) in self._inbound.items() if sa.window.highest > 0]
+
     def inbound_used(self, spi: int) -> bool:
         """Whether an authenticated packet has arrived on this inbound SA (the peer sends on it)."""
         entry = self._inbound.get(spi)

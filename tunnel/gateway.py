@@ -14,22 +14,21 @@ import socket
 import time
 from pathlib import Path
 
+from tunnel import pump, workers
 from tunnel.config.model import GatewayConfig, Tunnel
-from tunnel.control_plane import KEEPALIVE_INTERVAL, VOLUME_CHECK_INTERVAL, ControlPlane
-from tunnel.dataplane import Counters, Forwarder, NeedSa
+from tunnel.control_plane import KEEPALIVE_INTERVAL, VOLUME_CHECK_INTERVAL, ControlPlane, LocalPlane
+from tunnel.dataplane import Counters, Forwarder, NeedSa, TunnelState
 from tunnel.drivers import udp
 from tunnel.drivers.netlink import Netlink
 from tunnel.drivers.tun import TunDevice
-from tunnel.esp.drops import DropReason
 from tunnel.esp.encap import NAT_KEEPALIVE
 from tunnel.esp.overhead import inner_mtu
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.ike.constants import NAT_T_PORT
+from tunnel.errors import DriverError
 from tunnel.keylog import EspKeyLog
 
 log = logging.getLogger("sitelink.gateway")
-
-BATCH = 128  # packets per readiness callback: large enough to amortise, small enough to stay fair
 
 
 def tun_mtu(config: GatewayConfig) -> int:
@@ -55,6 +54,8 @@ class Gateway:
         self._ike_sock: socket.socket | None = None  # IKE_SA_INIT (ike_port)
         self._gro = False  # UDP_GRO on self._sock: received buffers may hold several datagrams
         self._sender: udp.SegmentingSender | None = None
+        self._workers: list[workers.WorkerProxy] = []
+        self._worker_failed: str | None = None
         self._stopping: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.TimerHandle | None = None
@@ -72,15 +73,18 @@ class Gateway:
             if self._esp_key_log is not None:
                 key_log = EspKeyLog(self._esp_key_log, str(self.config.listen.address))
                 log.warning("exporting ESP keys to %s: anyone who can read it can decrypt the tunnels", self._esp_key_log)
-            self.control = ControlPlane(self.config, self.forwarder, os.urandom, key_log)
             self._open_tun()
-            listen = self.config.listen
+            listen, n = self.config.listen, self.config.workers
             self._sock = udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes,
-                                         zero_checksum=False)
+                                         zero_checksum=False, reuseport=n > 1)
             self._gro = udp.enable_gro(self._sock)
             self._sender = udp.SegmentingSender(self._sock)
-            if self.control.tunnels:
+            if any(t.ike is not None for t in self.config.tunnels):
                 self._ike_sock = udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20)
+            if n > 1:
+                self._spawn_workers(n)
+            planes = [LocalPlane(self.forwarder), *self._workers] if self._workers else self.forwarder
+            self.control = ControlPlane(self.config, planes, os.urandom, key_log)
         except BaseException:
             self.close()
             raise
@@ -90,8 +94,28 @@ class Gateway:
             len(self.config.tunnels),
         )
 
+    def _spawn_workers(self, n: int) -> None:
+        """Workers 1..n-1: a TUN queue and a socket each, joined in order (the SPI filter numbers the
+        sockets by joining order), forked before the event loop exists."""
+        listen = self.config.listen
+        extra = [(TunDevice(self.config.tun.name), udp.open_socket(
+            str(listen.address), listen.port, self.config.socket_buffer_bytes, zero_checksum=False, reuseport=True))
+            for _ in range(1, n)]
+        udp.steer_by_spi(self._sock, n)
+        for k, (tun, sock) in enumerate(extra, start=1):
+            others = [self._tun, self._sock, *(r for r in (self._ike_sock,) if r is not None),
+                      *(r for j, pair in enumerate(extra, start=1) if j != k for r in pair),
+                      *(w.conn for w in self._workers)]
+            self._workers.append(workers.spawn(self.config, k, tun, sock, others))
+            tun.close()  # the worker holds its queue and socket now
+            sock.close()
+        log.info("%d data-plane workers: this process and pids %s", n, ",".join(str(w.pid) for w in self._workers))
+
     def close(self) -> None:
-        """Remove the TUN device (and with it its routes) and close the socket. Idempotent."""
+        """Stop the workers, remove the TUN device (and with it its routes), close the sockets. Idempotent."""
+        for worker in self._workers:
+            worker.stop()
+        self._workers = []
         for sock in (self._sock, self._ike_sock):
             if sock is not None:
                 sock.close()
@@ -117,6 +141,8 @@ class Gateway:
         loop.add_reader(self._sock.fileno(), self._on_udp_readable)
         if self._ike_sock is not None:
             loop.add_reader(self._ike_sock.fileno(), self._on_ike_readable)
+        for worker in self._workers:
+            loop.add_reader(worker.conn.fileno(), self._on_worker_report, worker)
         self.control.start(time.monotonic())
         self._after_ike()
         if self.control.tunnels:
@@ -129,6 +155,8 @@ class Gateway:
             loop.remove_reader(self._sock.fileno())
             if self._ike_sock is not None:
                 loop.remove_reader(self._ike_sock.fileno())
+            for worker in self._workers:
+                loop.remove_reader(worker.conn.fileno())
             if self._timer is not None:
                 self._timer.cancel()
             for handle in (self._keepalive, self._volume):
@@ -139,6 +167,25 @@ class Gateway:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             self.log_counters()
+        if self._worker_failed:
+            raise DriverError(self._worker_failed)
+
+    def _on_worker_report(self, worker: workers.WorkerProxy) -> None:
+        if not worker.receive():
+            if not self._stopping.is_set():
+                self._worker_failed = f"data-plane worker {worker.index} (pid {worker.pid}) exited; stopping"
+                log.error("%s", self._worker_failed)
+                self._stopping.set()
+            return
+        now = time.monotonic()
+        for name in worker.need_sa:
+            self.control.on_need_sa(name, now)
+        worker.need_sa.clear()
+        if worker.unknown_spi_peers:
+            self.control.on_unknown_spi(worker.unknown_spi_peers, now)
+            worker.unknown_spi_peers.clear()
+        self.control.note_esp_received(now)
+        self._after_ike()
 
     def _send_keepalives(self) -> None:
         # A NAT between the gateways forgets an idle UDP mapping; one byte every 20 s keeps it (RFC 3948 §2.3).
@@ -159,9 +206,20 @@ class Gateway:
         self._stopping.set()
 
     def log_counters(self) -> None:
+        """One line per tunnel (and one for drops no tunnel owns), summed over every worker."""
         for name, state in self.forwarder.tunnels.items():
-            log.info("counters %s", format_counters(name, state.counters))
-        log.info("counters %s", format_counters("(none)", self.forwarder.counters))
+            total = Counters()
+            for part in [state.counters, *(w.counters[name] for w in self._workers)]:
+                workers.add(total, part)
+            log.info("counters %s", format_counters(name, total))
+        total = Counters()
+        for part in [self.forwarder.counters, *(w.global_counters for w in self._workers)]:
+            workers.add(total, part)
+        log.info("counters %s", format_counters("(none)", total))
+        for index, parts in enumerate([self.forwarder.tunnels, *(w.counters for w in self._workers)] if self._workers else []):
+            for name, part in parts.items():
+                counters = part.counters if isinstance(part, TunnelState) else part
+                log.info("worker %d: %s", index, format_counters(name, counters))
         if self.control is not None and self.control.tunnels:
             drops = self.control.dispatcher.drops
             sessions = self.control.dispatcher.sessions.values()
@@ -202,35 +260,11 @@ class Gateway:
 
     # -- data path --------------------------------------------------------------------------------------
     def _on_tun_readable(self) -> None:
-        outbound, out = self.forwarder.outbound, []
-        append = out.append
-        for packet in self._tun.read_batch(BATCH):
-            result = outbound(packet)
-            if result is not None:
-                append((result[1], result[0]))
-        # Runs of equal-size ESP packets leave in one UDP_SEGMENT send. A failure (socket buffer full,
-        # no route to the peer) is counted, never retried in clear.
-        failed = self._sender.send(out) if out else 0
-        if failed:
-            self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
+        pump.tun_to_udp(self.forwarder, self._tun, self._sender)
         self._handle_events()
 
     def _on_udp_readable(self) -> None:
-        inbound, inbox, delivered = self.forwarder.inbound, self.forwarder.ike_inbox, []
-        deliver = delivered.append
-        receive = udp.recv_gro_batch if self._gro else udp.recv_batch
-        for datagram, peer in receive(self._sock, BATCH):
-            inner = inbound(datagram, peer)
-            if inner is not None:
-                deliver(inner)
-            elif inbox:
-                # IKE in arrival order: a CREATE_CHILD_SA response must install its SAs before the ESP
-                # packets behind it in the same batch are opened (make-before-break).
-                self._ike_inbox_now()
-        # One write per run of in-order TCP segments (GSO); a failed write is counted, never retried.
-        failed = self._tun.write_batch(delivered) if delivered else 0
-        if failed:
-            self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
+        pump.udp_to_tun(self.forwarder, self._sock, self._tun, self._gro, self._ike_inbox_now)
         if self.control.tunnels:
             self.control.note_esp_received(time.monotonic())
             if self.forwarder.unknown_spi_peers:
@@ -247,7 +281,7 @@ class Gateway:
 
     def _on_ike_readable(self) -> None:
         now = time.monotonic()
-        for datagram, peer in udp.recv_batch(self._ike_sock, BATCH):
+        for datagram, peer in udp.recv_batch(self._ike_sock, pump.BATCH):
             self.control.dispatcher.receive_datagram(datagram, peer[:2], self.config.ike_port, now)
         self._after_ike()
 

@@ -79,7 +79,7 @@ class Deployment:
                  esp_key_log: bool = False, ike_proposals: list[str] | None = None,
                  initiators: set[tuple[str, str]] | None = None, start_mode: str = "initiate",
                  ike_options: dict[str, int] | None = None, esp_proposals: list[str] | None = None,
-                 peer_address_overrides: dict[tuple[str, str], str] | None = None) -> None:
+                 peer_address_overrides: dict[tuple[str, str], str] | None = None, workers: int = 1) -> None:
         """initiators: (site, peer) pairs where site initiates; default: the first-listed site of each pair.
         peer_address_overrides: {(site, peer): address} writes that address into site's config for peer
         instead of the peer's WAN address (e.g. lab.nat_public_address(peer) when peer is behind the NAT).
@@ -98,6 +98,7 @@ class Deployment:
         self.start_mode = start_mode  # what initiating sites use: initiate | on-demand
         self.ike_options = ike_options or {}  # extra keys of each tunnel's ike: mapping (lifetimes, dpd_delay)
         self.peer_address_overrides = dict(peer_address_overrides or {})
+        self.workers = workers  # gateway.workers: data-plane processes per gateway
         sites = lab.topology.sites
         self.gateways: dict[str, Gateway] = {
             s.name: Gateway(s, self.workdir / f"{s.name}.yaml", self.workdir / f"{s.name}.log") for s in sites
@@ -150,6 +151,8 @@ class Deployment:
             f"  tun: {{name: {TUN_NAME}, wan_mtu: {self.lab.topology.mtu}, addresses: [{', '.join(tun_addrs)}]}}",
             f"  log_level: {log_level}",
         ]
+        if self.workers > 1:
+            lines.append(f"  workers: {self.workers}")
         if self.keying == "cert":
             pki = self.workdir / "pki"
             lines.append(f"  pki: {{ca: {pki / 'ca.crt'}, certificate: {_one(pki / s.name, '*.crt')}, "

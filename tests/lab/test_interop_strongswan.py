@@ -90,3 +90,52 @@ def test_sitelink_and_strongswan(tmp_path: Path, keying: str, group: str, initia
         assert "Child SA established" in log and ("initiator" if sitelink_starts else "responder") in log
         print(f"\n{keying}/{group}/{initiator} initiates: first packet {up_to_first_packet * 1000:.0f} ms after "
               f"sitelink up; {report.esp} ESP packets decrypted by scapy")
+
+
+@pytest.mark.parametrize("initiator", ["sitelink", "strongswan"])
+def test_sitelink_workers_with_strongswan(tmp_path: Path, initiator: str) -> None:
+    """gateway.workers: 2 against a peer that knows nothing of it: the second Child SA is a plain
+    CREATE_CHILD_SA with the same selectors, strongSwan installs it, and flows through either worker
+    pass both ways."""
+    with Lab(TOPOLOGIES / "two-sites.yaml", mode="tunnel") as lab:
+        dep = Deployment(lab, tmp_path / "sitelink", esp_key_log=True, workers=2,
+                         initiators={("hq", "branch1")} if initiator == "sitelink" else set())
+        swan = StrongSwan(lab, "branch1", tmp_path / "swan", remote_site="hq", local_id=identity("branch1"),
+                          remote_id=identity("hq"), ike_proposal="aes256gcm16-prfsha256-curve25519",
+                          esp_proposal="aes256gcm16", ike_port=500,
+                          psk=dep.gateways["hq"].keys["branch1"].read_text().strip())
+        pcap = tmp_path / "wan.pcap"
+        with lab.capture("router", lab.site("hq").router_if, pcap) as cap:
+            swan.start()
+            dep.start("hq")
+            if initiator == "strongswan":
+                swan.initiate()
+            dep.wait_established("hq")
+            deadline = time.monotonic() + 10
+            while dep.gateways["hq"].log_text().count("Child SA established") < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            dst = lab.addr("branch1-host")
+            tcp = iperf3(lab, "hq-host", "branch1-host", dst, seconds=2, streams=16, bitrate="1M")
+            back = iperf3(lab, "branch1-host", "hq-host", lab.addr("hq-host"), seconds=2, streams=4, bitrate="2M")
+            listed = swan.list_sas()
+        log = dep.gateways["hq"].log_text()
+        assert "worker 0)" in log and "worker 1)" in log, log[-3000:]
+        assert tcp.received_bps > 8e6 and back.received_bps > 4e6
+        assert listed.count("INSTALLED") >= 2, listed  # strongSwan holds both Child SAs
+        workers = per_worker_tx(dep)
+        # No balance asserted: strongSwan sends everything on its newest Child SA, so all of it reaches
+        # one worker, and the TUN's flow steering then sends each flow back out through that worker.
+        assert set(workers) == {0, 1} and sum(workers.values()) > 1000, workers
+        assert cap.kernel_drops == 0
+        report = analyse(pcap, sas_from_esp_log(dep.esp_keys_path("hq")), {HQ_WAN, BR_WAN})
+        assert report.cleartext == [] and report.unknown_spi == []
+        assert report.esp > 500 and len(report.decrypted) == report.esp
+        print(f"\nsitelink workers 2, {initiator} initiates: strongSwan lists {listed.count('INSTALLED')} installed "
+              f"Child SAs; sitelink packets sent per worker {workers}")
+
+
+def per_worker_tx(dep: Deployment) -> dict[int, int]:
+    from tests.lab.test_workers import per_worker
+
+    dep.counters("hq")  # SIGUSR1 writes the per-worker lines
+    return {w: tx for w, (tx, _) in per_worker(dep.gateways["hq"].log_text()).items()}

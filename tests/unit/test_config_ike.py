@@ -582,3 +582,11 @@ def test_volume_lifetimes(site: Path) -> None:
     ike = load_config(write(site, GOOD + "      rekey_bytes: 1000000000\n      rekey_packets: 500000\n")).tunnels[0].ike
     assert (ike.rekey_bytes, ike.rekey_packets) == (1_000_000_000, 500_000)
     assert "tunnels[0].ike.rekey_packets" in problems(write(site, GOOD + "      rekey_packets: 4294967296\n"))[0]
+
+
+def test_workers(site: Path) -> None:
+    text = GOOD.replace("gateway:\n", "gateway:\n  workers: 4\n")
+    assert load_config(write(site, text)).workers == 4
+    assert load_config(write(site, GOOD)).workers == 1
+    found = problems(write(site, GOOD.replace("gateway:\n", "gateway:\n  workers: 17\n")))
+    assert len(found) == 1 and "2:12: gateway.workers:" in found[0], found

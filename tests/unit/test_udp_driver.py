@@ -100,3 +100,26 @@ def test_unreachable_peer_counts_failures_not_exceptions() -> None:
     finally:
         tx.close()
         rx.close()
+
+
+def test_reuseport_group_steers_esp_by_spi_and_the_rest_to_socket_0() -> None:
+    first = udp.open_socket("127.0.0.1", 0, 1 << 20, reuseport=True)
+    port = first.getsockname()[1]
+    group = [first] + [udp.open_socket("127.0.0.1", port, 1 << 20, reuseport=True) for _ in range(2)]
+    tx = udp.open_socket("127.0.0.1", 0, 1 << 20)
+    try:
+        udp.steer_by_spi(first, 3)
+        spis = [0x1000, 0x1001, 0x1002, 0xFFFFFFF0, 7, 5]
+        for spi in spis:
+            tx.sendto(spi.to_bytes(4, "big") + bytes(40), ("127.0.0.1", port))
+        tx.sendto(b"\xff", ("127.0.0.1", port))  # NAT keepalive
+        tx.sendto(bytes(4) + b"IKE", ("127.0.0.1", port))  # non-ESP marker
+        time.sleep(0.05)
+        got = [[d for d, _ in udp.recv_batch(s, 64)] for s in group]
+        for spi in spis:
+            assert any(d[:4] == spi.to_bytes(4, "big") for d in got[spi % 3]), (hex(spi), got)
+        assert b"\xff" in got[0] and bytes(4) + b"IKE" in got[0]
+        assert sum(map(len, got)) == len(spis) + 2
+    finally:
+        for s in group + [tx]:
+            s.close()

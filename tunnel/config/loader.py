@@ -31,6 +31,7 @@ from tunnel.secret import Secret
 
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_LIFETIME = 7 * 24 * 3600
+MAX_WORKERS = 16  # data-plane worker processes (gateway.workers)
 LIFETIME_KEYS = ("rekey_time", "lifetime", "ike_rekey_time", "ike_lifetime", "dpd_delay", "rekey_bytes",
                  "rekey_packets")
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -71,7 +72,7 @@ def _config(doc: Doc, root: Node, path: Path) -> GatewayConfig | None:
     listen, tun = (gateway.get("listen"), gateway["tun"]) if gateway else (None, None)
     ike_port = gateway.get("ike_port", IKE_PORT) if gateway else None
     has_pki = "pki" in gateway if gateway is not None else None
-    cross_check(doc, listen, tun, tunnels, ike_port, has_pki)
+    cross_check(doc, listen, tun, tunnels, ike_port, has_pki, gateway.get("workers", 1) if gateway else None)
     if doc.sink or gateway is None:
         return None
     return GatewayConfig(path=path, tunnels=tuple(_tunnel_model(t) for t in tunnels), **gateway)
@@ -103,6 +104,7 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
         "log_level": lambda doc, node, path: doc.choice(node, path, LOG_LEVELS),
         "ike_port": _PORT,  # must differ from listen.port: checked in validate.py
         "pki": lambda doc, node, path: _pki(doc, node, path, base_dir),
+        "workers": _int_in(1, MAX_WORKERS),
     }
     fields = doc.mapping(node, "gateway", required=("name", "listen"), optional=set(parsers) - {"name", "listen"})
     if fields is None:

@@ -116,3 +116,5 @@ class GatewayConfig:
     log_level: str = "info"
     ike_port: int = 500  # IKE_SA_INIT is sent and accepted here; everything after moves to listen.port
     pki: Pki | None = None
+    # Data-plane worker processes, each with a TUN queue, a socket and Child SAs of its own (tunnel/workers.py).
+    workers: int = 1

@@ -41,7 +41,7 @@ class TunnelParts:
 
 
 def cross_check(doc: Doc, listen: Endpoint | None, tun: TunDevice | None, tunnels: list[TunnelParts],
-                ike_port: int | None = None, has_pki: bool | None = None) -> None:
+                ike_port: int | None = None, has_pki: bool | None = None, workers: int | None = None) -> None:
     """ike_port: gateway.ike_port or its default (None if invalid); has_pki: whether gateway.pki is given
     (None when the gateway section itself could not be read, so nothing is known about it)."""
     _unique_names(doc, tunnels)
@@ -52,6 +52,8 @@ def cross_check(doc: Doc, listen: Endpoint | None, tun: TunDevice | None, tunnel
     _unique_remote_ids(doc, tunnels)
     if has_pki is False:
         _cert_needs_pki(doc, tunnels)
+    if workers is not None and workers > 1:
+        _workers_need_ike(doc, tunnels)
     if listen is not None:
         _peer_family(doc, listen, tunnels)
         if ike_port is not None:
@@ -136,6 +138,13 @@ def _unique_remote_ids(doc: Doc, tunnels: list[TunnelParts]) -> None:
             doc.error_at(f"{t.path}.ike.remote_id",
                          f"{quote(t.ike.remote_id or '')} is the same identity as {other}.ike.remote_id; "
                          "the IKE responder identifies peers by their remote_id, so each must be unique")
+
+
+def _workers_need_ike(doc: Doc, tunnels: list[TunnelParts]) -> None:
+    for t in tunnels:
+        if t.manual_keys is not None:
+            doc.error_at(f"{t.path}.manual_keys", "gateway.workers > 1 needs IKEv2 tunnels: each worker has Child "
+                                                  "SAs of its own, and manual keys are one SA")
 
 
 def _cert_needs_pki(doc: Doc, tunnels: list[TunnelParts]) -> None:

@@ -16,6 +16,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tunnel.errors import DriverError
 
+IFF_MULTI_QUEUE = 0x0100
+
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -38,16 +40,20 @@ class Netlink:
         return found[0] if found else None
 
     def ensure_tun(self, name: str) -> int:
-        """Create a persistent TUN device, or reuse one a previous run left behind."""
+        """Create a persistent multi-queue TUN device, or reuse one a previous run left behind (one that
+        is not multi-queue, from an older version, is made again)."""
         index = self.index(name)
         if index is not None:
             kind = self._kind(index)
             if kind != "tun":
                 raise DriverError(f"interface {name} exists and is a {kind or 'non-TUN'} device; pick another tun.name")
-            log.info("reusing TUN device %s left by an earlier run", name)
-            return index
+            if _tun_flags(name) & IFF_MULTI_QUEUE:
+                log.info("reusing TUN device %s left by an earlier run", name)
+                return index
+            log.info("replacing TUN device %s left by an earlier run (not multi-queue)", name)
+            self.delete_link(index)
         try:
-            self._ipr.link("add", ifname=name, kind="tuntap", mode="tun", ifr={"no_pi": True})
+            self._ipr.link("add", ifname=name, kind="tuntap", mode="tun", ifr={"no_pi": True, "multi_queue": True})
         except (OSError, NetlinkError) as exc:
             raise DriverError(f"cannot create TUN device {name}: {exc}") from exc
         index = self.index(name)
@@ -110,3 +116,12 @@ class Netlink:
         link = self._ipr.get_links(index)[0]
         info = link.get_attr("IFLA_LINKINFO")
         return info.get_attr("IFLA_INFO_KIND") if info else None
+
+
+def _tun_flags(name: str) -> int:
+    """The TUN device's IFF_* flags as sysfs shows them in this network namespace; 0 if unreadable."""
+    try:
+        with open(f"/sys/class/net/{name}/tun_flags") as f:
+            return int(f.read().strip(), 16)
+    except (OSError, ValueError):
+        return 0

@@ -15,6 +15,7 @@ TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
 MAX_PACKET = 65535
 
 
@@ -22,12 +23,14 @@ class TunDevice:
     """An attached TUN queue. Reads raw IP packets (IFF_NO_PI) without blocking; with vnet_hdr (the
     default) writes carry a virtio_net_hdr, so runs of TCP segments go up as one GSO write."""
 
-    def __init__(self, name: str, vnet_hdr: bool = True) -> None:
+    def __init__(self, name: str, vnet_hdr: bool = True, multi_queue: bool = True) -> None:
+        """multi_queue: attach one queue of a multi-queue device (the kernel spreads flows over the
+        queues, one per worker); the device must have been created multi-queue (Netlink.ensure_tun)."""
         try:
             self.fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise DriverError(f"cannot open {TUN_PATH}: {exc.strerror}") from exc
-        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0) | (IFF_MULTI_QUEUE if multi_queue else 0)
         try:
             fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
             # Offload flags outlive the fd on a persistent device: state ours (none) explicitly. None means

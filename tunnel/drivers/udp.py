@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import socket
 import struct
 import sys
@@ -18,7 +19,8 @@ MAX_GSO_BYTES = 65000  # one GSO send stays below the 64 KiB IP datagram limit
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 
 
-def open_socket(address: str, port: int, buffer_bytes: int, zero_checksum: bool = True) -> socket.socket:
+def open_socket(address: str, port: int, buffer_bytes: int, zero_checksum: bool = True,
+                reuseport: bool = False) -> socket.socket:
     """zero_checksum: RFC 3948 §2.1 says the UDP checksum SHOULD be zero (ESP's ICV protects the payload),
     but the kernel refuses UDP_SEGMENT sends without checksums, so the batching data path turns it off:
     receivers MUST accept either, and the checksum is computed by offload, not by us."""
@@ -26,6 +28,8 @@ def open_socket(address: str, port: int, buffer_bytes: int, zero_checksum: bool 
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         _set_buffers(sock, buffer_bytes)
         if family == socket.AF_INET and zero_checksum:
             sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
@@ -145,3 +149,22 @@ class SegmentingSender:
             self.segmentation = False
             for k in range(i, j):
                 self.sock.sendto(batch[k][0], peer)
+
+
+SO_ATTACH_REUSEPORT_CBPF = 51
+_BPF_LD_W_ABS, _BPF_ALU_MOD_K, _BPF_RET_A = 0x20, 0x94, 0x16
+
+
+def steer_by_spi(sock: socket.socket, workers: int) -> None:
+    """Attach to the SO_REUSEPORT group of `sock` a classic BPF program that hands each datagram to
+    socket number (first 32-bit word of the UDP payload) % workers: ESP goes to the worker owning its
+    SPI, IKE (non-ESP marker 0) to socket 0; a datagram shorter than 4 bytes (NAT keepalive) fails the
+    load, which returns 0, so socket 0 too. Sockets are numbered in the order they joined the group."""
+    program = [(_BPF_LD_W_ABS, 0, 0, 0), (_BPF_ALU_MOD_K, 0, 0, workers), (_BPF_RET_A, 0, 0, 0)]
+    code = b"".join(struct.pack("=HBBI", *insn) for insn in program)
+    buffer = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("=HxxxxxxQ", len(program), ctypes.addressof(buffer))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError as exc:
+        raise DriverError(f"cannot steer ESP to workers by SPI (SO_ATTACH_REUSEPORT_CBPF): {exc.strerror}") from exc

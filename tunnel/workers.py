@@ -1,0 +1,252 @@
+"""Data-plane worker processes (gateway.workers > 1): one Python process carries about one core's worth
+of packets, so more cores need more processes. Each worker has a queue of the multi-queue TUN device (the
+kernel spreads flows over the queues), a socket in the SO_REUSEPORT group (a socket filter steers ESP to
+the worker owning its SPI), a Forwarder, and Child SAs of its own, so no sequence number or replay window
+is ever shared. The main process is worker 0 and runs IKE; it sends each worker its keys over a
+socketpair and reads back counters, which is also how liveness, rekey-switch and NAT-rebinding news
+travel. A worker whose main process is gone exits (its TUN queue closes; traffic fails closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import selectors
+import signal
+import socket
+import time
+
+from tunnel import pump
+from tunnel.config.model import GatewayConfig
+from tunnel.dataplane import Counters, Forwarder
+from tunnel.drivers import udp
+from tunnel.drivers.tun import TunDevice
+from tunnel.esp.sa import InboundSa, OutboundSa
+
+log = logging.getLogger("sitelink.worker")
+
+STATS_INTERVAL = 0.25  # how often a worker reports its counters to the main process
+MAX_MESSAGE = 1 << 20
+
+
+class WorkerProxy:
+    """The main process's handle on one worker: a DataPlane (see control_plane.py) that forwards key
+    changes and answers from the worker's latest report."""
+
+    def __init__(self, index: int, conn: socket.socket, pid: int, peers: dict[str, tuple[str, int]]) -> None:
+        self.index, self.conn, self.pid = index, conn, pid
+        self.peers = dict(peers)
+        self.counters = {name: Counters() for name in peers}
+        self.global_counters = Counters()
+        self.used: set[int] = set()
+        self.outbound: dict[str, tuple[int, int] | None] = {name: None for name in peers}
+        self.peer_changes = {name: 0 for name in peers}
+        self.unknown_spi_peers: set[str] = set()
+        self.need_sa: set[str] = set()
+
+    # -- DataPlane ----------------------------------------------------------------------------------
+    def install_inbound(self, tunnel: str, spi: int, key: bytes, window: int) -> None:
+        self._send(("in", tunnel, spi, key, window))
+
+    def install_outbound(self, tunnel: str, spi: int, key: bytes) -> None:
+        self.outbound[tunnel] = (spi, 0)
+        self._send(("out", tunnel, spi, key))
+
+    def remove_inbound(self, spi: int) -> None:
+        self.used.discard(spi)
+        self._send(("rm_in", spi))
+
+    def remove_outbound(self, tunnel: str) -> None:
+        self.outbound[tunnel] = None
+        self._send(("rm_out", tunnel))
+
+    def set_peer(self, tunnel: str, peer: tuple[str, int]) -> None:
+        self.peers[tunnel] = peer
+        self._send(("peer", tunnel, peer))
+
+    def peer(self, tunnel: str) -> tuple[str, int]:
+        return self.peers[tunnel]
+
+    def inbound_used(self, spi: int) -> bool:
+        return spi in self.used
+
+    def rx_packets(self, tunnel: str) -> int:
+        return self.counters[tunnel].rx_packets
+
+    def tx_bytes(self, tunnel: str) -> int:
+        return self.counters[tunnel].tx_bytes
+
+    def outbound_state(self, tunnel: str) -> tuple[int, int] | None:
+        return self.outbound[tunnel]
+
+    # -- reports ------------------------------------------------------------------------------------
+    def receive(self) -> bool:
+        """Take in every report waiting; False once the worker is gone."""
+        while True:
+            try:
+                data = self.conn.recv(MAX_MESSAGE)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            self._apply(pickle.loads(data))
+
+    def _apply(self, report: tuple) -> None:
+        _, tunnels, global_counters, used, unknown, need_sa = report
+        for name, (counters, peer, changes, outbound) in tunnels.items():
+            _load(self.counters[name], counters)
+            if changes != self.peer_changes[name]:  # the worker saw the peer move (authenticated ESP)
+                self.peer_changes[name] = changes
+                self.peers[name] = peer
+            current = self.outbound[name]
+            if outbound is not None and current is not None and outbound[0] == current[0]:
+                self.outbound[name] = outbound  # the SPI we installed, with its sequence number now
+        _load(self.global_counters, global_counters)
+        self.used = set(used)
+        self.unknown_spi_peers |= set(unknown)
+        self.need_sa |= set(need_sa)
+
+    def _send(self, message: tuple) -> None:
+        try:
+            self.conn.sendall(pickle.dumps(message))
+        except OSError as exc:  # the worker died; the gateway notices on its next read and stops
+            log.error("worker %d: cannot reach it: %s", self.index, exc)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._send(("stop",))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        self.conn.close()
+
+
+def _dump(counters: Counters) -> tuple:
+    return (counters.tx_packets, counters.tx_bytes, counters.rx_packets, counters.rx_bytes, counters.keepalives,
+            list(counters.drops))
+
+
+def _load(counters: Counters, values: tuple) -> None:
+    (counters.tx_packets, counters.tx_bytes, counters.rx_packets, counters.rx_bytes, counters.keepalives,
+     drops) = values
+    counters.drops[:len(drops)] = drops
+
+
+def add(total: Counters, part: Counters) -> None:
+    """Sum a worker's counters into a total (the gateway's counter lines cover every worker)."""
+    total.tx_packets += part.tx_packets
+    total.tx_bytes += part.tx_bytes
+    total.rx_packets += part.rx_packets
+    total.rx_bytes += part.rx_bytes
+    total.keepalives += part.keepalives
+    for i, n in enumerate(part.drops):
+        total.drops[i] += n
+
+
+# -- the worker process ------------------------------------------------------------------------------
+def spawn(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.socket,
+          close_in_child: list) -> WorkerProxy:
+    """Fork worker `index` with its TUN queue and socket; the caller closes them afterwards (the worker
+    holds them). close_in_child: the parent's other descriptors the worker must not keep."""
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:  # the worker
+        code = 1
+        try:
+            parent_end.close()
+            for resource in close_in_child:
+                resource.close()
+            code = run_worker(config, index, tun, sock, child_end)
+        except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
+            log.exception("worker %d failed", index)
+        finally:
+            os._exit(code)
+    child_end.close()
+    parent_end.setblocking(False)
+    peers = {t.name: (str(t.peer.address), t.peer.port) for t in config.tunnels}
+    return WorkerProxy(index, parent_end, pid, peers)
+
+
+def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.socket, conn: socket.socket) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    forwarder = Forwarder()
+    for t in config.tunnels:
+        forwarder.add_tunnel(t.name, (str(t.peer.address), t.peer.port), t.local_subnets, t.remote_subnets)
+    sender, gro = udp.SegmentingSender(sock), udp.enable_gro(sock)
+    selector = selectors.DefaultSelector()
+    selector.register(tun.fd, selectors.EVENT_READ, "tun")
+    selector.register(sock, selectors.EVENT_READ, "udp")
+    selector.register(conn, selectors.EVENT_READ, "conn")
+    log.info("worker %d up (pid %d)", index, os.getpid())
+    next_report = time.monotonic()
+    while not stopping:
+        for key, _ in selector.select(max(0.0, next_report - time.monotonic())):
+            if key.data == "tun":
+                pump.tun_to_udp(forwarder, tun, sender)
+            elif key.data == "udp":
+                pump.udp_to_tun(forwarder, sock, tun, gro)
+            elif not _commands(forwarder, conn, config):
+                return 0  # stop asked for, or the main process is gone
+        now = time.monotonic()
+        if now >= next_report:
+            _report(forwarder, conn)
+            next_report = now + STATS_INTERVAL
+    return 0
+
+
+def _commands(forwarder: Forwarder, conn: socket.socket, config: GatewayConfig) -> bool:
+    windows = {t.name: t.replay_window for t in config.tunnels}
+    while True:
+        try:
+            data = conn.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        message = pickle.loads(data)
+        kind = message[0]
+        if kind == "in":
+            _, tunnel, spi, key, window = message
+            forwarder.remove_inbound(spi)  # idempotent: a resent install must not raise
+            forwarder.install_inbound(tunnel, InboundSa(spi, key, window or windows[tunnel]))
+        elif kind == "out":
+            _, tunnel, spi, key = message
+            forwarder.install_outbound(tunnel, OutboundSa(spi, key))
+        elif kind == "rm_in":
+            forwarder.remove_inbound(message[1])
+        elif kind == "rm_out":
+            forwarder.remove_outbound(message[1])
+        elif kind == "peer":
+            forwarder.tunnels[message[1]].peer = message[2]
+        elif kind == "stop":
+            return False
+
+
+def _report(forwarder: Forwarder, conn: socket.socket) -> None:
+    tunnels = {}
+    for name, state in forwarder.tunnels.items():
+        sa = state.outbound
+        tunnels[name] = (_dump(state.counters), state.peer, state.peer_changes, None if sa is None else (sa.spi, sa.seq))
+    need_sa = []
+    while (event := forwarder.next_event()) is not None:
+        need_sa.append(event.tunnel)
+    unknown = list(forwarder.unknown_spi_peers)
+    forwarder.unknown_spi_peers.clear()
+    report = ("stats", tunnels, _dump(forwarder.counters), forwarder.used_inbound_spis(), unknown, need_sa)
+    try:
+        conn.send(pickle.dumps(report), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        pass  # the main process is busy; the next report carries the same news
