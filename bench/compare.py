@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """sitelink against what users would run instead, measured side by side in the two-site namespace lab.
 
-Modes: plain routing (the ceiling), sitelink (PSK/IKEv2, AES-256-GCM, ESP in UDP 4500) and the anchors
+Modes: plain routing (the ceiling), sitelink (PSK/IKEv2, AES-256-GCM, ESP in UDP 4500; also with
+gateway.workers: 2) and the anchors
 wireguard-go, OpenVPN 2.6 (TLS, AES-256-GCM, no DCO) and strongSwan 5.9 with kernel-libipsec, each
 configured as in ../shared/reference/anchors.md (netns-lab/netnslab/anchors.py).  Every round
 builds a fresh lab per mode, in the same order each round (plain, sitelink, wireguard-go, openvpn,
@@ -49,9 +50,9 @@ from netnslab.tools import ReplyWatch, cpu_seconds  # noqa: E402
 
 TOPOLOGY = TOPOLOGIES / "two-sites.yaml"
 CLIENT, SERVER = "hq-host", "branch1-host"
-MODES = ("plain", "sitelink", "wireguard-go", "openvpn", "strongswan")
+MODES = ("plain", "sitelink", "sitelink-2w", "wireguard-go", "openvpn", "strongswan")
 ANCHOR_MODES = ("wireguard-go", "openvpn", "strongswan")
-LABELS = {"plain": "plain routing", "sitelink": "sitelink", "wireguard-go": "wireguard-go",
+LABELS = {"plain": "plain routing", "sitelink": "sitelink", "sitelink-2w": "sitelink 2 workers", "wireguard-go": "wireguard-go",
           "openvpn": "OpenVPN 2.6", "strongswan": "strongSwan libipsec"}
 EF_TOS = 184  # DSCP 46 (EF) << 2
 SETUP_TIMEOUT = 30.0
@@ -103,9 +104,10 @@ class SitelinkPair:
     """Real `sitelink up` gateways on both sites (netnslab Deployment: PSK, IKEv2, default proposals)."""
 
     name = "sitelink"
+    workers = 1
 
     def __init__(self, lab: Lab, workdir: Path) -> None:
-        self.deployment = Deployment(lab, workdir)
+        self.deployment = Deployment(lab, workdir, workers=self.workers)
 
     @staticmethod
     def unavailable() -> str | None:
@@ -141,8 +143,15 @@ class SitelinkPair:
                 self.deployment.stop(site)
 
 
+class SitelinkTwoWorkers(SitelinkPair):
+    """gateway.workers: 2 on both sides (worker processes are counted in the CPU figure as descendants)."""
+
+    name = "sitelink-2w"
+    workers = 2
+
+
 def gateway_class(mode: str) -> Any:
-    return SitelinkPair if mode == "sitelink" else ANCHORS[mode]
+    return {"sitelink": SitelinkPair, "sitelink-2w": SitelinkTwoWorkers}.get(mode) or ANCHORS[mode]
 
 
 def mode_version(mode: str) -> str | None:
@@ -421,7 +430,7 @@ def write_png(report: dict[str, Any], figs: list[Figure], path: Path) -> str | N
     modes = [m for m, e in report["modes"].items() if e["status"] == "ok"]
     if not modes:
         return "nothing was measured; no chart written"
-    colors = {"plain": "#9e9e9e", "sitelink": "#d62728", "wireguard-go": "#1f77b4", "openvpn": "#ff7f0e",
+    colors = {"plain": "#9e9e9e", "sitelink": "#d62728", "sitelink-2w": "#8c1c13", "wireguard-go": "#1f77b4", "openvpn": "#ff7f0e",
               "strongswan": "#2ca02c"}
     cols = 4
     rows = -(-len(figs) // cols)
