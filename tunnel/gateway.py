@@ -17,15 +17,15 @@ from pathlib import Path
 from tunnel import pump, workers
 from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.control_plane import KEEPALIVE_INTERVAL, VOLUME_CHECK_INTERVAL, ControlPlane, LocalPlane
-from tunnel.dataplane import Counters, Forwarder, NeedSa, TunnelState
+from tunnel.dataplane import Counters, Forwarder, NeedSa
 from tunnel.drivers import udp
 from tunnel.drivers.netlink import Netlink
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.encap import NAT_KEEPALIVE
 from tunnel.esp.overhead import inner_mtu
 from tunnel.esp.sa import InboundSa, OutboundSa
-from tunnel.ike.constants import NAT_T_PORT
 from tunnel.errors import DriverError
+from tunnel.ike.constants import NAT_T_PORT
 from tunnel.keylog import EspKeyLog
 
 log = logging.getLogger("sitelink.gateway")
@@ -216,10 +216,12 @@ class Gateway:
         for part in [self.forwarder.counters, *(w.global_counters for w in self._workers)]:
             workers.add(total, part)
         log.info("counters %s", format_counters("(none)", total))
-        for index, parts in enumerate([self.forwarder.tunnels, *(w.counters for w in self._workers)] if self._workers else []):
-            for name, part in parts.items():
-                counters = part.counters if isinstance(part, TunnelState) else part
-                log.info("worker %d: %s", index, format_counters(name, counters))
+        if self._workers:
+            for name, state in self.forwarder.tunnels.items():
+                log.info("worker 0: %s", format_counters(name, state.counters))
+            for worker in self._workers:
+                for name, counters in worker.counters.items():
+                    log.info("worker %d: %s", worker.index, format_counters(name, counters))
         if self.control is not None and self.control.tunnels:
             drops = self.control.dispatcher.drops
             sessions = self.control.dispatcher.sessions.values()

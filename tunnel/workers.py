@@ -83,16 +83,10 @@ class WorkerProxy:
     # -- reports ------------------------------------------------------------------------------------
     def receive(self) -> bool:
         """Take in every report waiting; False once the worker is gone."""
-        while True:
-            try:
-                data = self.conn.recv(MAX_MESSAGE)
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False
-            if not data:
-                return False
-            self._apply(pickle.loads(data))
+        reports, alive = _read(self.conn)
+        for report in reports:
+            self._apply(report)
+        return alive
 
     def _apply(self, report: tuple) -> None:
         _, tunnels, global_counters, used, unknown, need_sa = report
@@ -196,7 +190,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
                 pump.tun_to_udp(forwarder, tun, sender)
             elif key.data == "udp":
                 pump.udp_to_tun(forwarder, sock, tun, gro)
-            elif not _commands(forwarder, conn, config):
+            elif not _commands(forwarder, conn):
                 return 0  # stop asked for, or the main process is gone
         now = time.monotonic()
         if now >= next_report:
@@ -205,23 +199,30 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
     return 0
 
 
-def _commands(forwarder: Forwarder, conn: socket.socket, config: GatewayConfig) -> bool:
-    windows = {t.name: t.replay_window for t in config.tunnels}
+def _read(conn: socket.socket) -> tuple[list[tuple], bool]:
+    """Every message waiting on the socketpair, and whether the other end is still there."""
+    messages = []
     while True:
         try:
             data = conn.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            return True
+            return messages, True
         except OSError:
-            return False
+            return messages, False
         if not data:
-            return False
-        message = pickle.loads(data)
+            return messages, False
+        messages.append(pickle.loads(data))
+
+
+def _commands(forwarder: Forwarder, conn: socket.socket) -> bool:
+    """Apply the main process's key changes; False when it asks us to stop or is gone."""
+    messages, alive = _read(conn)
+    for message in messages:
         kind = message[0]
         if kind == "in":
             _, tunnel, spi, key, window = message
             forwarder.remove_inbound(spi)  # idempotent: a resent install must not raise
-            forwarder.install_inbound(tunnel, InboundSa(spi, key, window or windows[tunnel]))
+            forwarder.install_inbound(tunnel, InboundSa(spi, key, window))
         elif kind == "out":
             _, tunnel, spi, key = message
             forwarder.install_outbound(tunnel, OutboundSa(spi, key))
@@ -233,6 +234,7 @@ def _commands(forwarder: Forwarder, conn: socket.socket, config: GatewayConfig) 
             forwarder.tunnels[message[1]].peer = message[2]
         elif kind == "stop":
             return False
+    return alive
 
 
 def _report(forwarder: Forwarder, conn: socket.socket) -> None:

@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from tunnel.drivers.tun import IFF_MULTI_QUEUE
 from tunnel.errors import DriverError
-
-IFF_MULTI_QUEUE = 0x0100
 
 log = logging.getLogger(__name__)
 

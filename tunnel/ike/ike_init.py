@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from tunnel.errors import MalformedPacket
 from tunnel.ike import dh, keys
-from tunnel.ike.constants import NAT_T_PORT, CertEncoding, ExchangeType, NotifyType
+from tunnel.ike.constants import CertEncoding, ExchangeType, NotifyType
 from tunnel.ike.errors import DegeneratePublicValue, IkeError, InvalidKePayload, NoProposalChosen
 from tunnel.ike.message import (
     CertReqPayload, KePayload, Message, NoncePayload, NotifyPayload, SaPayload, parse_message,

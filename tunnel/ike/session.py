@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from tunnel.errors import MalformedPacket
 from tunnel.ike import child_rekey, ike_auth, ike_init, ike_rekey, informational, lifetime
 from tunnel.ike.config import IkeConfig
-from tunnel.ike.constants import IKE_PORT, NAT_T_PORT, NON_ESP_MARKER, ExchangeType, Flag, NotifyType, ProtocolId
+from tunnel.ike.constants import IKE_PORT, NAT_T_PORT, NON_ESP_MARKER, ExchangeType, Flag, ProtocolId
 from tunnel.ike.errors import IkeError, IntegrityError
 from tunnel.ike.events import ChildSaDeleted, Event, IkeSaDeleted, IkeSaFailed
 from tunnel.ike.message import (
