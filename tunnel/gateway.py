@@ -293,8 +293,8 @@ class Gateway:
         self._after_ike()
 
     def _after_ike(self) -> None:
-        """Flush what the IKE cores want sent, apply their events, re-arm the one timer."""
-        self._flush_ike()
+        """Apply the IKE cores' events, then send what they want sent (new SAs are in place, in every
+        worker's queue too, before the answer that lets the peer use them leaves), re-arm the one timer."""
         self.control.process_events(time.monotonic())
         self._flush_ike()
         deadline = self.control.get_timer()

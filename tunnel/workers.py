@@ -189,6 +189,10 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
             if key.data == "tun":
                 pump.tun_to_udp(forwarder, tun, sender)
             elif key.data == "udp":
+                # Keys first: the main process sent a new SA's keys before its IKE answer left, so they
+                # are waiting whenever ESP on that SA can have arrived (no unknown-SPI drops at a rekey).
+                if not _commands(forwarder, conn):
+                    return 0
                 pump.udp_to_tun(forwarder, sock, tun, gro)
             elif not _commands(forwarder, conn):
                 return 0  # stop asked for, or the main process is gone
