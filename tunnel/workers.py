@@ -164,7 +164,8 @@ def spawn(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.socket
         finally:
             os._exit(code)
     child_end.close()
-    parent_end.setblocking(False)
+    # Blocking for sends, so a key install waits for room instead of being lost while the worker is busy;
+    # reads never block (MSG_DONTWAIT in _read).
     peers = {t.name: (str(t.peer.address), t.peer.port) for t in config.tunnels}
     return WorkerProxy(index, parent_end, pid, peers)
 
