@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .lab import Lab, LabError
@@ -116,16 +117,19 @@ class Anchor:
     def _wait_link(self, site: Site, ifname: str, proc: subprocess.Popen, log: Path,
                    timeout: float = 10.0) -> None:
         """Wait until the daemon created its tunnel device (it exists before the daemon is configured)."""
+        self._wait(site, proc, log, f"device {ifname}", timeout, lambda: self.lab.run(
+            site.gw, ["ip", "-o", "link", "show", "dev", ifname], check=False, timeout=5).returncode == 0)
+
+    def _wait(self, site: Site, proc: subprocess.Popen, log: Path, what: str, timeout: float,
+              ready: Callable[[], bool]) -> None:
+        """Poll until ready(); a daemon that exits first, or a timeout, is an AnchorError with its log."""
         deadline = time.monotonic() + timeout
-        while True:
-            cp = self.lab.run(site.gw, ["ip", "-o", "link", "show", "dev", ifname], check=False, timeout=5)
-            if cp.returncode == 0:
-                return
+        while not ready():
             if proc.poll() is not None:
-                raise AnchorError(f"{self.name} on {site.gw} exited with {proc.returncode} before creating "
-                                  f"{ifname}:\n{_tail(log)}")
+                raise AnchorError(f"{self.name} on {site.gw} exited with {proc.returncode} before its "
+                                  f"{what} appeared:\n{_tail(log)}")
             if time.monotonic() > deadline:
-                raise AnchorError(f"{self.name} on {site.gw}: no device {ifname} after {timeout}s:\n{_tail(log)}")
+                raise AnchorError(f"{self.name} on {site.gw}: no {what} after {timeout}s:\n{_tail(log)}")
             time.sleep(0.01)
 
     def _route_peer_lan(self, site: Site, peer: Site, ifname: str) -> None:
@@ -184,14 +188,7 @@ class WireguardGo(Anchor):
 
     def _wait_socket(self, site: Site, ifname: str, proc: subprocess.Popen, timeout: float = 10.0) -> None:
         sock = self.SOCKET_DIR / f"{ifname}.sock"
-        deadline = time.monotonic() + timeout
-        while not sock.exists():
-            if proc.poll() is not None:
-                raise AnchorError(f"wireguard-go on {site.gw} exited with {proc.returncode}:\n"
-                                  f"{_tail(self.workdir / f'{site.name}.log')}")
-            if time.monotonic() > deadline:
-                raise AnchorError(f"wireguard-go on {site.gw}: no UAPI socket {sock} after {timeout}s")
-            time.sleep(0.01)
+        self._wait(site, proc, self.workdir / f"{site.name}.log", f"UAPI socket {sock}", timeout, sock.exists)
 
     def stop(self) -> None:
         super().stop()
