@@ -7,7 +7,8 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PURE = ["tunnel/esp", "tunnel/ike", "tunnel/dataplane.py", "tunnel/coalesce.py", "policy"]
+PURE = ["tunnel/esp", "tunnel/ike", "tunnel/dataplane.py", "tunnel/coalesce.py", "tunnel/ipedit.py", "tunnel/scheduler.py",
+        "policy"]
 FORBIDDEN = {"asyncio", "socket", "time", "pyroute2", "yaml", "prometheus_client", "select", "selectors", "threading", "subprocess", "random"}
 FORBIDDEN_PROJECT = ("tunnel.drivers", "tunnel.gateway", "tunnel.cli", "tunnel.config")
 

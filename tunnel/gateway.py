@@ -7,6 +7,7 @@ each readiness callback drains a batch, pushes it through the forwarder and flus
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -15,6 +16,9 @@ import time
 from pathlib import Path
 
 from tunnel import pump, workers
+from policy.qos import QosClass
+from tunnel.policies import make_schedulers, tunnel_policy
+from tunnel.scheduler import PriorityScheduler
 from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.control_plane import KEEPALIVE_INTERVAL, VOLUME_CHECK_INTERVAL, ControlPlane, LocalPlane
 from tunnel.dataplane import Counters, Forwarder, NeedSa
@@ -22,7 +26,6 @@ from tunnel.drivers import udp
 from tunnel.drivers.netlink import Netlink
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.encap import NAT_KEEPALIVE
-from tunnel.esp.overhead import inner_mtu
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.errors import DriverError
 from tunnel.ike.constants import NAT_T_PORT
@@ -32,15 +35,21 @@ log = logging.getLogger("sitelink.gateway")
 
 
 def tun_mtu(config: GatewayConfig) -> int:
-    return config.tun.mtu or inner_mtu(config.tun.wan_mtu, config.listen.address.version == 6)
+    return config.tun.mtu or config.tun.wan_mtu
 
 
 def format_counters(name: str, counters: Counters) -> str:
     drops = ",".join(f"{k}:{v}" for k, v in counters.drops_by_reason().items()) or "none"
-    return (
-        f"tunnel={name} tx_packets={counters.tx_packets} tx_bytes={counters.tx_bytes} "
-        f"rx_packets={counters.rx_packets} rx_bytes={counters.rx_bytes} keepalives={counters.keepalives} drops={drops}"
-    )
+    scalars = " ".join(f"{field}={getattr(counters, field)}" for field in Counters.SCALARS)
+    return f"tunnel={name} {scalars} drops={drops}"
+
+
+def format_queues(scheduler: PriorityScheduler) -> str:
+    parts = []
+    for cls, stats in zip(QosClass, scheduler.stats):
+        mean = stats.sojourn_sum / stats.dequeued * 1000 if stats.dequeued else 0.0
+        parts.append(f"{cls.label}={stats.dequeued}/{stats.dropped}/{mean:.3f}ms")
+    return "class=dequeued/dropped/mean_sojourn " + " ".join(parts)
 
 
 class Gateway:
@@ -52,8 +61,9 @@ class Gateway:
         self._tun_index: int | None = None
         self._sock: socket.socket | None = None  # ESP-in-UDP and IKE after IKE_SA_INIT (listen.port)
         self._ike_sock: socket.socket | None = None  # IKE_SA_INIT (ike_port)
-        self._gro = False  # UDP_GRO on self._sock: received buffers may hold several datagrams
         self._sender: udp.SegmentingSender | None = None
+        self._qos: pump.QosPump | None = None  # per-class queues (gateway.qos.scheduler: priority)
+        self._qos_flush: asyncio.Handle | None = None
         self._workers: list[workers.WorkerProxy] = []
         self._worker_failed: str | None = None
         self._stopping: asyncio.Event | None = None
@@ -77,8 +87,11 @@ class Gateway:
             listen, n = self.config.listen, self.config.workers
             self._sock = udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes,
                                          zero_checksum=False, reuseport=n > 1)
-            self._gro = udp.enable_gro(self._sock)
+            udp.enable_gro(self._sock)  # and the TOS of each datagram
             self._sender = udp.SegmentingSender(self._sock)
+            schedulers = make_schedulers(self.config)
+            if schedulers is not None:
+                self._qos = pump.QosPump(self.forwarder, self._tun, self._sock, self._sender, *schedulers)
             if any(t.ike is not None for t in self.config.tunnels):
                 self._ike_sock = udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20)
             if n > 1:
@@ -159,7 +172,7 @@ class Gateway:
                 loop.remove_reader(worker.conn.fileno())
             if self._timer is not None:
                 self._timer.cancel()
-            for handle in (self._keepalive, self._volume):
+            for handle in (self._keepalive, self._volume, self._qos_flush):
                 if handle is not None:
                     handle.cancel()
             self.control.dispatcher.delete_all(time.monotonic())  # best effort: tell peers (§1.4.1)
@@ -222,6 +235,9 @@ class Gateway:
             for worker in self._workers:
                 for name, counters in worker.counters.items():
                     log.info("worker %d: %s", worker.index, format_counters(name, counters))
+        if self._qos is not None:
+            for direction, scheduler in (("egress", self._qos.egress), ("ingress", self._qos.ingress)):
+                log.info("queues %s %s", direction, format_queues(scheduler))
         if self.control is not None and self.control.tunnels:
             drops = self.control.dispatcher.drops
             sessions = self.control.dispatcher.sessions.values()
@@ -231,7 +247,8 @@ class Gateway:
     # -- set-up helpers -------------------------------------------------------------------------------
     def _add_tunnel(self, tunnel: Tunnel) -> None:
         peer = (str(tunnel.peer.address), tunnel.peer.port)
-        self.forwarder.add_tunnel(tunnel.name, peer, tunnel.local_subnets, tunnel.remote_subnets)
+        self.forwarder.add_tunnel(tunnel.name, peer, tunnel.local_subnets, tunnel.remote_subnets,
+                                  tunnel_policy(self.config, tunnel))
         keys = tunnel.manual_keys
         if keys is None:
             log.info("tunnel %s: peer [%s]:%d, local %s, remote %s, IKEv2 %s auth, start %s", tunnel.name, *peer,
@@ -262,11 +279,35 @@ class Gateway:
 
     # -- data path --------------------------------------------------------------------------------------
     def _on_tun_readable(self) -> None:
+        if self._qos is not None:
+            self._serve_queues()
+            return
         pump.tun_to_udp(self.forwarder, self._tun, self._sender)
         self._handle_events()
 
     def _on_udp_readable(self) -> None:
-        pump.udp_to_tun(self.forwarder, self._sock, self._tun, self._gro, self._ike_inbox_now)
+        if self._qos is not None:
+            self._serve_queues()
+            return
+        pump.udp_to_tun(self.forwarder, self._sock, self._tun, self._ike_inbox_now)
+        self._after_udp()
+
+    def _serve_queues(self) -> None:
+        """Both directions in short rounds (pump.QosPump.service); queued packets are served on the next
+        loop turn even if no device becomes readable."""
+        if self._qos_flush is not None:
+            self._qos_flush.cancel()
+            self._qos_flush = None
+        self._qos.service(time.monotonic, self._ike_inbox_now)
+        loop = asyncio.get_running_loop()
+        if self._qos.pending(time.monotonic()):
+            self._qos_flush = loop.call_soon(self._serve_queues)
+        elif (wake := self._qos.wake_at(time.monotonic())) is not None:
+            self._qos_flush = loop.call_at(wake, self._serve_queues)  # the shaper's next send
+        self._handle_events()
+        self._after_udp()
+
+    def _after_udp(self) -> None:
         if self.control.tunnels:
             self.control.note_esp_received(time.monotonic())
             if self.forwarder.unknown_spi_peers:
@@ -333,6 +374,9 @@ def run(config: GatewayConfig, esp_key_log: Path | None = None) -> None:
     pyroute2's synchronous IPRoute runs its own loop and cannot be used inside a running one."""
     gateway = Gateway(config, esp_key_log)
     gateway.open()
+    # Everything allocated so far (modules, config, keys) lives as long as the process: keep it out of
+    # the cyclic collector's full passes, which would otherwise walk it in the middle of the data path.
+    gc.freeze()
     try:
         asyncio.run(gateway.serve())
     finally:

@@ -1,44 +1,56 @@
 """The data path between the OS and a Forwarder, one readiness event at a time, shared by the gateway's
 own loop and its worker processes: drain a batch, push it through the forwarder, flush the results in as
-few system calls as the batch allows. Never an await or a syscall per packet that a batch can replace."""
+few system calls as the batch allows. Never an await or a syscall per packet that a batch can replace.
+
+Two shapes: FIFO (tun_to_udp / udp_to_tun: what is read is what is processed, the kernel queues in front
+decide the order) and QosPump (the kernel queues are drained into the gateway's own per-class queues, so
+that priority decides, not a FIFO nobody can see).
+"""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
 
+from policy.qos import DSCP_CLASS
 from tunnel.dataplane import Forwarder
 from tunnel.drivers import udp
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.drops import DropReason
+from tunnel.scheduler import PriorityScheduler
 
 BATCH = 128  # packets per readiness callback: large enough to amortise, small enough to stay fair
-
+# With QoS, the data path works in short rounds: read up to PULL packets (TUN) / receive calls (socket; one
+# may bring a GRO run) from each kernel queue, then serve CHUNK packets per direction from our queues. Reading
+# is several times cheaper than sealing or opening, so the kernel queues in front stay near empty and the
+# backlog lives in our queues, where priority decides and drops are counted per class; and a real-time
+# packet waits at most about one short round (CHUNK packets of work), not a whole batch, in each gateway.
+PULL = 64
+CHUNK = 32
+ROUNDS = 8  # rounds per readiness callback before the event loop gets its turn (timers, IKE, reports)
 
 def tun_to_udp(forwarder: Forwarder, tun: TunDevice, sender: udp.SegmentingSender) -> None:
     """IP packets from the TUN queue, sealed; runs of equal-size ESP packets leave in one UDP_SEGMENT
     send. A failure (socket buffer full, no route to the peer) is counted, never retried in clear."""
-    outbound, out = forwarder.outbound, []
-    append = out.append
+    outbound_into, out = forwarder.outbound_into, []
     for packet in tun.read_batch(BATCH):
-        result = outbound(packet)
-        if result is not None:
-            append((result[1], result[0]))
+        outbound_into(packet, out)
     failed = sender.send(out) if out else 0
     if failed:
         forwarder.counters.drops[DropReason.SEND_FAILED] += failed
+    if forwarder.to_tun:
+        write_errors(forwarder, tun)
 
 
-def udp_to_tun(forwarder: Forwarder, sock: socket.socket, tun: TunDevice, gro: bool,
+def udp_to_tun(forwarder: Forwarder, sock: socket.socket, tun: TunDevice,
                on_ike: Callable[[], None] | None = None) -> None:
     """ESP-in-UDP from the socket, opened; delivered with one write per run of TCP segments or UDP
     datagrams of a flow (GSO). on_ike runs when an IKE message arrived, before the ESP behind it in
     the same batch is opened: a CREATE_CHILD_SA response must install its SAs first (make-before-break)."""
     inbound, inbox, delivered = forwarder.inbound, forwarder.ike_inbox, []
     deliver = delivered.append
-    receive = udp.recv_gro_batch if gro else udp.recv_batch
-    for datagram, peer in receive(sock, BATCH):
-        inner = inbound(datagram, peer)
+    for datagram, peer, tos in udp.recv_gro_batch(sock, BATCH):
+        inner = inbound(datagram, peer, tos)
         if inner is not None:
             deliver(inner)
         elif inbox and on_ike is not None:
@@ -46,3 +58,92 @@ def udp_to_tun(forwarder: Forwarder, sock: socket.socket, tun: TunDevice, gro: b
     failed = tun.write_batch(delivered) if delivered else 0
     if failed:
         forwarder.counters.drops[DropReason.SEND_FAILED] += failed
+
+
+def write_errors(forwarder: Forwarder, tun: TunDevice) -> None:
+    """ICMP errors the forwarder made for local senders (packet too big) go back through the TUN."""
+    errors, forwarder.to_tun = forwarder.to_tun, []
+    for packet in errors:
+        if not tun.write(packet):
+            forwarder.counters.drops[DropReason.SEND_FAILED] += 1
+
+
+class QosPump:
+    """Both directions through priority schedulers. Egress packets are classified before and sealed after
+    their queue, so ESP sequence numbers follow the order they leave in. Ingress datagrams are queued by
+    their outer DSCP (copied from the inner one by the peer) before decryption; the reordering this
+    causes inside one SA stays far inside the replay window (queues hold at most a few thousand packets,
+    the window 8192 by default: config validation keeps it so)."""
+
+    def __init__(self, forwarder: Forwarder, tun: TunDevice, sock: socket.socket, sender: udp.SegmentingSender,
+                 egress: PriorityScheduler, ingress: PriorityScheduler) -> None:
+        self.forwarder, self.tun, self.sock, self.sender = forwarder, tun, sock, sender
+        self.egress, self.ingress = egress, ingress
+
+    def pending(self, now: float) -> bool:
+        """Work that can be done now (the shaper may hold the egress queue back: see wake_at)."""
+        return bool(self.ingress.length) or self.egress.sendable(now)
+
+    def wake_at(self, now: float) -> float | None:
+        """When the shaper lets the egress queue go on, if it holds it back."""
+        return self.egress.ready_at(now)
+
+    def service(self, clock: Callable[[], float], on_ike: Callable[[], None] | None = None) -> None:
+        """Up to ROUNDS rounds of: drain both kernel queues a little, serve a chunk each way. Ends early
+        when everything is empty; the caller comes back while pending() says there is work left."""
+        for _ in range(ROUNDS):
+            now = clock()
+            pulled = self.pull_tun(now) + self.pull_udp(now)
+            if not pulled and not self.pending(now):
+                return
+            if self.egress.sendable(now):
+                self.push_egress(now)
+            if self.ingress.length:
+                self.push_ingress(now, on_ike)
+
+    def pull_tun(self, now: float) -> int:
+        packets = self.tun.read_batch(PULL)
+        if not packets:
+            return 0
+        items: list = []
+        classify = self.forwarder.classify_into
+        for packet in packets:
+            classify(packet, items)
+        enqueue = self.egress.enqueue
+        for cls, tunnel, packet in items:
+            if not enqueue(cls, (tunnel, packet), len(packet), now):
+                tunnel.counters.drops[DropReason.QUEUE_FULL] += 1
+        if self.forwarder.to_tun:
+            write_errors(self.forwarder, self.tun)
+        return len(packets)
+
+    def pull_udp(self, now: float) -> int:
+        enqueue, counters = self.ingress.enqueue, self.forwarder.counters
+        items = udp.recv_gro_batch(self.sock, PULL)
+        for item in items:
+            if not enqueue(DSCP_CLASS[item[2] >> 2], item, len(item[0]), now):
+                counters.drops[DropReason.QUEUE_FULL] += 1  # not yet decrypted: no tunnel to blame
+        return len(items)
+
+    def push_egress(self, now: float) -> None:
+        out: list = []
+        seal_into = self.forwarder.seal_into
+        for tunnel, packet in self.egress.dequeue(CHUNK, now):
+            seal_into(tunnel, packet, out)
+        failed = self.sender.send(out) if out else 0
+        if failed:
+            self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
+
+    def push_ingress(self, now: float, on_ike: Callable[[], None] | None = None) -> None:
+        forwarder = self.forwarder
+        inbound, inbox, delivered = forwarder.inbound, forwarder.ike_inbox, []
+        deliver = delivered.append
+        for datagram, peer, tos in self.ingress.dequeue(CHUNK, now):
+            inner = inbound(datagram, peer, tos)
+            if inner is not None:
+                deliver(inner)
+            elif inbox and on_ike is not None:
+                on_ike()
+        failed = self.tun.write_batch(delivered) if delivered else 0
+        if failed:
+            forwarder.counters.drops[DropReason.SEND_FAILED] += failed

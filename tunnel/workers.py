@@ -20,6 +20,7 @@ import time
 from tunnel import pump
 from tunnel.config.model import GatewayConfig
 from tunnel.dataplane import Counters, Forwarder
+from tunnel.policies import make_schedulers, tunnel_policy
 from tunnel.drivers import udp
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.sa import InboundSa, OutboundSa
@@ -124,23 +125,20 @@ class WorkerProxy:
 
 
 def _dump(counters: Counters) -> tuple:
-    return (counters.tx_packets, counters.tx_bytes, counters.rx_packets, counters.rx_bytes, counters.keepalives,
-            list(counters.drops))
+    return (*(getattr(counters, name) for name in Counters.SCALARS), list(counters.drops))
 
 
 def _load(counters: Counters, values: tuple) -> None:
-    (counters.tx_packets, counters.tx_bytes, counters.rx_packets, counters.rx_bytes, counters.keepalives,
-     drops) = values
+    for name, value in zip(Counters.SCALARS, values[:-1]):
+        setattr(counters, name, value)
+    drops = values[-1]
     counters.drops[:len(drops)] = drops
 
 
 def add(total: Counters, part: Counters) -> None:
     """Sum a worker's counters into a total (the gateway's counter lines cover every worker)."""
-    total.tx_packets += part.tx_packets
-    total.tx_bytes += part.tx_bytes
-    total.rx_packets += part.rx_packets
-    total.rx_bytes += part.rx_bytes
-    total.keepalives += part.keepalives
+    for name in Counters.SCALARS:
+        setattr(total, name, getattr(total, name) + getattr(part, name))
     for i, n in enumerate(part.drops):
         total.drops[i] += n
 
@@ -177,8 +175,12 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     forwarder = Forwarder()
     for t in config.tunnels:
-        forwarder.add_tunnel(t.name, (str(t.peer.address), t.peer.port), t.local_subnets, t.remote_subnets)
-    sender, gro = udp.SegmentingSender(sock), udp.enable_gro(sock)
+        forwarder.add_tunnel(t.name, (str(t.peer.address), t.peer.port), t.local_subnets, t.remote_subnets,
+                             tunnel_policy(config, t))
+    sender = udp.SegmentingSender(sock)
+    udp.enable_gro(sock)
+    schedulers = make_schedulers(config)
+    qos = pump.QosPump(forwarder, tun, sock, sender, *schedulers) if schedulers is not None else None
     selector = selectors.DefaultSelector()
     selector.register(tun.fd, selectors.EVENT_READ, "tun")
     selector.register(sock, selectors.EVENT_READ, "udp")
@@ -186,17 +188,30 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
     log.info("worker %d up (pid %d)", index, os.getpid())
     next_report = time.monotonic()
     while not stopping:
-        for key, _ in selector.select(max(0.0, next_report - time.monotonic())):
+        now = time.monotonic()
+        wait = max(0.0, next_report - now)
+        if qos is not None:
+            wake = qos.wake_at(now)
+            wait = 0.0 if qos.pending(now) else wait if wake is None else min(wait, max(0.0, wake - now))
+        for key, _ in selector.select(wait):
             if key.data == "tun":
-                pump.tun_to_udp(forwarder, tun, sender)
+                if qos is not None:
+                    qos.service(time.monotonic)
+                else:
+                    pump.tun_to_udp(forwarder, tun, sender)
             elif key.data == "udp":
                 # Keys first: the main process sent a new SA's keys before its IKE answer left, so they
                 # are waiting whenever ESP on that SA can have arrived (no unknown-SPI drops at a rekey).
                 if not _commands(forwarder, conn):
                     return 0
-                pump.udp_to_tun(forwarder, sock, tun, gro)
+                if qos is not None:
+                    qos.service(time.monotonic)
+                else:
+                    pump.udp_to_tun(forwarder, sock, tun)
             elif not _commands(forwarder, conn):
                 return 0  # stop asked for, or the main process is gone
+        if qos is not None and (qos.pending(now := time.monotonic()) or qos.wake_at(now) is not None):
+            qos.service(time.monotonic)
         now = time.monotonic()
         if now >= next_report:
             _report(forwarder, conn)

@@ -104,13 +104,13 @@ def test_every_field_given(site: Path) -> None:
                         "    name: st0\n    wan_mtu: 9000\n    mtu: 1400\n    addresses: [10.1.0.1/24, 'fd00::1/64']\n"
                         "    txqueuelen: 1000\n  listen:\n    port: 14500\n")
     text = text.replace("      address: 198.18.2.2\n", "      address: 198.18.2.2\n      port: 4501\n")
-    text += "    replay_window: 128\n"
+    text += "    replay_window: 4096\n"
     config = load_config(write(site, text))
     assert config.log_level == "debug" and config.socket_buffer_bytes == 65536
     assert config.tun == TunDevice("st0", 9000, 1400, (ipaddress.ip_interface("10.1.0.1/24"),
                                                         ipaddress.ip_interface("fd00::1/64")), 1000)
     assert config.listen.port == 14500 and config.tunnels[0].peer.port == 4501
-    assert config.tunnels[0].replay_window == 128
+    assert config.tunnels[0].replay_window == 4096
 
 
 def test_example_configs_load_and_mirror_each_other(tmp_path: Path) -> None:
@@ -198,9 +198,9 @@ CASES = [
      "C:3:14: gateway.log_level: 'verbose' is not one of debug, info, warning, error"),
     ("null value", "  listen:\n", "  socket_buffer_bytes:\n  listen:\n",
      "C:3:23: gateway.socket_buffer_bytes: expected an integer, got an empty value"),
-    ("mtu above derived", "  listen:\n", "  tun: {mtu: 1439}\n  listen:\n",
-     "C:3:14: gateway.tun.mtu: 1439 exceeds 1438, the largest inner packet that fits a 1500-byte IPv4 WAN path "
-     "after ESP-in-UDP overhead; lower mtu or raise wan_mtu"),
+    ("tunnel mtu above derived", "    manual_keys: keys/b1.keys\n", "    manual_keys: keys/b1.keys\n    mtu: 1439\n",
+     "C:12:10: tunnels[0].mtu: 1439 exceeds 1438, the largest inner packet that fits a 1500-byte IPv4 WAN path "
+     "after ESP-in-UDP overhead; lower mtu or raise gateway.tun.wan_mtu"),
     ("derived mtu too small for ipv6", "  listen:\n", "  tun: {wan_mtu: 1300}\n  listen:\n",
      None),  # replaced below: needs an IPv6 subnet too
     ("peer family", "address: 198.18.2.2", "address: '2001:db8::2'",
@@ -246,10 +246,10 @@ def test_explicit_mtu_too_small_for_ipv6(site: Path) -> None:
 
 def test_ipv6_outer_derives_smaller_mtu(site: Path) -> None:
     text = GOOD.replace("198.18.1.2", "'2001:db8::1'").replace("198.18.2.2", "'2001:db8::2'")
-    config = load_config(write(site, text.replace("  listen:\n", "  tun: {mtu: 1418}\n  listen:\n")))
-    assert config.tun.mtu == 1418
-    assert problems(write(site, text.replace("  listen:\n", "  tun: {mtu: 1419}\n  listen:\n")))[0].startswith(
-        "C:3:14: gateway.tun.mtu: 1419 exceeds 1418, the largest inner packet that fits a 1500-byte IPv6 WAN path")
+    config = load_config(write(site, text + "    mtu: 1418\n"))
+    assert config.tunnels[0].mtu == 1418
+    assert problems(write(site, text + "    mtu: 1419\n"))[0].startswith(
+        "C:12:10: tunnels[0].mtu: 1419 exceeds 1418, the largest inner packet that fits a 1500-byte IPv6 WAN path")
 
 
 def test_unquoted_ipv6_wildcard_gets_a_hint(site: Path) -> None:
@@ -297,7 +297,7 @@ def test_all_problems_reported_at_once_in_file_order(site: Path) -> None:
             .replace("address: 198.18.1.2", "address: 198.18.1.2\n    port: 'x'"))
     assert problems(write(site, text)) == [
         "C:3:3: gateway.colour: unknown key; expected one of: ike_port, listen, log_level, name, pki, "
-        "socket_buffer_bytes, tun, workers",
+        "qos, socket_buffer_bytes, tun, workers",
         "C:6:11: gateway.listen.port: expected an integer, got a string",
         "C:12:22: tunnels[0].remote_subnets[0]: 10.2.0.1/24 has host bits set; did you mean 10.2.0.0/24?",
     ]
@@ -308,7 +308,7 @@ def test_key_file_problems_fold_into_the_config_error(site: Path) -> None:
     text = GOOD.replace("  name: hq\n", "  name: hq\n  extra: 1\n")
     found = problems(write(site, text))
     assert found[0] == ("C:3:3: gateway.extra: unknown key; expected one of: ike_port, listen, log_level, name, pki, "
-                        "socket_buffer_bytes, tun, workers")
+                        "qos, socket_buffer_bytes, tun, workers")
     assert found[1].startswith(f"C:12:18: tunnels[0].manual_keys: key file {site}/keys/b1.keys has mode 0640")
     assert found[1].endswith(f"chmod 600 {site}/keys/b1.keys")
     assert len(found) == 2

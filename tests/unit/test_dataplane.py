@@ -46,7 +46,8 @@ def test_packet_crosses_in_both_directions(src: str, dst: str) -> None:
     peer, esp = br.outbound(reply)
     assert peer == HQ_PEER and hq.inbound(esp, PEER) == reply
     assert hq.tunnels["branch1"].counters.as_dict() == {
-        "tx_packets": 1, "tx_bytes": len(packet), "rx_packets": 1, "rx_bytes": len(reply), "keepalives": 0, "drops": {}
+        "tx_packets": 1, "tx_bytes": len(packet), "rx_packets": 1, "rx_bytes": len(reply), "keepalives": 0,
+        "fragmented": 0, "mss_clamped": 0, "icmp_too_big": 0, "drops": {}
     }
 
 
@@ -192,3 +193,114 @@ def test_unknown_spi_remembers_the_sender() -> None:
     hq, _ = make_pair()
     hq.inbound(b"\x00\x00\x99\x99" + bytes(60), ("198.18.2.2", 4500))
     assert hq.unknown_spi_peers == {"198.18.2.2"}
+
+
+# -- policy on the packet path (issue #6) -------------------------------------------------------------
+from policy.match import compile_rules  # noqa: E402
+from policy.model import Action, PortMatch, PortRange, Rule  # noqa: E402
+from policy.qos import QosClass  # noqa: E402
+from scapy.layers.inet import TCP  # noqa: E402
+from scapy.layers.inet6 import ICMPv6PacketTooBig  # noqa: E402
+from tunnel.dataplane import TunnelPolicy  # noqa: E402
+
+
+def policy_pair(hq_policy: TunnelPolicy, br_policy: TunnelPolicy | None = None) -> tuple[Forwarder, Forwarder]:
+    hq, br = Forwarder(), Forwarder()
+    hq.add_tunnel("branch1", PEER, [net("10.1.0.0/24"), net("fd00:1::/64")], [net("10.2.0.0/24"), net("fd00:2::/64")],
+                  hq_policy)
+    br.add_tunnel("hq", HQ_PEER, [net("10.2.0.0/24"), net("fd00:2::/64")], [net("10.1.0.0/24"), net("fd00:1::/64")],
+                  br_policy)
+    hq.install_outbound("branch1", OutboundSa(0x1001, HQ_KEY_OUT))
+    br.install_inbound("hq", InboundSa(0x1001, HQ_KEY_OUT))
+    br.install_outbound("hq", OutboundSa(0x2001, HQ_KEY_IN))
+    hq.install_inbound("branch1", InboundSa(0x2001, HQ_KEY_IN))
+    return hq, br
+
+
+SIP_ONLY = compile_rules([Rule(Action.ALLOW, matches=(PortMatch(17, PortRange(5060, 5060)),))], Action.DENY)
+
+
+def test_firewall_allows_the_service_and_its_replies_and_counts_the_rest() -> None:
+    hq, br = policy_pair(TunnelPolicy(firewall=SIP_ONLY), TunnelPolicy(firewall=SIP_ONLY))
+    invite = bytes(IP(src="10.1.0.10", dst="10.2.0.10") / UDP(sport=40000, dport=5060) / b"INVITE")
+    peer, esp = hq.outbound(invite)
+    assert br.inbound(esp, HQ_PEER) == invite
+    reply = bytes(IP(src="10.2.0.10", dst="10.1.0.10") / UDP(sport=5060, dport=40000) / b"200 OK")
+    _, esp = br.outbound(reply)
+    assert hq.inbound(esp, PEER) == reply
+    assert hq.outbound(bytes(IP(src="10.1.0.10", dst="10.2.0.10") / UDP(sport=40000, dport=53))) is None
+    assert hq.tunnels["branch1"].counters.drops[DropReason.POLICY_DENY] == 1
+    # Inbound too: a peer without the rule cannot push denied traffic in.
+    open_hq, open_br = policy_pair(TunnelPolicy(), TunnelPolicy(firewall=SIP_ONLY))
+    _, esp = open_hq.outbound(ping("10.1.0.10", "10.2.0.10"))
+    assert open_br.inbound(esp, HQ_PEER) is None
+    assert open_br.tunnels["hq"].counters.drops[DropReason.POLICY_DENY] == 1
+
+
+def test_outer_dscp_copies_inner_or_is_fixed_and_ecn_is_copied() -> None:
+    hq, _ = policy_pair(TunnelPolicy())
+    out: list = []
+    hq.outbound_into(bytes(IP(src="10.1.0.10", dst="10.2.0.10", tos=0xB8 | 1) / ICMP()), out)  # EF, ECT(1)
+    hq.outbound_into(bytes(IPv6(src="fd00:1::10", dst="fd00:2::10", tc=0x88) / ICMP()), out)  # AF41
+    assert [tos for _, _, tos in out] == [0xB9, 0x88]
+    pipe, _ = policy_pair(TunnelPolicy(outer_dscp=10))
+    out = []
+    pipe.outbound_into(bytes(IP(src="10.1.0.10", dst="10.2.0.10", tos=0xB8 | 2) / ICMP()), out)
+    assert out[0][2] == (10 << 2) | 2
+
+
+def test_ce_on_the_wan_reaches_an_ect_inner_packet_and_drops_a_not_ect_one() -> None:
+    hq, br = policy_pair(TunnelPolicy())
+    ect = bytes(IP(src="10.1.0.10", dst="10.2.0.10", tos=0x02) / ICMP())
+    _, esp = hq.outbound(ect)
+    inner = br.inbound(esp, HQ_PEER, tos=0x03)  # CE on the outer header
+    recomputed = IP(inner)
+    del recomputed.chksum
+    assert IP(inner).tos == 0x03 and IP(bytes(recomputed)).chksum == IP(inner).chksum  # header checksum updated
+    _, esp = hq.outbound(ping("10.1.0.10", "10.2.0.10"))  # Not-ECT
+    assert br.inbound(esp, HQ_PEER, tos=0x03) is None
+    assert br.tunnels["hq"].counters.drops[DropReason.ECN_NOT_ECT] == 1
+    _, esp = hq.outbound(ping("10.1.0.10", "10.2.0.10"))
+    assert IP(br.inbound(esp, HQ_PEER, tos=0xB8)).tos == 0  # no DSCP copied inward unless configured
+
+
+def test_qos_rules_classify_and_remark_the_inner_dscp() -> None:
+    rules = compile_rules([Rule(QosClass.REALTIME_AUDIO, matches=(PortMatch(17, PortRange(50000, 50019)),))],
+                          QosClass.DEFAULT)
+    hq, _ = policy_pair(TunnelPolicy(qos_rules=rules))
+    items: list = []
+    hq.classify_into(bytes(IP(src="10.1.0.10", dst="10.2.0.10") / UDP(sport=50001, dport=50002)), items)
+    hq.classify_into(bytes(IP(src="10.1.0.10", dst="10.2.0.10", tos=0xB8) / UDP(sport=1, dport=2)), items)
+    (c1, _, p1), (c2, _, p2) = items
+    assert (c1, IP(p1).tos) == (QosClass.REALTIME_AUDIO, 0xB8)
+    assert (c2, IP(p2).tos) == (QosClass.DEFAULT, 0)  # the trust boundary: EF from an unknown flow re-marked
+    trusting, _ = policy_pair(TunnelPolicy())
+    items = []
+    trusting.classify_into(bytes(IP(src="10.1.0.10", dst="10.2.0.10", tos=0x88) / UDP()), items)
+    assert items[0][0] == QosClass.INTERACTIVE_VIDEO
+
+
+def test_too_big_fragmented_or_answered_and_mss_clamped() -> None:
+    hq, br = policy_pair(TunnelPolicy(mtu=1438, icmp_source4=int(ipaddress.ip_address("10.1.0.1"))))
+    big = bytes(IP(src="10.1.0.10", dst="10.2.0.10", flags=0) / UDP(sport=1, dport=7000) / (b"x" * 1452))
+    out: list = []
+    hq.outbound_into(big, out)
+    assert len(out) == 2 and hq.tunnels["branch1"].counters.fragmented == 1
+    pieces = [br.inbound(esp, HQ_PEER) for esp, _, _ in out]
+    assert all(len(p) <= 1438 for p in pieces) and sum(len(IP(p).payload) for p in pieces) == 8 + 1452
+    df = bytes(IP(src="10.1.0.10", dst="10.2.0.10", flags="DF") / UDP(sport=1, dport=7000) / (b"x" * 1452))
+    out = []
+    hq.outbound_into(df, out)
+    assert out == [] and len(hq.to_tun) == 1
+    error = IP(hq.to_tun[0])
+    assert (error.src, error.dst, error[ICMP].type, error[ICMP].code, error[ICMP].nexthopmtu) == (
+        "10.1.0.1", "10.1.0.10", 3, 4, 1438)
+    counters = hq.tunnels["branch1"].counters
+    assert counters.icmp_too_big == 1 and counters.drops[DropReason.TOO_BIG] == 1
+    v6 = bytes(IPv6(src="fd00:1::10", dst="fd00:2::10") / UDP(sport=1, dport=7000) / (b"x" * 1432))
+    hq.outbound_into(v6, out)
+    assert ICMPv6PacketTooBig in IPv6(hq.to_tun[1]) and IPv6(hq.to_tun[1])[ICMPv6PacketTooBig].mtu == 1438
+    syn = bytes(IP(src="10.1.0.10", dst="10.2.0.10") / TCP(flags="S", options=[("MSS", 1460)]))
+    _, esp = hq.outbound(syn)
+    assert dict(IP(br.inbound(esp, HQ_PEER))[TCP].options)["MSS"] == 1398
+    assert counters.mss_clamped == 1

@@ -24,7 +24,7 @@ def _drain(rx: socket.socket, gro: bool, expected: int) -> list[bytes]:
     deadline = time.monotonic() + 2
     while len(got) < expected and time.monotonic() < deadline:
         batch = udp.recv_gro_batch(rx, 64) if gro else udp.recv_batch(rx, 64)
-        got += [d for d, _ in batch]
+        got += [item[0] for item in batch]
         if not batch:
             time.sleep(0.001)
     return got
@@ -51,7 +51,7 @@ def test_segmented_sends_arrive_as_the_same_datagrams(shape: str, gro: bool) -> 
     try:
         sent = _datagrams(SHAPES[shape])
         sender = udp.SegmentingSender(tx)
-        assert sender.send([(d, rx.getsockname()) for d in sent]) == 0
+        assert sender.send([(d, rx.getsockname(), 0) for d in sent]) == 0
         assert _drain(rx, enabled, len(sent)) == sent
         if SHAPES[shape].count(SHAPES[shape][0]) > 1:
             assert sender.gso_sends >= 1 and sender.segmentation
@@ -66,9 +66,9 @@ def test_runs_break_at_a_change_of_peer() -> None:
     udp.enable_gro(rx2)
     try:
         a, b = _datagrams([1200] * 4), _datagrams([1200] * 4)
-        batch = [(a[0], rx1.getsockname()), (a[1], rx1.getsockname()), (b[0], rx2.getsockname()),
-                 (b[1], rx2.getsockname()), (a[2], rx1.getsockname()), (b[2], rx2.getsockname()),
-                 (b[3], rx2.getsockname()), (a[3], rx1.getsockname())]
+        batch = [(a[0], rx1.getsockname(), 0), (a[1], rx1.getsockname(), 0), (b[0], rx2.getsockname(), 0),
+                 (b[1], rx2.getsockname(), 0), (a[2], rx1.getsockname(), 0), (b[2], rx2.getsockname(), 0),
+                 (b[3], rx2.getsockname(), 0), (a[3], rx1.getsockname(), 0)]
         assert udp.SegmentingSender(tx).send(batch) == 0
         assert _drain(rx1, True, 4) == a
         assert _drain(rx2, True, 4) == b
@@ -82,7 +82,7 @@ def test_gso_refused_falls_back_to_one_send_per_datagram() -> None:
     try:
         sent = _datagrams([1300] * 6)
         sender = udp.SegmentingSender(tx)
-        assert sender.send([(d, rx.getsockname()) for d in sent]) == 0
+        assert sender.send([(d, rx.getsockname(), 0) for d in sent]) == 0
         assert not sender.segmentation and sender.gso_sends == 0
         assert _drain(rx, enabled, 6) == sent
     finally:
@@ -94,7 +94,7 @@ def test_unreachable_peer_counts_failures_not_exceptions() -> None:
     tx, rx, _ = _pair(False)
     try:
         good = _datagrams([100] * 2)
-        batch = [(b"y" * 100, ("::1", 4500, 0, 0))] * 3 + [(d, rx.getsockname()) for d in good]  # wrong family
+        batch = [(b"y" * 100, ("::1", 4500, 0, 0), 0)] * 3 + [(d, rx.getsockname(), 0) for d in good]  # wrong family
         assert udp.SegmentingSender(tx).send(batch) == 3
         assert _drain(rx, False, 2) == good
     finally:
@@ -123,3 +123,23 @@ def test_reuseport_group_steers_esp_by_spi_and_the_rest_to_socket_0() -> None:
     finally:
         for s in group + [tx]:
             s.close()
+
+
+def test_tos_travels_per_datagram_and_splits_runs() -> None:
+    """The outer DSCP/ECN of each ESP packet (RFC 2983 uniform model, RFC 6040) is set per datagram on one
+    socket; a change of TOS ends a GSO run (GRO would not merge them either) and the receiver sees each."""
+    tx, rx, _ = _pair(True)
+    try:
+        tos = [0, 0, 0xB8, 0xB8, 0x88, 0x01, 0x01, 0]  # EF, AF41, ECT(1)
+        sent = _datagrams([1200] * len(tos))
+        sender = udp.SegmentingSender(tx)
+        assert sender.send([(d, rx.getsockname(), t) for d, t in zip(sent, tos)]) == 0
+        got: list[tuple[bytes, int]] = []
+        deadline = time.monotonic() + 2
+        while len(got) < len(sent) and time.monotonic() < deadline:
+            got += [(d, t) for d, _, t in udp.recv_gro_batch(rx, 64)]
+        assert got == list(zip(sent, tos))
+        assert sender.gso_sends == 3  # [0,0,0] [B8,B8] [01,01]; the AF41 one and the last go alone
+    finally:
+        tx.close()
+        rx.close()

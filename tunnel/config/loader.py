@@ -17,11 +17,12 @@ from yaml.nodes import Node
 
 from tunnel.config.keyfile import read_manual_keys, read_psk, read_secret_file
 from tunnel.config.model import (
-    DEFAULT_REPLAY_WINDOW, Endpoint, GatewayConfig, Ike, IPAddress, IPInterface, IPNetwork, ManualKeys, Pki,
-    StartMode, TunDevice, Tunnel,
+    DEFAULT_REPLAY_WINDOW, Endpoint, GatewayConfig, GatewayQos, Ike, IPAddress, IPInterface, IPNetwork, ManualKeys, Pki,
+    StartMode, TunDevice, Tunnel, TunnelQos,
 )
+from tunnel.config.policy_config import parse_firewall, parse_gateway_qos, parse_services, parse_tunnel_qos
 from tunnel.config.proposals import parse_esp_proposal, parse_ike_proposal
-from tunnel.config.validate import IkeParts, TunnelParts, cross_check
+from tunnel.config.validate import IkeParts, TunnelParts, cross_check, queues_fit_replay_window
 from tunnel.config.yamlnodes import INT, STR, Doc, FileProblem, Problem, Problems, key_path, parse_document, quote
 from tunnel.config.yamlnodes import read_regular_file
 from tunnel.errors import ConfigError
@@ -64,18 +65,21 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
 
 
 def _config(doc: Doc, root: Node, path: Path) -> GatewayConfig | None:
-    fields = doc.mapping(root, "", required=("gateway", "tunnels"))
+    fields = doc.mapping(root, "", required=("gateway", "tunnels"), optional=("services",))
     if fields is None:
         return None
+    services = parse_services(doc, fields["services"], "services") if "services" in fields else {}
     gateway = _gateway(doc, fields["gateway"], path.parent) if "gateway" in fields else None
-    tunnels = _tunnels(doc, fields["tunnels"], path.parent) if "tunnels" in fields else []
+    tunnels = _tunnels(doc, fields["tunnels"], path.parent, services) if "tunnels" in fields else []
     listen, tun = (gateway.get("listen"), gateway["tun"]) if gateway else (None, None)
     ike_port = gateway.get("ike_port", IKE_PORT) if gateway else None
     has_pki = "pki" in gateway if gateway is not None else None
     cross_check(doc, listen, tun, tunnels, ike_port, has_pki, gateway.get("workers", 1) if gateway else None)
+    queues_fit_replay_window(doc, gateway.get("qos", GatewayQos()) if gateway else None, tunnels)
     if doc.sink or gateway is None:
         return None
-    return GatewayConfig(path=path, tunnels=tuple(_tunnel_model(t) for t in tunnels), **gateway)
+    return GatewayConfig(path=path, tunnels=tuple(_tunnel_model(t) for t in tunnels),
+                         services=tuple(services.values()), **gateway)
 
 
 def _fields(doc: Doc, fields: dict[str, Node], path: str, parsers: dict[str, Parser]) -> dict[str, Any]:
@@ -105,6 +109,7 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
         "ike_port": _PORT,  # must differ from listen.port: checked in validate.py
         "pki": lambda doc, node, path: _pki(doc, node, path, base_dir),
         "workers": _int_in(1, MAX_WORKERS),
+        "qos": parse_gateway_qos,
     }
     fields = doc.mapping(node, "gateway", required=("name", "listen"), optional=set(parsers) - {"name", "listen"})
     if fields is None:
@@ -173,13 +178,13 @@ def _relative_path(doc: Doc, node: Node, path: str, base_dir: Path, what: str) -
 # -- tunnels ---------------------------------------------------------------------------------------------
 
 
-def _tunnels(doc: Doc, node: Node, base_dir: Path) -> list[TunnelParts]:
+def _tunnels(doc: Doc, node: Node, base_dir: Path, services: dict) -> list[TunnelParts]:
     items = doc.sequence(node, "tunnels", non_empty=True)
-    parts = (_tunnel(doc, item, f"tunnels[{i}]", base_dir) for i, item in enumerate(items or ()))
+    parts = (_tunnel(doc, item, f"tunnels[{i}]", base_dir, services) for i, item in enumerate(items or ()))
     return [p for p in parts if p is not None]
 
 
-def _tunnel(doc: Doc, node: Node, path: str, base_dir: Path) -> TunnelParts | None:
+def _tunnel(doc: Doc, node: Node, path: str, base_dir: Path, services: dict) -> TunnelParts | None:
     parsers: dict[str, Parser] = {
         "name": _name,
         "peer": _peer,
@@ -188,8 +193,11 @@ def _tunnel(doc: Doc, node: Node, path: str, base_dir: Path) -> TunnelParts | No
         "manual_keys": lambda doc, node, path: _manual_keys(doc, node, path, base_dir),
         "ike": lambda doc, node, path: _ike(doc, node, path, base_dir),
         "replay_window": _replay_window,
+        "mtu": _int_in(576, 65535),  # the upper bound that matters is checked in validate.py
+        "firewall": lambda doc, node, path: parse_firewall(doc, node, path, _subnets, services),
+        "qos": lambda doc, node, path: parse_tunnel_qos(doc, node, path, _subnets, services),
     }
-    optional = ("manual_keys", "ike", "replay_window")
+    optional = ("manual_keys", "ike", "replay_window", "mtu", "firewall", "qos")
     fields = doc.mapping(node, path, required=set(parsers) - set(optional), optional=optional)
     if fields is None:
         return None
@@ -199,13 +207,15 @@ def _tunnel(doc: Doc, node: Node, path: str, base_dir: Path) -> TunnelParts | No
                               "(static keys, for testing only)")
     v = _fields(doc, fields, path, parsers)
     return TunnelParts(path, v.get("name"), v.get("peer"), v.get("local_subnets"), v.get("remote_subnets"),
-                       v.get("manual_keys"), v.get("replay_window", DEFAULT_REPLAY_WINDOW), v.get("ike"))
+                       v.get("manual_keys"), v.get("replay_window", DEFAULT_REPLAY_WINDOW), v.get("ike"),
+                       v.get("mtu"), v.get("firewall"), v.get("qos") or TunnelQos())
 
 
 def _tunnel_model(t: TunnelParts) -> Tunnel:
     """Only called when nothing was reported, so every part is present."""
     return Tunnel(name=t.name, peer=t.peer, local_subnets=t.local_subnets, remote_subnets=t.remote_subnets,
-                  manual_keys=t.manual_keys, ike=t.ike.model if t.ike else None, replay_window=t.replay_window)
+                  manual_keys=t.manual_keys, ike=t.ike.model if t.ike else None, replay_window=t.replay_window,
+                  mtu=t.mtu, firewall=t.firewall, qos=t.qos)
 
 
 def _peer(doc: Doc, node: Node, path: str) -> Endpoint | None:

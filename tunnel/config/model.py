@@ -8,6 +8,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from policy.model import Action, Rule, Service
+from policy.qos import QosClass
 from tunnel.ike.proposal import EspSuite, IkeSuite
 from tunnel.secret import Secret
 
@@ -30,7 +32,8 @@ class Endpoint:
 class TunDevice:
     name: str = "sitelink0"
     wan_mtu: int = DEFAULT_WAN_MTU
-    # Explicit inner MTU; None means derived from wan_mtu minus the ESP-in-UDP overhead.
+    # MTU of the TUN device; None means wan_mtu. Larger than a tunnel's MTU on purpose: packets that do not
+    # fit a tunnel reach the gateway, which fragments them (DF clear) or answers ICMP, and counts each case.
     mtu: int | None = None
     # Addresses put on the TUN device; the first of each family becomes the preferred source of the
     # routes to the remote subnets, so the gateway's own traffic matches the local selectors.
@@ -94,6 +97,38 @@ class Pki:
 
 
 @dataclass(frozen=True)
+class Firewall:
+    """Allow/deny rules for a tunnel's traffic (both directions), first match wins (policy/match.py)."""
+
+    default: Action
+    rules: tuple[Rule[Action], ...] = ()
+
+
+@dataclass(frozen=True)
+class TunnelQos:
+    """How a tunnel's packets get their QoS class and DSCP (RFC 2983, RFC 4594)."""
+
+    # "dscp": trust the DSCP the sender put on the inner packet; "rules": the first matching rule gives the
+    # class (no match: default) and the inner DSCP is re-marked to the class's (a trust boundary).
+    classify: str = "dscp"
+    rules: tuple[Rule[QosClass], ...] = ()
+    outer_dscp: int | None = None  # None: copy the inner DSCP outward (uniform model); else this (pipe model)
+    copy_dscp_inward: bool = False  # copy the outer DSCP into the inner packet on decapsulation
+
+
+@dataclass(frozen=True)
+class GatewayQos:
+    """The gateway's egress/ingress queues (tunnel/scheduler.py)."""
+
+    scheduler: str = "priority"  # "priority" (per-class queues) | "fifo" (the kernel's queues decide)
+    realtime_rate_mbit: int = 50  # cap for the strict-priority classes together; beyond it they share fairly
+    queue_packets: tuple[tuple[QosClass, int], ...] = ()  # per-class queue limits overriding the defaults
+    # Upload rate of the WAN link; the gateway sends at most this (ESP bytes), so the queue forms here, in
+    # priority order, not in the modem's FIFO. 0: not shaped (the gateway's CPU is the bottleneck).
+    wan_rate_mbit: float = 0
+
+
+@dataclass(frozen=True)
 class Tunnel:
     name: str
     peer: Endpoint
@@ -103,6 +138,9 @@ class Tunnel:
     manual_keys: ManualKeys | None = None
     ike: Ike | None = None
     replay_window: int = DEFAULT_REPLAY_WINDOW
+    mtu: int | None = None  # largest inner packet; None: derived from gateway.tun.wan_mtu and the peer's family
+    firewall: Firewall | None = None  # None: everything the selectors allow passes
+    qos: TunnelQos = TunnelQos()
 
 
 @dataclass(frozen=True)
@@ -118,3 +156,5 @@ class GatewayConfig:
     pki: Pki | None = None
     # Data-plane worker processes, each with a TUN queue, a socket and Child SAs of its own (tunnel/workers.py).
     workers: int = 1
+    qos: GatewayQos = GatewayQos()
+    services: tuple[Service, ...] = ()  # named services defined or overridden in the config's `services:`

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunnel.config.model import Endpoint, Ike, IPNetwork, ManualKeys, TunDevice
+from tunnel.config.model import Endpoint, Firewall, GatewayQos, Ike, IPNetwork, ManualKeys, TunDevice, TunnelQos
 from tunnel.config.yamlnodes import Doc, quote
 from tunnel.esp.overhead import inner_mtu
+from tunnel.scheduler import DEFAULT_LIMITS
 from tunnel.ike.certs import PeerIdentity
 
 IPV6_MIN_MTU = 1280  # RFC 8200 §5
@@ -38,6 +39,9 @@ class TunnelParts:
     manual_keys: ManualKeys | None
     replay_window: int | None
     ike: IkeParts | None = None  # None also when the tunnel has no `ike:` (manual keys)
+    mtu: int | None = None
+    firewall: Firewall | None = None
+    qos: TunnelQos = TunnelQos()
 
 
 def cross_check(doc: Doc, listen: Endpoint | None, tun: TunDevice | None, tunnels: list[TunnelParts],
@@ -140,6 +144,21 @@ def _unique_remote_ids(doc: Doc, tunnels: list[TunnelParts]) -> None:
                          "the IKE responder identifies peers by their remote_id, so each must be unique")
 
 
+def queues_fit_replay_window(doc: Doc, qos: GatewayQos | None, tunnels: list[TunnelParts]) -> None:
+    """With priority queues, datagrams of one SA are opened out of order (a real-time one overtakes the
+    queued bulk), by at most as many packets as the queues hold; the replay window must be wider
+    (RFC 4301 §4.1 warns about exactly this), or valid packets would be counted as replays."""
+    if qos is None or qos.scheduler != "priority":
+        return
+    held = sum({**DEFAULT_LIMITS, **dict(qos.queue_packets)}.values())
+    for t in tunnels:
+        if t.replay_window is not None and t.replay_window <= held:
+            where = f"{t.path}.replay_window" if f"{t.path}.replay_window" in doc.where else t.path
+            doc.error_at(where, f"replay window {t.replay_window} must be larger than the {held} packets the "
+                                "priority queues can hold (gateway.qos.queue_packets): packets reordered between "
+                                "classes would be dropped as replays")
+
+
 def _workers_need_ike(doc: Doc, tunnels: list[TunnelParts]) -> None:
     for t in tunnels:
         if t.manual_keys is not None:
@@ -176,19 +195,24 @@ def _peer_family(doc: Doc, listen: Endpoint, tunnels: list[TunnelParts]) -> None
 
 
 def _tun_mtu(doc: Doc, listen: Endpoint, tun: TunDevice, tunnels: list[TunnelParts]) -> None:
+    """Each tunnel's MTU (the largest inner packet one ESP packet carries) fits the WAN path; the TUN
+    device's may be larger: the gateway fragments or answers ICMP for what does not fit, and counts it."""
     outer_ipv6 = listen.address.version == 6
     ceiling = inner_mtu(tun.wan_mtu, outer_ipv6)
     wan = f"a {tun.wan_mtu}-byte IPv{6 if outer_ipv6 else 4} WAN path"
-    if tun.mtu is not None and tun.mtu > ceiling:
-        doc.error_at("gateway.tun.mtu", f"{tun.mtu} exceeds {ceiling}, the largest inner packet that fits {wan} "
-                                        "after ESP-in-UDP overhead; lower mtu or raise wan_mtu")
-        return
+    for t in tunnels:
+        if t.mtu is not None and t.mtu > ceiling:
+            doc.error_at(f"{t.path}.mtu", f"{t.mtu} exceeds {ceiling}, the largest inner packet that fits {wan} "
+                                          "after ESP-in-UDP overhead; lower mtu or raise gateway.tun.wan_mtu")
+        elif t.mtu is not None and t.mtu < IPV6_MIN_MTU and _carries_ipv6(tun, [t]):
+            doc.error_at(f"{t.path}.mtu", f"{t.mtu} is below {IPV6_MIN_MTU}, the minimum IPv6 link MTU "
+                                          "(RFC 8200 §5), and this tunnel carries IPv6")
     if not _carries_ipv6(tun, tunnels):
         return
     if tun.mtu is not None and tun.mtu < IPV6_MIN_MTU:
         doc.error_at("gateway.tun.mtu", f"{tun.mtu} is below {IPV6_MIN_MTU}, the minimum IPv6 link MTU "
                                         "(RFC 8200 §5), and this gateway carries IPv6")
-    elif tun.mtu is None and ceiling < IPV6_MIN_MTU:
+    elif ceiling < IPV6_MIN_MTU and any(t.mtu is None for t in tunnels):
         wan_mtu = tun.wan_mtu
         while inner_mtu(wan_mtu, outer_ipv6) < IPV6_MIN_MTU:
             wan_mtu += 1

@@ -69,6 +69,17 @@ class Netlink:
             self._ipr.link("set", index=index, state="up")
         except NetlinkError as exc:
             raise DriverError(f"cannot configure TUN device (index {index}): {exc}") from exc
+        self._accept_local(index)
+
+    def _accept_local(self, index: int) -> None:
+        # The gateway's ICMP errors ("fragmentation needed") come back in through the TUN from the TUN's
+        # own address; without accept_local the kernel drops them as martians (RFC 1812 source check).
+        name = self._ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
+        try:
+            with open(f"/proc/sys/net/ipv4/conf/{name}/accept_local", "w") as knob:
+                knob.write("1")
+        except OSError as exc:
+            log.warning("cannot set accept_local on %s (ICMP errors from its address will be dropped): %s", name, exc)
 
     def _no_ipv6_autoconf(self, index: int) -> None:
         # A TUN link has no neighbours: a link-local address would only make the kernel send router

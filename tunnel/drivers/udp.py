@@ -16,7 +16,8 @@ UDP_GRO = 104  # Linux: receive a run of same-size datagrams as one buffer, size
 MAX_DATAGRAM = 65535
 MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of the kernel
 MAX_GSO_BYTES = 65000  # one GSO send stays below the 64 KiB IP datagram limit
-GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+CMSG_SPACE = socket.CMSG_SPACE(4) * 2  # the GRO segment size and the TOS / traffic class
+IP_RECVTOS = 13
 
 
 def open_socket(address: str, port: int, buffer_bytes: int, zero_checksum: bool = True,
@@ -66,7 +67,13 @@ def recv_batch(sock: socket.socket, limit: int) -> list[tuple[bytes, tuple]]:
 
 
 def enable_gro(sock: socket.socket) -> bool:
-    """Ask for UDP_GRO; False on kernels without it (then every datagram arrives alone)."""
+    """Ask for UDP_GRO; False on kernels without it (then every datagram arrives alone). Also asks for
+    each datagram's TOS / traffic class: the outer DSCP picks its queue, its ECN field is carried into
+    the inner packet (RFC 6040)."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
     try:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         return True
@@ -74,24 +81,28 @@ def enable_gro(sock: socket.socket) -> bool:
         return False
 
 
-def recv_gro_batch(sock: socket.socket, limit: int) -> list[tuple[bytes, tuple]]:
-    """Like recv_batch, for a socket with UDP_GRO on: a coalesced buffer is split back into its
-    datagrams (the control message gives their size; only the last may be shorter). `limit` counts
-    receive calls, not datagrams."""
+def recv_gro_batch(sock: socket.socket, limit: int) -> list[tuple[bytes, tuple, int]]:
+    """(datagram, peer, TOS) from a socket set up by enable_gro: a coalesced buffer is split back into its
+    datagrams (the control message gives their size; only the last may be shorter; GRO only merges
+    datagrams with equal TOS). `limit` counts receive calls, not datagrams."""
     datagrams = []
     recvmsg, append = sock.recvmsg, datagrams.append
     try:
         for _ in range(limit):
-            data, ancdata, _flags, peer = recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE)
-            size = 0
+            data, ancdata, _flags, peer = recvmsg(MAX_DATAGRAM, CMSG_SPACE)
+            size = tos = 0
             for level, kind, value in ancdata:
                 if level == SOL_UDP and kind == UDP_GRO:
                     size = int.from_bytes(value[:4], sys.byteorder)
+                elif kind == socket.IP_TOS and level == socket.IPPROTO_IP:
+                    tos = value[0]
+                elif kind == socket.IPV6_TCLASS and level == socket.IPPROTO_IPV6:
+                    tos = int.from_bytes(value[:4], sys.byteorder) & 0xFF
             if size and len(data) > size:
                 for start in range(0, len(data), size):
-                    append((data[start:start + size], peer))
+                    append((data[start:start + size], peer, tos))
             else:
-                append((data, peer))
+                append((data, peer, tos))
     except (BlockingIOError, InterruptedError):
         pass
     except OSError:
@@ -100,29 +111,34 @@ def recv_gro_batch(sock: socket.socket, limit: int) -> list[tuple[bytes, tuple]]
 
 
 class SegmentingSender:
-    """Sends a batch of (datagram, peer) with as few system calls as it can: each run of datagrams to
-    the same peer whose sizes are equal (the last may be shorter) goes out as one UDP_SEGMENT send,
-    which the kernel (or the NIC) cuts into the same datagrams on the wire. Falls back to one sendto
-    per datagram for good if the kernel refuses GSO."""
+    """Sends a batch of (datagram, peer, TOS) with as few system calls as it can: each run of datagrams
+    to the same peer with the same TOS whose sizes are equal (the last may be shorter) goes out as one
+    UDP_SEGMENT send, which the kernel (or the NIC) cuts into the same datagrams on the wire. Falls back
+    to one send per datagram for good if the kernel refuses GSO. A non-zero TOS (the outer DSCP and ECN
+    of RFC 2983 / RFC 6040) travels as a control message, so one socket serves every class."""
 
     def __init__(self, sock: socket.socket, segmentation: bool = True) -> None:
         self.sock = sock
         self.segmentation = segmentation
         self.gso_sends = 0  # UDP_SEGMENT sends, for the counters
+        if sock.family == socket.AF_INET6:
+            self._tos_level, self._tos_type = socket.IPPROTO_IPV6, socket.IPV6_TCLASS
+        else:
+            self._tos_level, self._tos_type = socket.IPPROTO_IP, socket.IP_TOS
 
-    def send(self, batch: list[tuple[bytes, tuple]]) -> int:
+    def send(self, batch: list[tuple[bytes, tuple, int]]) -> int:
         """Returns the number of datagrams that could not be sent (buffer full, no route)."""
         failed, n, i = 0, len(batch), 0
         sendto = self.sock.sendto
         while i < n:
-            data, peer = batch[i]
+            data, peer, tos = batch[i]
             size, j = len(data), i + 1
             if self.segmentation:
                 total = size
                 while j < n and j - i < MAX_SEGMENTS:
-                    more, to = batch[j]
+                    more, to, more_tos = batch[j]
                     length = len(more)
-                    if to != peer or length > size or total + length > MAX_GSO_BYTES:
+                    if to != peer or more_tos != tos or length > size or total + length > MAX_GSO_BYTES:
                         break
                     total += length
                     j += 1
@@ -130,25 +146,35 @@ class SegmentingSender:
                         break  # a shorter datagram ends a GSO run
             try:
                 if j - i == 1:
-                    sendto(data, peer)
+                    if tos:
+                        self.sock.sendmsg([data], [self._tos(tos)], 0, peer)
+                    else:
+                        sendto(data, peer)
                 else:
-                    self._send_run(batch, i, j, size, peer)
+                    self._send_run(batch, i, j, size, peer, tos)
             except (OSError, TypeError, ValueError):  # TypeError/ValueError: a peer of the wrong family
                 failed += j - i
             i = j
         return failed
 
-    def _send_run(self, batch: list[tuple[bytes, tuple]], i: int, j: int, size: int, peer: tuple) -> None:
+    def _tos(self, tos: int) -> tuple[int, int, bytes]:
+        return self._tos_level, self._tos_type, tos.to_bytes(4, sys.byteorder)
+
+    def _send_run(self, batch: list[tuple[bytes, tuple, int]], i: int, j: int, size: int, peer: tuple,
+                  tos: int) -> None:
         payload = b"".join([batch[k][0] for k in range(i, j)])
+        cmsgs = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        if tos:
+            cmsgs.append(self._tos(tos))
         try:
-            self.sock.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, peer)
+            self.sock.sendmsg([payload], cmsgs, 0, peer)
             self.gso_sends += 1
         except OSError as exc:
             if exc.errno not in (22, 5, 95):  # EINVAL, EIO, EOPNOTSUPP: GSO not possible here
                 raise
             self.segmentation = False
             for k in range(i, j):
-                self.sock.sendto(batch[k][0], peer)
+                self.sock.sendmsg([batch[k][0]], cmsgs[1:], 0, peer)
 
 
 SO_ATTACH_REUSEPORT_CBPF = 51

@@ -20,6 +20,10 @@ class DropReason(enum.IntEnum):
     SEND_FAILED = 11  # the OS refused the datagram or the TUN write (buffer full, no route)
     IKE_UNHANDLED = 12  # IKE message arrived but no IKE handler is configured yet
     LINK_SCOPE = 13  # multicast/link-local packets the kernel itself sends on the TUN (e.g. MLD): never tunnelled
+    POLICY_DENY = 14  # a firewall rule (or the tunnel's default action) denies the flow
+    QUEUE_FULL = 15  # the QoS class's queue in the gateway was full (drop-tail)
+    TOO_BIG = 16  # larger than the tunnel MTU with DF set (or IPv6): an ICMP error went back instead
+    ECN_NOT_ECT = 17  # congestion-marked (CE) on the WAN but the inner packet is not ECN-capable (RFC 6040)
 
     @property
     def label(self) -> str:

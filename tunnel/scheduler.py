@@ -1,0 +1,195 @@
+"""The gateway's own egress queue: strict priority for real-time media, fair share for the rest.
+
+Existing gateways carry a tunnel through one FIFO, so a call's audio waits behind a file copy's
+backlog. The data path here drains the kernel queues in front of it (TUN and socket) into one bounded
+queue per QoS class and serves them in this order:
+
+1. the real-time classes (audio, then video) by strict priority, as long as a token bucket
+   (``realtime_bps``) allows: a flood marked EF cannot starve everything else;
+2. everything else, real-time packets over that cap included, by deficit round robin (RFC-less but
+   classic: Shreedhar & Varghese 1995), one quantum of bytes per class and round, so signalling,
+   default and bulk traffic share what is left fairly.
+
+A full queue drops the arriving packet (drop-tail, counted per class): TCP in the bulk class backs
+off there, where we can see it. Pure: items are opaque, time arrives as ``now``.
+
+Shaping (``shape_bps``): when the WAN link is slower than the gateway, the queue that matters forms in
+front of the link (a modem, the provider's router), where nobody sorts it. Sending at most the link's
+rate, minus a little, moves that queue here, where priority applies (as SQM and SD-WAN boxes do).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+from typing import Any
+
+from policy.qos import REALTIME_CLASSES, QosClass
+
+CLASSES = tuple(QosClass)
+DEFAULT_LIMITS = {QosClass.REALTIME_AUDIO: 256, QosClass.INTERACTIVE_VIDEO: 512, QosClass.SIGNALLING: 256,
+                  QosClass.DEFAULT: 1024, QosClass.BULK: 1024}
+QUANTUM = 1514  # bytes per class and round: one full-size packet
+# Sojourn-time histogram bucket bounds (seconds), for the metrics exporter.
+SOJOURN_BOUNDS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
+
+
+class ClassStats:
+    """Plain counters of one class's queue, read at scrape time."""
+
+    __slots__ = ("enqueued", "dequeued", "dropped", "bytes", "sojourn_sum", "sojourn_buckets", "demoted")
+
+    def __init__(self) -> None:
+        self.enqueued = self.dequeued = self.dropped = self.bytes = self.demoted = 0
+        self.sojourn_sum = 0.0
+        self.sojourn_buckets = [0] * (len(SOJOURN_BOUNDS) + 1)  # the last one is +Inf
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"enqueued": self.enqueued, "dequeued": self.dequeued, "dropped": self.dropped,
+                "bytes": self.bytes, "demoted": self.demoted, "sojourn_sum": self.sojourn_sum,
+                "sojourn_buckets": list(self.sojourn_buckets)}
+
+
+class PriorityScheduler:
+    """enqueue() returns False for a drop; dequeue() gives up to n items in service order."""
+
+    def __init__(self, realtime_bps: int, limits: dict[QosClass, int] | None = None,
+                 burst_bytes: int = 64 * 1024, quantum: int = QUANTUM, shape_bps: int = 0,
+                 shape_burst_bytes: int = 16 * 1024, overhead: int = 0) -> None:
+        """shape_bps: total rate sent (0: as fast as it comes); overhead: bytes added to each item on the
+        wire (ESP, UDP and IP headers), counted against the shaper."""
+        limits = {**DEFAULT_LIMITS, **(limits or {})}
+        self.limits = [limits[c] for c in CLASSES]
+        self.queues: list[deque[tuple[Any, int, float]]] = [deque() for _ in CLASSES]
+        self.stats = [ClassStats() for _ in CLASSES]
+        self.rate = realtime_bps / 8.0  # bytes per second
+        self.burst = float(burst_bytes)
+        self.tokens = self.burst
+        self._refilled: float | None = None
+        self.quantum = quantum
+        self.deficit = [0] * len(CLASSES)
+        self._next = 0  # where the round robin resumes
+        self._resume = False  # the visit to _next was interrupted: go on without adding a quantum
+        self.length = 0
+        self.shape_rate = shape_bps / 8.0
+        self.shape_burst = float(shape_burst_bytes)
+        self.shape_tokens = self.shape_burst
+        self.overhead = overhead
+
+    def __len__(self) -> int:
+        return self.length
+
+    def depth(self, cls: QosClass) -> int:
+        return len(self.queues[cls])
+
+    def enqueue(self, cls: int, item: Any, size: int, now: float) -> bool:
+        queue = self.queues[cls]
+        if len(queue) >= self.limits[cls]:
+            self.stats[cls].dropped += 1
+            return False
+        queue.append((item, size, now))
+        self.stats[cls].enqueued += 1
+        self.length += 1
+        return True
+
+    def dequeue(self, n: int, now: float) -> list[Any]:
+        out: list[Any] = []
+        if not self.length:
+            return out
+        self._refill(now)
+        for cls in (QosClass.REALTIME_AUDIO, QosClass.INTERACTIVE_VIDEO):
+            queue = self.queues[cls]
+            while queue and len(out) < n and self.tokens >= queue[0][1]:
+                if not self._shaper_allows(queue[0][1]):
+                    return out
+                self.tokens -= queue[0][1]
+                self._take(cls, now, out)
+        if len(out) < n and self.length:
+            self._round_robin(n, now, out)
+        return out
+
+    def sendable(self, now: float) -> bool:
+        """Whether a dequeue now would give something (the shaper may be holding the queue back)."""
+        if not self.length:
+            return False
+        self._refill(now)
+        return not self.shape_rate or self.shape_tokens >= 0
+
+    def ready_at(self, now: float) -> float | None:
+        """When the shaper will let the next packet go, if it holds one back now; else None."""
+        if not self.length or not self.shape_rate or self.shape_tokens >= 0:
+            return None
+        return now + -self.shape_tokens / self.shape_rate
+
+    def _shaper_allows(self, size: int) -> bool:
+        """Spend the packet's bytes; the bucket may go negative by one packet (so any size passes), and
+        nothing more goes until it is refilled above zero."""
+        if not self.shape_rate:
+            return True
+        if self.shape_tokens < 0:
+            return False
+        self.shape_tokens -= size + self.overhead
+        return True
+
+    def _refill(self, now: float) -> None:
+        if self._refilled is not None and now > self._refilled:
+            elapsed = now - self._refilled
+            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+            if self.shape_rate:
+                self.shape_tokens = min(self.shape_burst, self.shape_tokens + elapsed * self.shape_rate)
+        self._refilled = now
+
+    def _round_robin(self, n: int, now: float, out: list[Any]) -> None:
+        """Deficit round robin over every non-empty queue; real-time queues still holding packets here
+        are over their rate cap and take a fair share like the others (counted as demoted)."""
+        queues, deficit, count = self.queues, self.deficit, len(CLASSES)
+        idle_visits = 0
+        cls = self._next
+        while len(out) < n and self.length and idle_visits <= count:
+            queue = queues[cls]
+            if not queue:
+                deficit[cls] = 0
+                self._resume = False
+                idle_visits += 1
+                cls = (cls + 1) % count
+                continue
+            idle_visits = 0
+            if self._resume:
+                self._resume = False
+            else:
+                deficit[cls] += self.quantum
+            while queue and len(out) < n and queue[0][1] <= deficit[cls]:
+                if not self._shaper_allows(queue[0][1]):
+                    self._next, self._resume = cls, True  # continue this visit, without a new quantum
+                    return
+                deficit[cls] -= queue[0][1]
+                if cls in REALTIME_CLASSES:
+                    self.stats[cls].demoted += 1
+                self._take(cls, now, out)
+            if queue and len(out) >= n:
+                self._next, self._resume = cls, True  # resume this visit, keeping its deficit
+                return
+            if not queue:
+                deficit[cls] = 0
+            cls = (cls + 1) % count
+        self._next = cls
+
+    def _take(self, cls: int, now: float, out: list[Any]) -> None:
+        item, size, since = self.queues[cls].popleft()
+        self.length -= 1
+        stats = self.stats[cls]
+        stats.dequeued += 1
+        stats.bytes += size
+        sojourn = now - since
+        stats.sojourn_sum += sojourn
+        stats.sojourn_buckets[bisect_left(SOJOURN_BOUNDS, sojourn)] += 1
+        out.append(item)
+
+    def drain(self) -> list[Any]:
+        """Everything still queued, in class order (shutdown)."""
+        items = [item for queue in self.queues for item, _, _ in queue]
+        for queue in self.queues:
+            queue.clear()
+        self.length = 0
+        return items
+
