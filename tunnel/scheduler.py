@@ -100,8 +100,10 @@ class PriorityScheduler:
         for cls in (QosClass.REALTIME_AUDIO, QosClass.INTERACTIVE_VIDEO):
             queue = self.queues[cls]
             while queue and len(out) < n and self.tokens >= queue[0][1]:
-                if not self._shaper_allows(queue[0][1]):
-                    return out
+                # Real-time packets within their cap do not wait for the shaper: they go now and the
+                # debt delays the next bulk packet instead (the link's own buffer absorbs one packet).
+                if self.shape_rate:
+                    self.shape_tokens -= queue[0][1] + self.overhead
                 self.tokens -= queue[0][1]
                 self._take(cls, now, out)
         if len(out) < n and self.length:

@@ -125,6 +125,8 @@ def test_shaper_holds_the_rate_and_priority_still_applies() -> None:
     first = s.dequeue(1000, 0.0)
     assert len(first) == 16 * 1024 // 1000 + 1  # the bucket, then one more takes it below zero
     assert s.dequeue(1000, 0.0) == [] and s.ready_at(0.0) > 0.0
+    s.enqueue(AUDIO, ("ef", -1), 200, 0.0)
+    assert s.dequeue(1000, 0.0) == [("ef", -1)]  # real time does not wait for the shaper; bulk pays for it
     s.enqueue(AUDIO, ("ef", 0), 200, 0.0)
     later = s.dequeue(1000, 0.1)  # 100 ms idle: the bucket fills up to its 16 KiB again, no more
     assert later[0] == ("ef", 0)  # the EF packet overtakes the shaped backlog
