@@ -79,11 +79,16 @@ class Deployment:
                  esp_key_log: bool = False, ike_proposals: list[str] | None = None,
                  initiators: set[tuple[str, str]] | None = None, start_mode: str = "initiate",
                  ike_options: dict[str, int] | None = None, esp_proposals: list[str] | None = None,
-                 peer_address_overrides: dict[tuple[str, str], str] | None = None, workers: int = 1) -> None:
+                 peer_address_overrides: dict[tuple[str, str], str] | None = None, workers: int = 1,
+                 gateway_yaml: list[str] | None = None, tunnel_yaml: list[str] | None = None,
+                 services_yaml: list[str] | None = None) -> None:
         """initiators: (site, peer) pairs where site initiates; default: the first-listed site of each pair.
         peer_address_overrides: {(site, peer): address} writes that address into site's config for peer
         instead of the peer's WAN address (e.g. lab.nat_public_address(peer) when peer is behind the NAT).
-        A site the lab runs something else on (e.g. strongSwan) simply is not started."""
+        A site the lab runs something else on (e.g. strongSwan) simply is not started.
+        gateway_yaml / tunnel_yaml: extra YAML lines for every gateway: section / tunnel entry (e.g.
+        "qos: {scheduler: fifo}", "firewall: {default: deny, rules: [...]}"); services_yaml: a top-level
+        services: section's lines."""
         if keying not in ("psk", "cert", "manual"):
             raise ValueError(f"keying must be psk, cert or manual, not {keying!r}")
         self.lab = lab
@@ -99,6 +104,9 @@ class Deployment:
         self.ike_options = ike_options or {}  # extra keys of each tunnel's ike: mapping (lifetimes, dpd_delay)
         self.peer_address_overrides = dict(peer_address_overrides or {})
         self.workers = workers  # gateway.workers: data-plane processes per gateway
+        self.gateway_yaml = list(gateway_yaml or [])
+        self.tunnel_yaml = list(tunnel_yaml or [])
+        self.services_yaml = list(services_yaml or [])
         sites = lab.topology.sites
         self.gateways: dict[str, Gateway] = {
             s.name: Gateway(s, self.workdir / f"{s.name}.yaml", self.workdir / f"{s.name}.log") for s in sites
@@ -153,10 +161,14 @@ class Deployment:
         ]
         if self.workers > 1:
             lines.append(f"  workers: {self.workers}")
+        lines += [f"  {line}" for line in self.gateway_yaml]
         if self.keying == "cert":
             pki = self.workdir / "pki"
             lines.append(f"  pki: {{ca: {pki / 'ca.crt'}, certificate: {_one(pki / s.name, '*.crt')}, "
                          f"private_key: {_one(pki / s.name, '*.key')}}}")
+        if self.services_yaml:
+            lines.append("services:")
+            lines += [f"  {line}" for line in self.services_yaml]
         lines.append("tunnels:")
         for peer_name, keyfile in gw.keys.items():
             p = self.gateways[peer_name].site
@@ -165,6 +177,7 @@ class Deployment:
                 f"    peer: {{address: {self.peer_address_overrides.get((s.name, peer_name), p.gw_wan4)}, port: 4500}}",
                 f"    local_subnets: [{', '.join(_subnets(s))}]",
                 f"    remote_subnets: [{', '.join(_subnets(p))}]",
+                *(f"    {line}" for line in self.tunnel_yaml),
             ]
             if self.keying == "manual":
                 lines.append(f"    manual_keys: {keyfile.name}")
