@@ -12,21 +12,23 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from policy.qos import DSCP_CLASS
+from policy.qos import DSCP_CLASS, QosClass
 from tunnel.dataplane import Forwarder
 from tunnel.drivers import udp
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.drops import DropReason
 from tunnel.scheduler import PriorityScheduler
 
+SIGNALLING = QosClass.SIGNALLING
+NON_ESP_MARKER = bytes(4)
 BATCH = 128  # packets per readiness callback: large enough to amortise, small enough to stay fair
 # With QoS, the data path works in short rounds: read up to PULL packets (TUN) / receive calls (socket; one
 # may bring a GRO run) from each kernel queue, then serve CHUNK packets per direction from our queues. Reading
 # is several times cheaper than sealing or opening, so the kernel queues in front stay near empty and the
 # backlog lives in our queues, where priority decides and drops are counted per class; and a real-time
 # packet waits at most about one short round (CHUNK packets of work), not a whole batch, in each gateway.
-PULL = 64
-CHUNK = 32
+PULL = 128
+CHUNK = 64
 ROUNDS = 8  # rounds per readiness callback before the event loop gets its turn (timers, IKE, reports)
 
 def tun_to_udp(forwarder: Forwarder, tun: TunDevice, sender: udp.SegmentingSender) -> None:
@@ -121,7 +123,11 @@ class QosPump:
         enqueue, counters = self.ingress.enqueue, self.forwarder.counters
         items = udp.recv_gro_batch(self.sock, PULL)
         for item in items:
-            if not enqueue(DSCP_CLASS[item[2] >> 2], item, len(item[0]), now):
+            data = item[0]
+            # IKE (RFC 3948 non-ESP marker) is signalling whatever its DSCP: a data path full of bulk
+            # traffic must not starve rekeys and dead-peer checks.
+            cls = SIGNALLING if data[:4] == NON_ESP_MARKER else DSCP_CLASS[item[2] >> 2]
+            if not enqueue(cls, item, len(data), now):
                 counters.drops[DropReason.QUEUE_FULL] += 1  # not yet decrypted: no tunnel to blame
         return len(items)
 

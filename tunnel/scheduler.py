@@ -142,32 +142,32 @@ class PriorityScheduler:
         self._refilled = now
 
     def _round_robin(self, n: int, now: float, out: list[Any]) -> None:
-        """Deficit round robin over every non-empty queue; real-time queues still holding packets here
-        are over their rate cap and take a fair share like the others (counted as demoted)."""
+        """Deficit round robin over the non-empty queues; real-time queues still holding packets here
+        are over their rate cap and take a fair share like the others (counted as demoted). A class alone
+        with packets is served without rounds (nobody to share with)."""
         queues, deficit, count = self.queues, self.deficit, len(CLASSES)
-        idle_visits = 0
+        active = [c for c in range(count) if queues[c]]
+        if len(active) == 1:
+            cls = active[0]
+            deficit[cls] = 0
+            self._visit(cls, n, now, out, unlimited=True)
+            self._next, self._resume = cls, False
+            return
         cls = self._next
-        while len(out) < n and self.length and idle_visits <= count:
+        while len(out) < n and self.length:
             queue = queues[cls]
             if not queue:
                 deficit[cls] = 0
                 self._resume = False
-                idle_visits += 1
                 cls = (cls + 1) % count
                 continue
-            idle_visits = 0
             if self._resume:
                 self._resume = False
             else:
                 deficit[cls] += self.quantum
-            while queue and len(out) < n and queue[0][1] <= deficit[cls]:
-                if not self._shaper_allows(queue[0][1]):
-                    self._next, self._resume = cls, True  # continue this visit, without a new quantum
-                    return
-                deficit[cls] -= queue[0][1]
-                if cls in REALTIME_CLASSES:
-                    self.stats[cls].demoted += 1
-                self._take(cls, now, out)
+            if not self._visit(cls, n, now, out):
+                self._next, self._resume = cls, True  # the shaper stopped us: continue this visit later
+                return
             if queue and len(out) >= n:
                 self._next, self._resume = cls, True  # resume this visit, keeping its deficit
                 return
@@ -175,6 +175,44 @@ class PriorityScheduler:
                 deficit[cls] = 0
             cls = (cls + 1) % count
         self._next = cls
+
+    def _visit(self, cls: int, n: int, now: float, out: list[Any], unlimited: bool = False) -> bool:
+        """Take packets of one class while its deficit (or, alone, the batch) allows; False when the
+        shaper stopped it. The hot loop of the data path: locals only, statistics summed once."""
+        queue, deficit, append = self.queues[cls], self.deficit, out.append
+        budget = deficit[cls]
+        room = n - len(out)
+        shaping, overhead = self.shape_rate, self.overhead
+        buckets, bounds = self.stats[cls].sojourn_buckets, SOJOURN_BOUNDS
+        taken = total = 0
+        waited = 0.0
+        allowed = True
+        while queue and taken < room:
+            item, size, since = queue[0]
+            if not unlimited and size > budget:
+                break
+            if shaping:
+                if self.shape_tokens < 0:
+                    allowed = False
+                    break
+                self.shape_tokens -= size + overhead
+            queue.popleft()
+            budget -= size
+            wait = now - since
+            waited += wait
+            buckets[bisect_left(bounds, wait)] += 1
+            append(item)
+            taken += 1
+            total += size
+        deficit[cls] = 0 if unlimited else budget
+        self.length -= taken
+        stats = self.stats[cls]
+        stats.dequeued += taken
+        stats.bytes += total
+        stats.sojourn_sum += waited
+        if cls in REALTIME_CLASSES:
+            stats.demoted += taken
+        return allowed
 
     def _take(self, cls: int, now: float, out: list[Any]) -> None:
         item, size, since = self.queues[cls].popleft()
