@@ -81,6 +81,8 @@ def test_rules_services_and_queues_load(site: Path) -> None:
      "default, bulk"),
     ("    qos: {outer_dscp: af99}\n", "", "C:12:23: tunnels[0].qos.outer_dscp: bad DSCP 'af99'"),
     ("", "services:\n  rtp: [udp/1-2-3]\n", "C:2:9: services.rtp[0]: "),
+    ("    firewall: {default: deny, rules: [{action: allow, from: [10.1.0.0/24], to: ['fd00:2::/64']}]}\n", "",
+     "C:12:39: tunnels[0].firewall.rules[0]: never matches: its from and to subnets have no IP version in common"),
 ])
 def test_policy_mistakes_reported_at_their_node(site: Path, extra: str, top: str, expected: str) -> None:
     found = problems(write(site, with_tunnel(extra, top)))

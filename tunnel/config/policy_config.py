@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from yaml.nodes import Node
 
-from policy.check import find_conflicts
+from policy.check import find_conflicts, find_unmatchable
 from policy.model import ALL_PORTS, ANY_PROTOCOL, ICMP, ICMPV6, PORT_PROTOCOLS, SCTP, TCP, UDP, UDPLITE, Action
 from policy.model import PortMatch, PortRange, Rule, Service
 from policy.qos import QosClass, dscp_from_label
@@ -105,6 +105,8 @@ def _rules(doc: Doc, node: Node, path: str, value_key: str, parse_value: Callabl
             nodes.append(item)
     if items is None or not doc.clean_since(start):
         return None
+    for i in find_unmatchable(rules):
+        doc.error(nodes[i], rules[i].label, "never matches: its from and to subnets have no IP version in common")
     for conflict in find_conflicts(rules):
         doc.error(nodes[conflict.index], rules[conflict.index].label, conflict.message(rules))
     return tuple(rules) if doc.clean_since(start) else None
