@@ -50,9 +50,9 @@ from netnslab.tools import ReplyWatch, cpu_seconds  # noqa: E402
 
 TOPOLOGY = TOPOLOGIES / "two-sites.yaml"
 CLIENT, SERVER = "hq-host", "branch1-host"
-MODES = ("plain", "sitelink", "sitelink-2w", "wireguard-go", "openvpn", "strongswan")
+MODES = ("plain", "sitelink", "sitelink-fifo", "sitelink-2w", "wireguard-go", "openvpn", "strongswan")
 ANCHOR_MODES = ("wireguard-go", "openvpn", "strongswan")
-LABELS = {"plain": "plain routing", "sitelink": "sitelink", "sitelink-2w": "sitelink 2 workers", "wireguard-go": "wireguard-go",
+LABELS = {"plain": "plain routing", "sitelink": "sitelink", "sitelink-fifo": "sitelink FIFO", "sitelink-2w": "sitelink 2 workers", "wireguard-go": "wireguard-go",
           "openvpn": "OpenVPN 2.6", "strongswan": "strongSwan libipsec"}
 EF_TOS = 184  # DSCP 46 (EF) << 2
 SETUP_TIMEOUT = 30.0
@@ -105,9 +105,10 @@ class SitelinkPair:
 
     name = "sitelink"
     workers = 1
+    gateway_yaml: list[str] = []
 
     def __init__(self, lab: Lab, workdir: Path) -> None:
-        self.deployment = Deployment(lab, workdir, workers=self.workers)
+        self.deployment = Deployment(lab, workdir, workers=self.workers, gateway_yaml=self.gateway_yaml)
 
     @staticmethod
     def unavailable() -> str | None:
@@ -143,6 +144,13 @@ class SitelinkPair:
                 self.deployment.stop(site)
 
 
+class SitelinkFifo(SitelinkPair):
+    """gateway.qos.scheduler: fifo: no per-class queues (what the priority path costs in throughput)."""
+
+    name = "sitelink-fifo"
+    gateway_yaml = ["qos: {scheduler: fifo}"]
+
+
 class SitelinkTwoWorkers(SitelinkPair):
     """gateway.workers: 2 on both sides (worker processes are counted in the CPU figure as descendants)."""
 
@@ -151,7 +159,8 @@ class SitelinkTwoWorkers(SitelinkPair):
 
 
 def gateway_class(mode: str) -> Any:
-    return {"sitelink": SitelinkPair, "sitelink-2w": SitelinkTwoWorkers}.get(mode) or ANCHORS[mode]
+    return {"sitelink": SitelinkPair, "sitelink-fifo": SitelinkFifo,
+            "sitelink-2w": SitelinkTwoWorkers}.get(mode) or ANCHORS[mode]
 
 
 def mode_version(mode: str) -> str | None:
@@ -430,7 +439,7 @@ def write_png(report: dict[str, Any], figs: list[Figure], path: Path) -> str | N
     modes = [m for m, e in report["modes"].items() if e["status"] == "ok"]
     if not modes:
         return "nothing was measured; no chart written"
-    colors = {"plain": "#9e9e9e", "sitelink": "#d62728", "sitelink-2w": "#8c1c13", "wireguard-go": "#1f77b4", "openvpn": "#ff7f0e",
+    colors = {"plain": "#9e9e9e", "sitelink": "#d62728", "sitelink-fifo": "#e377c2", "sitelink-2w": "#8c1c13", "wireguard-go": "#1f77b4", "openvpn": "#ff7f0e",
               "strongswan": "#2ca02c"}
     cols = 4
     rows = -(-len(figs) // cols)

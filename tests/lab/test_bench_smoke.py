@@ -30,7 +30,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     report = json.loads(out_json.read_text())
     modes = report["modes"]
 
-    expected = ["plain", "sitelink", "sitelink-2w"]
+    expected = ["plain", "sitelink", "sitelink-fifo", "sitelink-2w"]
     for name, cls in ANCHORS.items():
         if all(package_version(p) for p in cls.packages):
             expected.append(name)
