@@ -24,6 +24,7 @@ from tunnel.dataplane import Forwarder
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.ike.certs import CertVerifier, PeerIdentity
 from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
+from tunnel.ike.constants import NotifyType
 from tunnel.ike.dispatcher import IkeDispatcher
 from tunnel.ike.events import (
     ChildSaDeleted, ChildSaEstablished, ChildSaFailed, Event, IkeSaDeleted, IkeSaEstablished, IkeSaFailed,
@@ -113,6 +114,19 @@ class Lane:
 
 
 @dataclass
+class IkeStats:
+    """Plain tallies for the metrics exporter, kept where the events are applied."""
+
+    handshakes_ok: int = 0
+    # IKE SAs that failed (set-up refused or timed out, or a dead peer), by the IKE notify that said why
+    # (lower-case name), "none" when none did (timeouts)
+    handshakes_failed: dict[str, int] = field(default_factory=dict)
+    children: int = 0  # Child SAs installed
+    child_rekeys: int = 0  # ... of which replaced one of ours
+    ike_rekeys: int = 0
+
+
+@dataclass
 class TunnelRuntime:
     config: Tunnel
     lanes: list[Lane]
@@ -123,6 +137,7 @@ class TunnelRuntime:
     unknown_spi_at: float | None = None
     rx_seen: int = 0  # inbound ESP packets counted at the last liveness note
     peer: tuple[str, int] | None = None  # where ESP goes; a worker that sees the peer move tells the others
+    stats: IkeStats = field(default_factory=IkeStats)
 
     @property
     def outbound_spi(self) -> int | None:
@@ -259,6 +274,7 @@ class ControlPlane:
     def _apply(self, event: Event, now: float) -> None:
         runtime = self.tunnels[event.tunnel]
         if isinstance(event, IkeSaEstablished):
+            runtime.stats.handshakes_ok += 1
             log.info("tunnel %s: IKE SA established with %s (%s, %s)", event.tunnel, event.remote[0], event.suite,
                      "initiator" if event.initiator else "responder")
         elif isinstance(event, ChildSaEstablished):
@@ -267,11 +283,16 @@ class ControlPlane:
             self._remove(runtime, event.spi_in, event.spi_out, now)
             log.info("tunnel %s: Child SA deleted (SPI in %#010x, out %#010x)", event.tunnel, event.spi_in, event.spi_out)
         elif isinstance(event, IkeSaRekeyed):
+            runtime.stats.ike_rekeys += 1
             log.info("tunnel %s: IKE SA rekeyed (SPIs %s_i %s_r -> %s_i %s_r)", event.tunnel, event.old_spi_i.hex(),
                      event.old_spi_r.hex(), event.new_spi_i.hex(), event.new_spi_r.hex())
         elif isinstance(event, ChildSaFailed):
             log.warning("tunnel %s: Child SA not established: %s", event.tunnel, event.reason)
         elif isinstance(event, (IkeSaFailed, IkeSaDeleted)):
+            if isinstance(event, IkeSaFailed):  # a set-up refused or timed out, or an SA that died (DPD)
+                failed = runtime.stats.handshakes_failed
+                key = _notify_name(event.notify)
+                failed[key] = failed.get(key, 0) + 1
             level = logging.WARNING if isinstance(event, IkeSaFailed) else logging.INFO
             log.log(level, "tunnel %s: IKE SA %s: %s", event.tunnel,
                     "failed" if isinstance(event, IkeSaFailed) else "deleted", event.reason)
@@ -284,6 +305,9 @@ class ControlPlane:
         unless this answers the peer's rekey of the SA we still send on: make-before-break both ways."""
         name, worker = event.tunnel, event.spi_in % len(self.planes)
         plane, lane = self.planes[worker], runtime.lanes[worker]
+        runtime.stats.children += 1
+        if lane.outbound_spi is not None:
+            runtime.stats.child_rekeys += 1
         plane.install_inbound(name, event.spi_in, event.key_in.reveal(), runtime.config.replay_window)
         runtime.peer = (event.remote[0], event.remote[1])
         for each in self.planes:
@@ -373,3 +397,12 @@ def _cert_auth(config: GatewayConfig) -> CertAuth:
         return verifier.verify(chain, PeerIdentity(id_type, data), now)
 
     return CertAuth(key, (cert.public_bytes(serialization.Encoding.DER),), verify_peer, hashlib.sha1(spki).digest())
+
+
+def _notify_name(notify: int | None) -> str:
+    if notify is None:
+        return "none"
+    try:
+        return NotifyType(notify).name.lower()
+    except ValueError:
+        return str(notify)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tunnel import pump, workers
 from policy.qos import QosClass
+from tunnel.metrics import MetricsServer
 from tunnel.policies import make_schedulers, tunnel_policy
 from tunnel.scheduler import PriorityScheduler
 from tunnel.config.model import GatewayConfig, Tunnel
@@ -64,6 +65,7 @@ class Gateway:
         self._sender: udp.SegmentingSender | None = None
         self._qos: pump.QosPump | None = None  # per-class queues (gateway.qos.scheduler: priority)
         self._qos_flush: asyncio.Handle | None = None
+        self._metrics: MetricsServer | None = None
         self._workers: list[workers.WorkerProxy] = []
         self._worker_failed: str | None = None
         self._stopping: asyncio.Event | None = None
@@ -98,6 +100,9 @@ class Gateway:
                 self._spawn_workers(n)
             planes = [LocalPlane(self.forwarder), *self._workers] if self._workers else self.forwarder
             self.control = ControlPlane(self.config, planes, os.urandom, key_log)
+            metrics = self.config.metrics
+            if metrics.enabled:  # a thread: only after the workers were forked
+                self._metrics = MetricsServer(self, str(metrics.address), metrics.port)
         except BaseException:
             self.close()
             raise
@@ -126,6 +131,9 @@ class Gateway:
 
     def close(self) -> None:
         """Stop the workers, remove the TUN device (and with it its routes), close the sockets. Idempotent."""
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         for worker in self._workers:
             worker.stop()
         self._workers = []
@@ -218,17 +226,36 @@ class Gateway:
         log.info("received %s, shutting down", signal.Signals(sig).name)
         self._stopping.set()
 
-    def log_counters(self) -> None:
-        """One line per tunnel (and one for drops no tunnel owns), summed over every worker."""
-        for name, state in self.forwarder.tunnels.items():
+    def tunnel_totals(self) -> dict[str, Counters]:
+        """Each tunnel's counters summed over every worker, and "" for drops no tunnel owns (read by the
+        metrics collector from its thread: plain integer reads, no locks needed)."""
+        totals: dict[str, Counters] = {}
+        for name, state in list(self.forwarder.tunnels.items()):
             total = Counters()
             for part in [state.counters, *(w.counters[name] for w in self._workers)]:
                 workers.add(total, part)
-            log.info("counters %s", format_counters(name, total))
+            totals[name] = total
         total = Counters()
         for part in [self.forwarder.counters, *(w.global_counters for w in self._workers)]:
             workers.add(total, part)
-        log.info("counters %s", format_counters("(none)", total))
+        totals[""] = total
+        return totals
+
+    def tunnel_is_up(self, name: str) -> bool:
+        """An outbound SA is installed (with workers: worker 0's, which the control plane tracks)."""
+        runtime = self.control.tunnels.get(name) if self.control is not None else None
+        if runtime is not None:
+            return runtime.outbound_spi is not None
+        return self.forwarder.tunnels[name].outbound is not None
+
+    @property
+    def qos_pump(self) -> pump.QosPump | None:
+        return self._qos
+
+    def log_counters(self) -> None:
+        """One line per tunnel (and one for drops no tunnel owns), summed over every worker."""
+        for name, total in self.tunnel_totals().items():
+            log.info("counters %s", format_counters(name or "(none)", total))
         if self._workers:
             for name, state in self.forwarder.tunnels.items():
                 log.info("worker 0: %s", format_counters(name, state.counters))

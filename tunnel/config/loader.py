@@ -17,7 +17,7 @@ from yaml.nodes import Node
 
 from tunnel.config.keyfile import read_manual_keys, read_psk, read_secret_file
 from tunnel.config.model import (
-    DEFAULT_REPLAY_WINDOW, Endpoint, GatewayConfig, GatewayQos, Ike, IPAddress, IPInterface, IPNetwork, ManualKeys, Pki,
+    DEFAULT_REPLAY_WINDOW, Endpoint, GatewayConfig, GatewayQos, Ike, Metrics, IPAddress, IPInterface, IPNetwork, ManualKeys, Pki,
     StartMode, TunDevice, Tunnel, TunnelQos,
 )
 from tunnel.config.policy_config import parse_firewall, parse_gateway_qos, parse_services, parse_tunnel_qos
@@ -110,11 +110,17 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
         "pki": lambda doc, node, path: _pki(doc, node, path, base_dir),
         "workers": _int_in(1, MAX_WORKERS),
         "qos": parse_gateway_qos,
+        "metrics": _metrics,
     }
     fields = doc.mapping(node, "gateway", required=("name", "listen"), optional=set(parsers) - {"name", "listen"})
     if fields is None:
         return None
     return {"tun": TunDevice()} | _fields(doc, fields, "gateway", parsers)  # tun: is optional as a whole
+
+
+def _metrics(doc: Doc, node: Node, path: str) -> Metrics | None:
+    parsers: dict[str, Parser] = {"enabled": Doc.boolean, "address": _listen_address, "port": _PORT}
+    return _section(doc, node, path, Metrics, (), parsers)
 
 
 def _listen(doc: Doc, node: Node, path: str) -> Endpoint | None:

@@ -129,6 +129,15 @@ class GatewayQos:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """The Prometheus exporter (tunnel/metrics.py): GET http://address:port/metrics."""
+
+    enabled: bool = True
+    address: IPAddress = ipaddress.IPv4Address("127.0.0.1")  # loopback: only local scrapers see it
+    port: int = 9548
+
+
+@dataclass(frozen=True)
 class Tunnel:
     name: str
     peer: Endpoint
@@ -158,3 +167,4 @@ class GatewayConfig:
     workers: int = 1
     qos: GatewayQos = GatewayQos()
     services: tuple[Service, ...] = ()  # named services defined or overridden in the config's `services:`
+    metrics: Metrics = Metrics()

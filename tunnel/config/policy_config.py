@@ -16,7 +16,7 @@ from policy.model import PortMatch, PortRange, Rule, Service
 from policy.qos import QosClass, dscp_from_label
 from policy.services import UnknownService, resolve
 from tunnel.config.model import Firewall, GatewayQos, IPNetwork, TunnelQos
-from tunnel.config.yamlnodes import BOOL, INT, STR, Doc, key_path, quote
+from tunnel.config.yamlnodes import INT, STR, Doc, key_path, quote
 
 PROTOCOLS = {"any": ANY_PROTOCOL, "icmp": ICMP, "tcp": TCP, "udp": UDP, "icmpv6": ICMPV6, "sctp": SCTP,
              "udplite": UDPLITE}
@@ -240,7 +240,7 @@ def parse_tunnel_qos(doc: Doc, node: Node, path: str, subnets: Subnets,
     if "outer_dscp" in fields:
         values["outer_dscp"] = _outer_dscp(doc, fields["outer_dscp"], key_path(path, "outer_dscp"))
     if "copy_dscp_inward" in fields:
-        values["copy_dscp_inward"] = _boolean(doc, fields["copy_dscp_inward"], key_path(path, "copy_dscp_inward"))
+        values["copy_dscp_inward"] = doc.boolean(fields["copy_dscp_inward"], key_path(path, "copy_dscp_inward"))
     if not doc.clean_since(start):
         return None
     return TunnelQos(**values)
@@ -257,13 +257,6 @@ def _outer_dscp(doc: Doc, node: Node, path: str) -> int | None | str:
     except ValueError as exc:
         doc.error(node, path, f"{exc}, or copy")
         return "invalid"
-
-
-def _boolean(doc: Doc, node: Node, path: str) -> bool | None:
-    text = doc.scalar_text(node, path, "true or false", (BOOL,))
-    if text is None:
-        return None
-    return text.lower() in ("true", "yes", "on")
 
 
 def parse_gateway_qos(doc: Doc, node: Node, path: str) -> GatewayQos | None:

@@ -283,6 +283,10 @@ class Doc:
             return None
         return text
 
+    def boolean(self, node: Node, path: str) -> bool | None:
+        text = self.scalar_text(node, path, "true or false", (BOOL,))
+        return None if text is None else text.lower() in ("true", "yes", "on")
+
     def integer(self, node: Node, path: str, lo: int, hi: int) -> int | None:
         """A decimal integer in lo..hi. Hex, octal (YAML 1.1 `010` = 8) and sexagesimal forms are
         refused: a config value should mean what it looks like."""

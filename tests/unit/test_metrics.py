@@ -1,0 +1,78 @@
+"""The Prometheus collector: what a scrape shows is what the plain counters hold at that moment, in
+the exposition format, with bounded labels and no key material."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from policy.qos import QosClass
+from tests.unit.test_config_loader import GOOD, SECOND_TUNNEL, make_keys, write
+from tunnel.config.loader import load_config
+from tunnel.esp.drops import DropReason
+from tunnel.gateway import Gateway
+from tunnel.metrics import GatewayCollector
+from tunnel.pump import QosPump
+from tunnel.scheduler import PriorityScheduler
+
+
+def scrape(gateway: Gateway) -> tuple[str, dict[tuple[str, tuple], float]]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(gateway))
+    text = generate_latest(registry).decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return text, samples
+
+
+def test_scrape_reads_the_counters_of_the_moment(tmp_path: Path) -> None:
+    make_keys(tmp_path, "b1", "b2")
+    gateway = Gateway(load_config(write(tmp_path, GOOD + SECOND_TUNNEL)))
+    for tunnel in gateway.config.tunnels:
+        gateway._add_tunnel(tunnel)  # manual keys: SAs installed, no I/O
+    egress, ingress = PriorityScheduler(10**9), PriorityScheduler(10**9)
+    gateway._qos = QosPump(gateway.forwarder, None, None, None, egress, ingress)  # type: ignore[arg-type]
+
+    counters = gateway.forwarder.tunnels["branch1"].counters
+    counters.tx_packets, counters.tx_bytes, counters.rx_bytes = 7, 7000, 123
+    counters.drop(DropReason.REPLAY)
+    counters.mss_clamped = 2
+    gateway.forwarder.counters.drop(DropReason.UNKNOWN_SPI)
+    egress.enqueue(QosClass.BULK, "x", 1000, 0.0)
+    egress.enqueue(QosClass.REALTIME_AUDIO, "y", 200, 0.0)
+    egress.dequeue(1, 0.003)  # the EF packet, after 3 ms
+
+    text, s = scrape(gateway)
+    assert s[("sitelink_esp_packets_total", (("direction", "tx"), ("tunnel", "branch1")))] == 7
+    assert s[("sitelink_esp_bytes_total", (("direction", "tx"), ("tunnel", "branch1")))] == 7000
+    assert s[("sitelink_esp_bytes_total", (("direction", "rx"), ("tunnel", "branch1")))] == 123
+    assert s[("sitelink_drops_total", (("reason", "replay"), ("tunnel", "branch1")))] == 1
+    assert s[("sitelink_drops_total", (("reason", "replay"), ("tunnel", "branch2")))] == 0
+    assert s[("sitelink_drops_total", (("reason", "unknown_spi"), ("tunnel", "(none)")))] == 1
+    assert s[("sitelink_mtu_events_total", (("event", "mss_clamped"), ("tunnel", "branch1")))] == 2
+    assert s[("sitelink_tunnel_up", (("tunnel", "branch1"),))] == 1  # manual keys: an outbound SA from the start
+    assert s[("sitelink_qos_queue_depth", (("class", "bulk"), ("direction", "egress")))] == 1
+    ef = (("class", "realtime-audio"), ("direction", "egress"))
+    assert s[("sitelink_qos_sojourn_seconds_count", ef)] == 1
+    assert s[("sitelink_qos_sojourn_seconds_bucket", ef + (("le", "0.002"),))] == 0
+    assert s[("sitelink_qos_sojourn_seconds_bucket", ef + (("le", "0.005"),))] == 1
+    assert abs(s[("sitelink_qos_sojourn_seconds_sum", ef)] - 0.003) < 1e-9
+    assert s[("sitelink_build_info", (("gateway", "hq"), ("version", s_version(s))))] == 1
+
+    counters.tx_packets += 5  # the next scrape sees the new value: nothing is cached
+    assert scrape(gateway)[1][("sitelink_esp_packets_total", (("direction", "tx"), ("tunnel", "branch1")))] == 12
+
+    # Bounded labels: tunnels, reasons, classes, directions. No addresses, SPIs or keys.
+    keys = Path(tmp_path / "keys" / "b1.keys").read_text()
+    assert "198.18." not in text and keys.strip().splitlines()[-1][-16:] not in text
+    label_names = {name for (_, labels) in s for name, _ in labels}
+    assert label_names <= {"tunnel", "direction", "reason", "event", "class", "le", "version", "gateway", "kind",
+                           "result", "notify"}
+
+
+def s_version(samples: dict) -> str:
+    return next(dict(labels)["version"] for name, labels in samples if name == "sitelink_build_info")

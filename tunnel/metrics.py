@@ -1,0 +1,142 @@
+"""Prometheus exporter: a custom collector that reads the gateway's plain counters when scraped.
+
+Nothing on the packet path calls prometheus_client; the data path only increments integers (the
+forwarder's Counters, the schedulers' ClassStats, the control plane's IKE tallies) and this collector turns
+them into metric families at scrape time, in its own registry, served by prometheus_client's HTTP server
+in a thread. Labels stay bounded: tunnel names (from the config), drop reasons and QoS classes (enums),
+directions; never addresses, ports or flows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from policy.qos import QosClass
+from tunnel.esp.drops import DropReason
+from tunnel.scheduler import SOJOURN_BOUNDS
+
+if TYPE_CHECKING:
+    from tunnel.gateway import Gateway
+
+log = logging.getLogger("sitelink.metrics")
+PREFIX = "sitelink"
+
+
+class GatewayCollector(Collector):
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gateway = self.gateway
+        info = GaugeMetricFamily(f"{PREFIX}_build_info", "sitelink version; always 1", labels=["version", "gateway"])
+        info.add_metric([_version(), gateway.config.name], 1)
+        yield info
+        yield from self._tunnels()
+        yield from self._ike()
+        yield from self._queues()
+
+    def _tunnels(self) -> Iterator[Metric]:
+        totals = self.gateway.tunnel_totals()
+        packets = CounterMetricFamily(f"{PREFIX}_esp_packets", "ESP packets sent (tx) and accepted (rx)",
+                                      labels=["tunnel", "direction"])
+        octets = CounterMetricFamily(f"{PREFIX}_esp_bytes", "Inner bytes carried in ESP, sent (tx) and accepted (rx)",
+                                     labels=["tunnel", "direction"])
+        drops = CounterMetricFamily(f"{PREFIX}_drops", "Packets dropped, by reason", labels=["tunnel", "reason"])
+        events = CounterMetricFamily(f"{PREFIX}_mtu_events", "Packets fragmented before encryption, ICMP too-big "
+                                     "errors sent, TCP SYNs with their MSS clamped", labels=["tunnel", "event"])
+        keepalives = CounterMetricFamily(f"{PREFIX}_nat_keepalives_received", "NAT keepalives received",
+                                         labels=["tunnel"])
+        for name, counters in totals.items():
+            label = name or "(none)"
+            packets.add_metric([label, "tx"], counters.tx_packets)
+            packets.add_metric([label, "rx"], counters.rx_packets)
+            octets.add_metric([label, "tx"], counters.tx_bytes)
+            octets.add_metric([label, "rx"], counters.rx_bytes)
+            for reason in DropReason:
+                drops.add_metric([label, reason.label], counters.drops[reason])
+            for event in ("fragmented", "icmp_too_big", "mss_clamped"):
+                events.add_metric([label, event], getattr(counters, event))
+            keepalives.add_metric([label], counters.keepalives)
+        yield from (packets, octets, drops, events, keepalives)
+
+    def _ike(self) -> Iterator[Metric]:
+        control = self.gateway.control
+        up = GaugeMetricFamily(f"{PREFIX}_tunnel_up", "1 when the tunnel has an outbound SA (traffic can flow)",
+                               labels=["tunnel"])
+        since = GaugeMetricFamily(f"{PREFIX}_tunnel_up_since_seconds", "Unix time the tunnel's current Child SA "
+                                  "was established (0 when down)", labels=["tunnel"])
+        handshakes = CounterMetricFamily(f"{PREFIX}_ike_handshakes", "IKE SAs set up (success) and failed (set-up "
+                                         "refused or timed out, or a dead peer), failures by the IKE notify that "
+                                         "said why (none: a timeout)", labels=["tunnel", "result", "notify"])
+        rekeys = CounterMetricFamily(f"{PREFIX}_rekeys", "SAs replaced before expiry, by kind",
+                                     labels=["tunnel", "kind"])
+        children = CounterMetricFamily(f"{PREFIX}_child_sas_established", "Child SAs installed (first ones and "
+                                       "rekeys)", labels=["tunnel"])
+        now, wall = time.monotonic(), time.time()
+        for name in self.gateway.forwarder.tunnels:
+            runtime = control.tunnels.get(name) if control is not None else None
+            is_up = self.gateway.tunnel_is_up(name)
+            up.add_metric([name], 1 if is_up else 0)
+            established = runtime.established_at if runtime is not None else None
+            since.add_metric([name], wall - (now - established) if is_up and established is not None else 0)
+            if runtime is None:
+                continue
+            stats = runtime.stats
+            handshakes.add_metric([name, "success", ""], stats.handshakes_ok)
+            for notify, count in sorted(stats.handshakes_failed.items()):
+                handshakes.add_metric([name, "failure", notify], count)
+            rekeys.add_metric([name, "child"], stats.child_rekeys)
+            rekeys.add_metric([name, "ike"], stats.ike_rekeys)
+            children.add_metric([name], stats.children)
+        yield from (up, since, handshakes, rekeys, children)
+
+    def _queues(self) -> Iterator[Metric]:
+        qos = self.gateway.qos_pump
+        if qos is None:
+            return
+        depth = GaugeMetricFamily(f"{PREFIX}_qos_queue_depth", "Packets waiting in the gateway's queue",
+                                  labels=["direction", "class"])
+        dropped = CounterMetricFamily(f"{PREFIX}_qos_drops", "Packets dropped because the class's queue was full",
+                                      labels=["direction", "class"])
+        sojourn = HistogramMetricFamily(f"{PREFIX}_qos_sojourn_seconds", "Time packets waited in the queue",
+                                        labels=["direction", "class"])
+        for direction, scheduler in (("egress", qos.egress), ("ingress", qos.ingress)):
+            for cls, stats in zip(QosClass, scheduler.stats):
+                labels = [direction, cls.label]
+                depth.add_metric(labels, scheduler.depth(cls))
+                dropped.add_metric(labels, stats.dropped)
+                cumulative, buckets = 0, []
+                for bound, count in zip((*map(str, SOJOURN_BOUNDS), "+Inf"), stats.sojourn_buckets):
+                    cumulative += count
+                    buckets.append((bound, cumulative))
+                sojourn.add_metric(labels, buckets, stats.sojourn_sum)
+        yield from (depth, dropped, sojourn)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("sitelink")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class MetricsServer:
+    """The exporter's HTTP endpoint (GET /metrics), in a thread of its own."""
+
+    def __init__(self, gateway: "Gateway", address: str, port: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(GatewayCollector(gateway))
+        self.server, self.thread = start_http_server(port, address, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", f"[{address}]" if ":" in address else address, port)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
