@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +16,10 @@ from netnslab import TOPOLOGIES, Lab, iperf3
 from netnslab.sitelink import Deployment
 
 PORT = 9548
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO / "configs" / "grafana" / "sitelink-dashboard.json"
+ALERTS = REPO / "configs" / "prometheus" / "sitelink-alerts.yml"
+NAME = re.compile(r"\bsitelink_[a-z0-9_]+")
 QUERY = """
 import json, sys, urllib.parse, urllib.request
 url = "http://127.0.0.1:9090/api/v1/query?" + urllib.parse.urlencode({"query": sys.argv[1]})
@@ -34,6 +39,20 @@ def query(lab: Lab, promql: str) -> list[dict]:
     answer = json.loads(lab.run("router", ["python3", "-c", QUERY, promql]).stdout)
     assert answer["status"] == "success", answer
     return answer["data"]["result"]
+
+
+def api(lab: Lab, path: str) -> dict:
+    script = ("import json, sys, urllib.request\n"
+              "print(json.dumps(json.load(urllib.request.urlopen('http://127.0.0.1:9090' + sys.argv[1], timeout=5))))")
+    return json.loads(lab.run("router", ["python3", "-c", script, path]).stdout)
+
+
+def names_used() -> set[str]:
+    """Metric names the dashboard's panels and the alerting rules query (histogram series by base name)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [dashboard["templating"]["list"][1]["query"], ALERTS.read_text()]
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in NAME.findall(e)}
 
 
 def wait_for(lab: Lab, promql: str, ok, timeout: float = 30.0) -> list[dict]:
@@ -57,6 +76,7 @@ def test_prometheus_scrapes_tunnel_state_and_rising_byte_counters(tmp_path: Path
         targets = [f"{lab.site(s).gw_wan4}:{PORT}" for s in ("hq", "branch1")]
         config = tmp_path / "prometheus.yml"
         config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                          f"rule_files: [{ALERTS}]\n"
                           "scrape_configs:\n  - job_name: sitelink\n"
                           f"    static_configs: [{{targets: {json.dumps(targets)}}}]\n")
         (tmp_path / "tsdb").mkdir()
@@ -74,8 +94,28 @@ def test_prometheus_scrapes_tunnel_state_and_rising_byte_counters(tmp_path: Path
             after = wait_for(lab, tx, lambda r: len(r) == 1 and float(r[0]["value"][1]) >= before + 4e6)
             rate = wait_for(lab, 'rate(sitelink_esp_bytes_total{direction="rx",tunnel="hq"}[5s])',
                             lambda r: len(r) == 1)
+            # Every metric the dashboard and the alerts use is one the gateways actually export, and
+            # Prometheus evaluates every alerting rule without error against the live series.
+            exported = {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in api(lab, "/api/v1/label/__name__/values")["data"]}
+            used = names_used()
+            assert used and {re.sub(r"_total$", "", n) for n in used} <= exported, sorted(used - exported)
+            rules = wait_for_rules(lab)
+            assert len(rules) == 7 and all(r["health"] == "ok" for r in rules), rules
+            down = [r["name"] for r in rules if r["state"] != "inactive"]
+            assert down == [], down  # tunnels up, nothing dropped: no alert pending or firing
             print(f"\nPrometheus: up {[s['value'][1] for s in up]}, tunnels up {len(tunnels)}, hq->branch1 tx bytes "
                   f"{before:.0f} -> {float(after[0]['value'][1]):.0f}, branch1 rx rate "
                   f"{float(rate[0]['value'][1]) * 8 / 1e6:.1f} Mbit/s")
         finally:
             lab.stop(server)
+
+
+def wait_for_rules(lab: Lab, timeout: float = 15.0) -> list[dict]:
+    """The alerting rules once each has been evaluated at least once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        groups = api(lab, "/api/v1/rules")["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) or time.monotonic() > deadline:
+            return rules
+        time.sleep(0.5)

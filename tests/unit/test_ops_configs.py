@@ -1,0 +1,39 @@
+"""The shipped Prometheus alerting rules pass promtool, and the Grafana dashboard is well-formed JSON whose
+panels all query something (that the metric names exist is checked against a live scrape in
+tests/lab/test_metrics_prometheus.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_alerting_rules_pass_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail("promtool is not installed (scripts/bootstrap installs prometheus)", pytrace=False)
+        pytest.skip("promtool is not installed")
+    cp = subprocess.run([promtool, "check", "rules", str(REPO / "configs/prometheus/sitelink-alerts.yml")],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "SUCCESS: 7 rules found" in cp.stdout
+
+
+def test_dashboard_panels_query_sitelink_metrics() -> None:
+    dashboard = json.loads((REPO / "configs/grafana/sitelink-dashboard.json").read_text())
+    assert dashboard["uid"] == "sitelink" and len(dashboard["panels"]) >= 8
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in dashboard["panels"]:
+        assert p["targets"] and all("sitelink_" in t["expr"] or "up{" in t["expr"] for t in p["targets"]), p["title"]
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("tunnel state", "throughput", "drops", "handshakes", "rekeys", "qos"):
+        assert topic in titles, topic
