@@ -38,10 +38,68 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("local", type=Path)
     keys.add_argument("peer", type=Path)
     keys.set_defaults(handler=_cmd_manual_keys)
+    status = commands.add_parser("status", help="show a running gateway's tunnels, SAs, traffic and drops")
+    _control_target(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_cmd_status)
+    for name, text in (("initiate", "set up a tunnel's IKE SA now"),
+                       ("terminate", "delete a tunnel's IKE and Child SAs (traffic fails closed)"),
+                       ("rekey", "rekey a tunnel's Child SA (or with --ike its IKE SA) now")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("tunnel", help="tunnel name from the configuration")
+        _control_target(command)
+        if name == "rekey":
+            command.add_argument("--ike", action="store_true", help="rekey the IKE SA instead of the Child SA")
+        command.set_defaults(handler=_cmd_control)
     from tunnel.pki_cli import add_commands
 
     add_commands(commands)
     return parser
+
+
+def _control_target(command: argparse.ArgumentParser) -> None:
+    command.add_argument("-c", "--config", type=Path, help="the gateway's configuration (finds its control socket)")
+    command.add_argument("--socket", type=Path, help="control socket path (default: the only one in /run/sitelink)")
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    from tunnel.control import ControlError, default_path
+
+    if args.socket is not None:
+        return args.socket
+    if args.config is not None:
+        from tunnel.config.loader import load_config
+
+        config = load_config(args.config)
+        return config.control_socket or default_path(config.name)
+    found = sorted(Path("/run/sitelink").glob("*.sock")) if Path("/run/sitelink").is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ControlError("no gateway control socket in /run/sitelink; is a gateway running? (or give --socket)")
+    raise ControlError("several gateways run here: give --config or --socket ("
+                       + ", ".join(str(p) for p in found) + ")")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from tunnel.control import request
+    from tunnel.status import render
+
+    answer = request(_socket_path(args), {"command": "status"})
+    print(json.dumps(answer["status"], indent=2) if args.json else render(answer["status"]))
+    return 0
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    from tunnel.control import request
+
+    message = {"command": args.command, "tunnel": args.tunnel}
+    if args.command == "rekey":
+        message["kind"] = "ike" if args.ike else "child"
+    print(request(_socket_path(args), message)["message"])
+    return 0
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

@@ -138,6 +138,9 @@ class TunnelRuntime:
     rx_seen: int = 0  # inbound ESP packets counted at the last liveness note
     peer: tuple[str, int] | None = None  # where ESP goes; a worker that sees the peer move tells the others
     stats: IkeStats = field(default_factory=IkeStats)
+    # Terminated by the operator: stay down (no restart, no on-demand or unknown-SPI initiation) until
+    # `sitelink initiate`, or until the peer sets the tunnel up again.
+    held: bool = False
 
     @property
     def outbound_spi(self) -> int | None:
@@ -170,12 +173,34 @@ class ControlPlane:
             if runtime.config.ike.start is StartMode.INITIATE:
                 self.initiate(name, now)
 
-    def initiate(self, name: str, now: float) -> None:
+    def initiate(self, name: str, now: float, operator: bool = False) -> None:
+        runtime = self.tunnels[name]
+        if operator:
+            runtime.held = False
+        elif runtime.held:
+            return
         if self.dispatcher.sessions_for(name):
             return  # one IKE SA at a time per tunnel (until rekeying arrives)
         log.info("tunnel %s: initiating IKE SA with %s", name, self.tunnels[name].config.peer.address)
         self.tunnels[name].retry_at = None
         self.dispatcher.initiate(name, now, self.config.ike_port)
+
+    def terminate(self, name: str, now: float) -> int:
+        """Delete the tunnel's IKE SAs (and their Child SAs) at the peer; traffic fails closed until it is
+        initiated again by the operator or by the peer (no restart, no on-demand initiation meanwhile)."""
+        sessions = self.dispatcher.sessions_for(name)
+        log.info("tunnel %s: terminating %d IKE SA(s) on request; it stays down until initiated", name,
+                 len(sessions))
+        self.tunnels[name].retry_at = None
+        self.tunnels[name].held = True
+        self.dispatcher.delete_tunnel(name, now)
+        return len(sessions)
+
+    def rekey(self, name: str, kind: str, now: float) -> int:
+        sessions = [s for s in self.dispatcher.sessions_for(name) if s.established]
+        log.info("tunnel %s: %s rekey on request", name, kind)
+        (self.dispatcher.rekey_ike if kind == "ike" else self.dispatcher.rekey_child)(name, now)
+        return len(sessions)
 
     def on_unknown_spi(self, peers: set[str], now: float) -> None:
         """ESP for SPIs we do not know, from a configured peer that has no IKE SA with us: the peer
@@ -296,7 +321,7 @@ class ControlPlane:
             level = logging.WARNING if isinstance(event, IkeSaFailed) else logging.INFO
             log.log(level, "tunnel %s: IKE SA %s: %s", event.tunnel,
                     "failed" if isinstance(event, IkeSaFailed) else "deleted", event.reason)
-            if _restarts(runtime.config) and not self.dispatcher.sessions_for(event.tunnel):
+            if _restarts(runtime.config) and not runtime.held and not self.dispatcher.sessions_for(event.tunnel):
                 runtime.retry_at = now + runtime.retry_delay
                 runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
 
@@ -306,6 +331,7 @@ class ControlPlane:
         name, worker = event.tunnel, event.spi_in % len(self.planes)
         plane, lane = self.planes[worker], runtime.lanes[worker]
         runtime.stats.children += 1
+        runtime.held = False  # up again (the peer set it up): our usual policies apply once more
         if lane.outbound_spi is not None:
             runtime.stats.child_rekeys += 1
         plane.install_inbound(name, event.spi_in, event.key_in.reveal(), runtime.config.replay_window)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tunnel import pump, workers
 from policy.qos import QosClass
+from tunnel.control import ControlServer, default_path
 from tunnel.metrics import MetricsServer
 from tunnel.policies import make_schedulers, tunnel_policy
 from tunnel.scheduler import PriorityScheduler
@@ -66,6 +67,7 @@ class Gateway:
         self._qos: pump.QosPump | None = None  # per-class queues (gateway.qos.scheduler: priority)
         self._qos_flush: asyncio.Handle | None = None
         self._metrics: MetricsServer | None = None
+        self._control_server: ControlServer | None = None
         self._workers: list[workers.WorkerProxy] = []
         self._worker_failed: str | None = None
         self._stopping: asyncio.Event | None = None
@@ -164,6 +166,8 @@ class Gateway:
             loop.add_reader(self._ike_sock.fileno(), self._on_ike_readable)
         for worker in self._workers:
             loop.add_reader(worker.conn.fileno(), self._on_worker_report, worker)
+        self._control_server = ControlServer(self, self.config.control_socket or default_path(self.config.name))
+        await self._control_server.start()
         self.control.start(time.monotonic())
         self._after_ike()
         if self.control.tunnels:
@@ -187,9 +191,14 @@ class Gateway:
             self._flush_ike()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
+            await self._control_server.close()
             self.log_counters()
         if self._worker_failed:
             raise DriverError(self._worker_failed)
+
+    def after_command(self) -> None:
+        """A control-socket command changed IKE state: send what it wants sent, re-arm the timer."""
+        self._after_ike()
 
     def _on_worker_report(self, worker: workers.WorkerProxy) -> None:
         if not worker.receive():

@@ -158,6 +158,7 @@ class Deployment:
             f"  listen: {{address: {s.gw_wan4}, port: 4500}}",
             f"  tun: {{name: {TUN_NAME}, wan_mtu: {self.lab.topology.mtu}, addresses: [{', '.join(tun_addrs)}]}}",
             f"  log_level: {log_level}",
+            f"  control_socket: {self.control_socket(s.name)}",  # one per lab gateway, not /run/sitelink/<name>
         ]
         if self.workers > 1:
             lines.append(f"  workers: {self.workers}")
@@ -233,6 +234,14 @@ class Deployment:
                 break
             time.sleep(0.02)
         raise GatewayError(f"gateway {site}: no Child SA within {timeout}s:\n{gw.log_text()[-3000:]}")
+
+    def control_socket(self, site: str) -> Path:
+        return self.workdir / f"{site}.sock"
+
+    def sitelink(self, site: str, *args: str, timeout: float = 15.0) -> subprocess.CompletedProcess:
+        """Run a `sitelink` control command (status, initiate, ...) against the site's gateway."""
+        return subprocess.run([*self.command, *args, "--socket", str(self.control_socket(site))],
+                              capture_output=True, text=True, timeout=timeout)
 
     def esp_keys_path(self, site: str) -> Path:
         return self.workdir / f"{site}.esp_sa"

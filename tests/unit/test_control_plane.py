@@ -241,3 +241,21 @@ def test_every_worker_sends_and_receives_on_child_sas_of_its_own(tmp_path: Path,
         assert all(spi % n == w for w, f in enumerate(site.forwarders) for spi in f._inbound), ins
         for f in site.forwarders:
             assert f.tunnels[site.peer].counters.drops_by_reason() == {} and f.counters.drops_by_reason() == {}
+
+
+def test_terminated_tunnel_stays_down_until_initiated(link: Link) -> None:
+    """`sitelink terminate`: no restart policy, no on-demand initiation by traffic, until `initiate`."""
+    hq = link.hq
+    assert hq.control.terminate("branch1", link.now) == 1
+    link.pump()
+    assert hq.forwarder.tunnels["branch1"].outbound is None and not hq.control.dispatcher.sessions_for("branch1")
+    link.ike_log.clear()
+    assert not link.send(hq, 1)  # fails closed; the NeedSa it raises must not start IKE
+    hq.control.on_need_sa("branch1", link.now)
+    for _ in range(30):
+        link.advance(1.0)
+    assert link.ike_log == [] and hq.forwarder.tunnels["branch1"].outbound is None
+    hq.control.initiate("branch1", link.now, operator=True)
+    link.pump()
+    assert link.send(hq, 2) and link.send(link.br, 2)
+    assert hq.control.tunnels["branch1"].stats.handshakes_ok == 2 and hq.control.tunnels["branch1"].stats.children == 2

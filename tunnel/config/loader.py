@@ -111,6 +111,7 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
         "workers": _int_in(1, MAX_WORKERS),
         "qos": parse_gateway_qos,
         "metrics": _metrics,
+        "control_socket": lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a socket path"),
     }
     fields = doc.mapping(node, "gateway", required=("name", "listen"), optional=set(parsers) - {"name", "listen"})
     if fields is None:

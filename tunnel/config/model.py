@@ -168,3 +168,5 @@ class GatewayConfig:
     qos: GatewayQos = GatewayQos()
     services: tuple[Service, ...] = ()  # named services defined or overridden in the config's `services:`
     metrics: Metrics = Metrics()
+    # The control socket `sitelink status` and friends talk to (root-only); None: /run/sitelink/<name>.sock.
+    control_socket: Path | None = None

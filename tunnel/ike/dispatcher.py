@@ -54,6 +54,11 @@ class IkeDispatcher:
             session.delete(now)
             self._collect(session)
 
+    def delete_tunnel(self, tunnel: str, now: float) -> None:
+        for session in self.sessions_for(tunnel):
+            session.delete(now)
+            self._collect(session)
+
     def sessions_for(self, tunnel: str) -> list[IkeSession]:
         return [s for s in self.sessions.values() if s.config.tunnel == tunnel]
 

@@ -1,0 +1,139 @@
+"""The control socket: a root-only unix socket on which `sitelink status|initiate|terminate|rekey` talk
+to a running gateway, one JSON line each way. It runs on the gateway's event loop, so commands see and
+change the same state the data path and IKE use, between their callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunnel.errors import DriverError, SitelinkError
+from tunnel.status import snapshot
+
+if TYPE_CHECKING:
+    from tunnel.gateway import Gateway
+
+log = logging.getLogger("sitelink.control")
+MAX_REQUEST = 4096
+COMMANDS = ("status", "initiate", "terminate", "rekey")
+
+
+class ControlError(SitelinkError):
+    """The control socket could not be reached or refused the command."""
+
+
+def default_path(gateway_name: str) -> Path:
+    return Path("/run/sitelink") / f"{gateway_name}.sock"
+
+
+class ControlServer:
+    def __init__(self, gateway: "Gateway", path: Path) -> None:
+        self.gateway = gateway
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.exists():
+            if _answers(self.path):
+                raise DriverError(f"another gateway answers on the control socket {self.path}")
+            self.path.unlink()  # left by a gateway that died
+        old = os.umask(0o077)  # root-only from the first instant, not after a chmod
+        try:
+            self._server = await asyncio.start_unix_server(self._client, str(self.path), limit=MAX_REQUEST)
+        finally:
+            os.umask(old)
+        log.info("control socket %s", self.path)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            try:
+                request = json.loads(line)
+                answer = self.handle(request if isinstance(request, dict) else {})
+            except (ValueError, UnicodeDecodeError):
+                answer = {"ok": False, "error": "not a JSON request"}
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
+            pass  # a client that says nothing, too much, or goes away gets nothing
+        finally:
+            writer.close()
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        command, tunnel = request.get("command"), request.get("tunnel")
+        gateway, now = self.gateway, time.monotonic()
+        if command not in COMMANDS:
+            return {"ok": False, "error": f"unknown command {command!r}; one of {', '.join(COMMANDS)}"}
+        if command == "status":
+            return {"ok": True, "status": snapshot(gateway, now)}
+        control = gateway.control
+        if control is None or tunnel not in control.tunnels:
+            known = sorted(control.tunnels) if control is not None else []
+            return {"ok": False, "error": f"no IKE tunnel {tunnel!r}; IKE tunnels: {', '.join(known) or 'none'}"}
+        if command == "initiate":
+            control.initiate(tunnel, now, operator=True)
+            message = f"initiating {tunnel}"
+        elif command == "terminate":
+            message = f"terminating {control.terminate(tunnel, now)} IKE SA(s) of {tunnel}"
+        else:
+            kind = request.get("kind", "child")
+            if kind not in ("child", "ike"):
+                return {"ok": False, "error": "rekey kind must be child or ike"}
+            message = f"{kind} rekey of {tunnel} started on {control.rekey(tunnel, kind, now)} IKE SA(s)"
+        gateway.after_command()
+        return {"ok": True, "message": message}
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def request(path: Path, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """One command to a running gateway; ControlError when it cannot be asked or says no."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+        except PermissionError:
+            raise ControlError(f"{path}: permission denied (the control socket is root-only)") from None
+        except FileNotFoundError:
+            raise ControlError(f"{path}: no such socket; is the gateway running?") from None
+        except OSError as exc:
+            raise ControlError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise ControlError(f"{path}: no answer from the gateway") from None
+    if not answer.get("ok"):
+        raise ControlError(answer.get("error", "refused"))
+    return answer
