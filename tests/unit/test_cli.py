@@ -99,3 +99,15 @@ def test_secrets_never_reach_output(site: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.count("at least 16 bytes") == 1, result.stderr
     assert psk[:12] not in result.stderr + result.stdout
+
+
+def test_json_log_lines() -> None:
+    import json
+    import logging
+
+    from tunnel.cli import JsonLines
+
+    record = logging.LogRecord("sitelink.gateway", logging.WARNING, __file__, 1, "tunnel %s: %d drops", ("b1", 3), None)
+    entry = json.loads(JsonLines().format(record))
+    assert entry["level"] == "warning" and entry["logger"] == "sitelink.gateway"
+    assert entry["message"] == "tunnel b1: 3 drops" and entry["time"][:2] == "20"

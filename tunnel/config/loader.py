@@ -106,6 +106,7 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
         "tun": _tun,
         "socket_buffer_bytes": _int_in(64 * 1024, 1024 * 1024 * 1024),
         "log_level": lambda doc, node, path: doc.choice(node, path, LOG_LEVELS),
+        "log_format": lambda doc, node, path: doc.choice(node, path, ("text", "json")),
         "ike_port": _PORT,  # must differ from listen.port: checked in validate.py
         "pki": lambda doc, node, path: _pki(doc, node, path, base_dir),
         "workers": _int_in(1, MAX_WORKERS),

@@ -161,6 +161,7 @@ class GatewayConfig:
     tunnels: tuple[Tunnel, ...] = field(default_factory=tuple)
     socket_buffer_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one JSON object per line)
     ike_port: int = 500  # IKE_SA_INIT is sent and accepted here; everything after moves to listen.port
     pki: Pki | None = None
     # Data-plane worker processes, each with a TUN queue, a socket and Child SAs of its own (tunnel/workers.py).
