@@ -39,16 +39,20 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.path.exists():
-            if _answers(self.path):
-                raise DriverError(f"another gateway answers on the control socket {self.path}")
-            self.path.unlink()  # left by a gateway that died
-        old = os.umask(0o077)  # root-only from the first instant, not after a chmod
         try:
-            self._server = await asyncio.start_unix_server(self._client, str(self.path), limit=MAX_REQUEST)
-        finally:
-            os.umask(old)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.path.exists():
+                if _answers(self.path):
+                    raise DriverError(f"another gateway answers on the control socket {self.path}")
+                self.path.unlink()  # left by a gateway that died
+            old = os.umask(0o077)  # root-only from the first instant, not after a chmod
+            try:
+                self._server = await asyncio.start_unix_server(self._client, str(self.path), limit=MAX_REQUEST)
+            finally:
+                os.umask(old)
+        except OSError as exc:
+            raise DriverError(f"cannot open the control socket {self.path}: {exc.strerror or exc} "
+                              "(set gateway.control_socket)") from None
         log.info("control socket %s", self.path)
 
     async def close(self) -> None:

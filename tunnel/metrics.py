@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from policy.qos import QosClass
+from tunnel.errors import DriverError
 from tunnel.esp.drops import DropReason
 from tunnel.scheduler import SOJOURN_BOUNDS
 
@@ -134,7 +135,11 @@ class MetricsServer:
     def __init__(self, gateway: "Gateway", address: str, port: int) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(gateway))
-        self.server, self.thread = start_http_server(port, address, registry=self.registry)
+        try:
+            self.server, self.thread = start_http_server(port, address, registry=self.registry)
+        except OSError as exc:  # e.g. another gateway on this host already serves the default port
+            raise DriverError(f"cannot serve metrics on {address} port {port}: {exc.strerror or exc} "
+                              "(set gateway.metrics.port, or enabled: false)") from None
         log.info("metrics on http://%s:%d/metrics", f"[{address}]" if ":" in address else address, port)
 
     def close(self) -> None:

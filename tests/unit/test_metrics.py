@@ -76,3 +76,20 @@ def test_scrape_reads_the_counters_of_the_moment(tmp_path: Path) -> None:
 
 def s_version(samples: dict) -> str:
     return next(dict(labels)["version"] for name, labels in samples if name == "sitelink_build_info")
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    import pytest
+
+    from tunnel.errors import DriverError
+    from tunnel.metrics import MetricsServer
+
+    make_keys(tmp_path, "b1", "b2")
+    gateway = Gateway(load_config(write(tmp_path, GOOD)))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(DriverError, match="cannot serve metrics on 127.0.0.1 port"):
+            MetricsServer(gateway, "127.0.0.1", taken.getsockname()[1])

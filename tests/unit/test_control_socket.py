@@ -1,0 +1,65 @@
+"""The control socket's command handling and the status rendering, on a manually keyed gateway (no I/O),
+and one clear error when the socket cannot be made."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_config_loader import GOOD, make_keys, write
+from tunnel.config.loader import load_config
+from tunnel.control import ControlServer, request
+from tunnel.errors import DriverError
+from tunnel.gateway import Gateway
+from tunnel.status import render
+
+
+def manual_gateway(tmp_path: Path) -> Gateway:
+    make_keys(tmp_path, "b1", "b2")
+    gateway = Gateway(load_config(write(tmp_path, GOOD)))
+    for tunnel in gateway.config.tunnels:
+        gateway._add_tunnel(tunnel)
+    return gateway
+
+
+def test_commands_answer_or_refuse_in_one_line(tmp_path: Path) -> None:
+    server = ControlServer(manual_gateway(tmp_path), tmp_path / "c.sock")
+    status = server.handle({"command": "status"})
+    assert status["ok"] and status["status"]["tunnels"][0]["name"] == "branch1"
+    assert status["status"]["tunnels"][0]["state"] == "up" and status["status"]["tunnels"][0]["keying"] == "manual"
+    text = render(status["status"])
+    assert "tunnel branch1: UP, peer 198.18.2.2:4500, manual keying" in text and "Child SA" in text
+    for bad, expected in (({"command": "reboot"}, "unknown command 'reboot'"),
+                          ({"command": "initiate", "tunnel": "branch1"}, "no IKE tunnel 'branch1'"),
+                          ({}, "unknown command None")):
+        answer = server.handle(bad)
+        assert not answer["ok"] and expected in answer["error"], answer
+
+
+def test_socket_round_trip_and_garbage(tmp_path: Path) -> None:
+    server = ControlServer(manual_gateway(tmp_path), tmp_path / "run" / "c.sock")
+
+    async def main() -> None:
+        await server.start()
+        assert (tmp_path / "run" / "c.sock").stat().st_mode & 0o077 == 0
+        loop = asyncio.get_running_loop()
+        answer = await loop.run_in_executor(None, request, tmp_path / "run" / "c.sock", {"command": "status"})
+        assert answer["status"]["gateway"] == "hq"
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "run" / "c.sock"))
+        writer.write(b"\xff\xfe not json\n")
+        assert json.loads(await reader.readline()) == {"ok": False, "error": "not a JSON request"}
+        writer.close()
+        await server.close()
+        assert not (tmp_path / "run" / "c.sock").exists()
+
+    asyncio.run(main())
+
+
+def test_unusable_socket_path_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    server = ControlServer(manual_gateway(tmp_path), tmp_path / "file" / "c.sock")  # parent is a file
+    with pytest.raises(DriverError, match="cannot open the control socket .* \\(set gateway.control_socket\\)"):
+        asyncio.run(server.start())
