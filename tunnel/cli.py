@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("config", type=Path, help="gateway configuration (YAML)")
     up.add_argument("--esp-key-log", type=Path, metavar="FILE",
                     help="DEBUGGING ONLY: append ESP keys in Wireshark's esp_sa format to FILE (mode 0600)")
+    up.add_argument("--ike-key-log", type=Path, metavar="FILE",
+                    help="DEBUGGING ONLY: append IKE SA keys in Wireshark's ikev2_decryption_table format to FILE")
     up.set_defaults(handler=_cmd_up)
 
     check = commands.add_parser("check", help="validate a configuration and its key files")
@@ -108,7 +110,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     _setup_logging(config.log_level, config.log_format)
-    run(config, args.esp_key_log)
+    run(config, args.esp_key_log, args.ike_key_log)
     return 0
 
 

@@ -150,11 +150,13 @@ class TunnelRuntime:
 
 class ControlPlane:
     def __init__(self, config: GatewayConfig, forwarder: Forwarder | Sequence[DataPlane],
-                 random_bytes: Callable[[int], bytes], key_logger: KeyLogger | None = None) -> None:
+                 random_bytes: Callable[[int], bytes], key_logger: KeyLogger | None = None,
+                 ike_key_logger: Callable[[bytes, bytes, object, int], None] | None = None) -> None:
         """forwarder: this process's Forwarder (one worker), or one DataPlane per worker."""
         self.config = config
         self.planes: list[DataPlane] = [LocalPlane(forwarder)] if isinstance(forwarder, Forwarder) else list(forwarder)
         self.key_logger = key_logger
+        self.ike_key_logger = ike_key_logger  # opt-in (debugging): IKE SA keys for Wireshark
         n = len(self.planes)
         self.tunnels = {t.name: TunnelRuntime(t, [Lane() for _ in range(n)]) for t in config.tunnels if t.ike is not None}
         cert_auth = _cert_auth(config) if any(t.ike.auth == "cert" for t in self._ike_tunnels()) else None
@@ -300,6 +302,7 @@ class ControlPlane:
         runtime = self.tunnels[event.tunnel]
         if isinstance(event, IkeSaEstablished):
             runtime.stats.handshakes_ok += 1
+            self._log_ike_keys(event.spi_i)
             log.info("tunnel %s: IKE SA established with %s (%s, %s)", event.tunnel, event.remote[0], event.suite,
                      "initiator" if event.initiator else "responder")
         elif isinstance(event, ChildSaEstablished):
@@ -309,6 +312,7 @@ class ControlPlane:
             log.info("tunnel %s: Child SA deleted (SPI in %#010x, out %#010x)", event.tunnel, event.spi_in, event.spi_out)
         elif isinstance(event, IkeSaRekeyed):
             runtime.stats.ike_rekeys += 1
+            self._log_ike_keys(event.new_spi_i)
             log.info("tunnel %s: IKE SA rekeyed (SPIs %s_i %s_r -> %s_i %s_r)", event.tunnel, event.old_spi_i.hex(),
                      event.old_spi_r.hex(), event.new_spi_i.hex(), event.new_spi_r.hex())
         elif isinstance(event, ChildSaFailed):
@@ -324,6 +328,12 @@ class ControlPlane:
             if _restarts(runtime.config) and not runtime.held and not self.dispatcher.sessions_for(event.tunnel):
                 runtime.retry_at = now + runtime.retry_delay
                 runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
+
+    def _log_ike_keys(self, spi_i: bytes) -> None:
+        session = self.dispatcher.sessions.get(spi_i)
+        if self.ike_key_logger is not None and session is not None and session.crypto is not None:
+            crypto = session.crypto
+            self.ike_key_logger(session.spi_i, session.spi_r, crypto.keys, crypto.suite.key_bits)
 
     def _install(self, runtime: TunnelRuntime, event: ChildSaEstablished, now: float) -> None:
         """Inbound at once (the peer may use it as soon as it has our answer); outbound at once too,

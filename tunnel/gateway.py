@@ -31,7 +31,7 @@ from tunnel.esp.encap import NAT_KEEPALIVE
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.errors import DriverError
 from tunnel.ike.constants import NAT_T_PORT
-from tunnel.keylog import EspKeyLog
+from tunnel.keylog import EspKeyLog, IkeKeyLog
 
 log = logging.getLogger("sitelink.gateway")
 
@@ -55,7 +55,7 @@ def format_queues(scheduler: PriorityScheduler) -> str:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, esp_key_log: Path | None = None) -> None:
+    def __init__(self, config: GatewayConfig, esp_key_log: Path | None = None, ike_key_log: Path | None = None) -> None:
         self.config = config
         self.forwarder = Forwarder()
         self._netlink: Netlink | None = None
@@ -74,7 +74,8 @@ class Gateway:
         self._timer: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._volume: asyncio.TimerHandle | None = None
-        self._esp_key_log = esp_key_log
+        self._esp_key_log = esp_key_log or config.key_log.esp_sa
+        self._ike_key_log = ike_key_log or config.key_log.ikev2_decryption_table
         self.control: ControlPlane | None = None
 
     # -- life cycle -----------------------------------------------------------------------------------
@@ -87,6 +88,10 @@ class Gateway:
             if self._esp_key_log is not None:
                 key_log = EspKeyLog(self._esp_key_log, str(self.config.listen.address))
                 log.warning("exporting ESP keys to %s: anyone who can read it can decrypt the tunnels", self._esp_key_log)
+            ike_key_log = None
+            if self._ike_key_log is not None:
+                ike_key_log = IkeKeyLog(self._ike_key_log)
+                log.warning("exporting IKE SA keys to %s: anyone who can read it can decrypt IKE", self._ike_key_log)
             self._open_tun()
             listen, n = self.config.listen, self.config.workers
             self._sock = udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes,
@@ -101,7 +106,7 @@ class Gateway:
             if n > 1:
                 self._spawn_workers(n)
             planes = [LocalPlane(self.forwarder), *self._workers] if self._workers else self.forwarder
-            self.control = ControlPlane(self.config, planes, os.urandom, key_log)
+            self.control = ControlPlane(self.config, planes, os.urandom, key_log, ike_key_log)
             metrics = self.config.metrics
             if metrics.enabled:  # a thread: only after the workers were forked
                 self._metrics = MetricsServer(self, str(metrics.address), metrics.port)
@@ -405,10 +410,10 @@ class Gateway:
                       event.tunnel, event.reason.value)
 
 
-def run(config: GatewayConfig, esp_key_log: Path | None = None) -> None:
+def run(config: GatewayConfig, esp_key_log: Path | None = None, ike_key_log: Path | None = None) -> None:
     """Set up, serve until SIGINT/SIGTERM, tear down. Netlink work stays outside the event loop:
     pyroute2's synchronous IPRoute runs its own loop and cannot be used inside a running one."""
-    gateway = Gateway(config, esp_key_log)
+    gateway = Gateway(config, esp_key_log, ike_key_log)
     gateway.open()
     # Everything allocated so far (modules, config, keys) lives as long as the process: keep it out of
     # the cyclic collector's full passes, which would otherwise walk it in the middle of the data path.

@@ -17,7 +17,7 @@ from yaml.nodes import Node
 
 from tunnel.config.keyfile import read_manual_keys, read_psk, read_secret_file
 from tunnel.config.model import (
-    DEFAULT_REPLAY_WINDOW, Endpoint, GatewayConfig, GatewayQos, Ike, Metrics, IPAddress, IPInterface, IPNetwork, ManualKeys, Pki,
+    DEFAULT_REPLAY_WINDOW, Endpoint, GatewayConfig, GatewayQos, Ike, KeyLog, Metrics, IPAddress, IPInterface, IPNetwork, ManualKeys, Pki,
     StartMode, TunDevice, Tunnel, TunnelQos,
 )
 from tunnel.config.policy_config import parse_firewall, parse_gateway_qos, parse_services, parse_tunnel_qos
@@ -113,6 +113,9 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
         "qos": parse_gateway_qos,
         "metrics": _metrics,
         "control_socket": lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a socket path"),
+        "key_log": lambda doc, node, path: _section(doc, node, path, KeyLog, (), {
+            key: (lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a file path"))
+            for key in ("esp_sa", "ikev2_decryption_table")}),
     }
     fields = doc.mapping(node, "gateway", required=("name", "listen"), optional=set(parsers) - {"name", "listen"})
     if fields is None:

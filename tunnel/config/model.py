@@ -138,6 +138,14 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class KeyLog:
+    """DEBUGGING ONLY: files that receive every SA's keys in Wireshark's formats (off unless named)."""
+
+    esp_sa: Path | None = None
+    ikev2_decryption_table: Path | None = None
+
+
+@dataclass(frozen=True)
 class Tunnel:
     name: str
     peer: Endpoint
@@ -171,3 +179,4 @@ class GatewayConfig:
     metrics: Metrics = Metrics()
     # The control socket `sitelink status` and friends talk to (root-only); None: /run/sitelink/<name>.sock.
     control_socket: Path | None = None
+    key_log: KeyLog = KeyLog()
