@@ -4,9 +4,7 @@ the tunnels up and the byte counters rising while traffic crosses."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 
 from netnslab import TOPOLOGIES, Lab, iperf3
 from netnslab.sitelink import Deployment
+from tests.needs import require_tool
 
 PORT = 9548
 REPO = Path(__file__).resolve().parents[2]
@@ -29,10 +28,7 @@ print(json.dumps(json.load(urllib.request.urlopen(url, timeout=5))))
 
 @pytest.fixture(autouse=True)
 def _need_prometheus() -> None:
-    if shutil.which("prometheus") is None:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail("prometheus is not installed (scripts/bootstrap installs it)", pytrace=False)
-        pytest.skip("prometheus is not installed")
+    require_tool("prometheus")
 
 
 def query(lab: Lab, promql: str) -> list[dict]:

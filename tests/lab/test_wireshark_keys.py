@@ -14,14 +14,12 @@ import pytest
 
 from netnslab import TOPOLOGIES, Lab, ping
 from netnslab.sitelink import Deployment, identity
+from tests.needs import require_tool
 
 
 @pytest.fixture(autouse=True)
 def _need_tshark() -> None:
-    if shutil.which("tshark") is None:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail("tshark is not installed (scripts/bootstrap installs it)", pytrace=False)
-        pytest.skip("tshark is not installed")
+    require_tool("tshark")
 
 
 def tshark(pcap: Path, profile: Path, *args: str) -> list[str]:

@@ -5,22 +5,16 @@ tests/lab/test_metrics_prometheus.py)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.needs import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_alerting_rules_pass_promtool() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail("promtool is not installed (scripts/bootstrap installs prometheus)", pytrace=False)
-        pytest.skip("promtool is not installed")
+    promtool = require_tool("promtool", "prometheus")
     cp = subprocess.run([promtool, "check", "rules", str(REPO / "configs/prometheus/sitelink-alerts.yml")],
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stdout + cp.stderr

@@ -1,0 +1,24 @@
+"""External tools a test needs: skipped where one is missing locally, failed in CI (CI=true), where
+scripts/bootstrap installs them, so CI never goes green by skipping."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require_tool(command: str, package: str | None = None) -> str:
+    """The tool's path; a missing one skips the test, or fails it in CI."""
+    path = shutil.which(command)
+    if path is None:
+        reason = f"{command} is not installed (scripts/bootstrap installs {package or command})"
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return path
