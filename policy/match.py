@@ -102,9 +102,6 @@ class Matcher(Generic[V]):
     def __len__(self) -> int:
         return len(self.rules)
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
     def lookup(self, version: int, protocol: int, src: int, dst: int, sport: int, dport: int,
                fragment: bool = False) -> V:
         key = (version, protocol, src, dst, sport, dport, fragment)

@@ -224,12 +224,3 @@ class PriorityScheduler:
         stats.sojourn_sum += sojourn
         stats.sojourn_buckets[bisect_left(SOJOURN_BOUNDS, sojourn)] += 1
         out.append(item)
-
-    def drain(self) -> list[Any]:
-        """Everything still queued, in class order (shutdown)."""
-        items = [item for queue in self.queues for item, _, _ in queue]
-        for queue in self.queues:
-            queue.clear()
-        self.length = 0
-        return items
-
