@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "rekey":
             command.add_argument("--ike", action="store_true", help="rekey the IKE SA instead of the Child SA")
         command.set_defaults(handler=_cmd_control)
+    reload = commands.add_parser("reload", help="make a running gateway re-read its configuration file "
+                                 "(like SIGHUP; unchanged tunnels keep their SAs)")
+    _control_target(reload)
+    reload.set_defaults(handler=_cmd_reload)
     from tunnel.pki_cli import add_commands
 
     add_commands(commands)
@@ -101,6 +105,18 @@ def _cmd_control(args: argparse.Namespace) -> int:
     if args.command == "rekey":
         message["kind"] = "ike" if args.ike else "child"
     print(request(_socket_path(args), message)["message"])
+    return 0
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    from tunnel.control import ControlError, request
+
+    try:
+        print(request(_socket_path(args), {"command": "reload"})["message"])
+    except ControlError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise
     return 0
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunnel.errors import DriverError, SitelinkError
+from tunnel.errors import ConfigError, DriverError, SitelinkError
 from tunnel.status import snapshot
 
 if TYPE_CHECKING:
@@ -21,11 +21,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sitelink.control")
 MAX_REQUEST = 4096
-COMMANDS = ("status", "initiate", "terminate", "rekey")
+COMMANDS = ("status", "initiate", "terminate", "rekey", "reload")
 
 
 class ControlError(SitelinkError):
-    """The control socket could not be reached or refused the command."""
+    """The control socket could not be reached or refused the command (problems: a refused reload's
+    configuration errors, one `file:line:col: path: message` each)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+        self.exit_status = exit_status
 
 
 def default_path(gateway_name: str) -> Path:
@@ -70,7 +76,9 @@ class ControlServer:
             line = await asyncio.wait_for(reader.readline(), 5)
             try:
                 request = json.loads(line)
-                answer = self.handle(request if isinstance(request, dict) else {})
+                if not isinstance(request, dict):
+                    request = {}
+                answer = await self.reload() if request.get("command") == "reload" else self.handle(request)
             except (ValueError, UnicodeDecodeError):
                 answer = {"ok": False, "error": "not a JSON request"}
             writer.write(json.dumps(answer).encode() + b"\n")
@@ -79,6 +87,21 @@ class ControlServer:
             pass  # a client that says nothing, too much, or goes away gets nothing
         finally:
             writer.close()
+
+    async def reload(self) -> dict[str, Any]:
+        from tunnel.reload import ReloadRefused
+
+        try:
+            return {"ok": True, "message": f"reloaded: {await self.gateway.reload()}"}
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload: %s", problem)
+            error = f"{len(exc.problems)} problem(s) in the configuration; the running one stays"
+            log.error("reload refused: %s", error)
+            return {"ok": False, "error": error, "problems": exc.problems, "config_error": True}
+        except ReloadRefused as exc:
+            log.error("reload refused: %s", exc)
+            return {"ok": False, "error": str(exc), "config_error": True}
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         command, tunnel = request.get("command"), request.get("tunnel")
@@ -139,5 +162,6 @@ def request(path: Path, message: dict[str, Any], timeout: float = 10.0) -> dict[
     except ValueError:
         raise ControlError(f"{path}: no answer from the gateway") from None
     if not answer.get("ok"):
-        raise ControlError(answer.get("error", "refused"))
+        raise ControlError(answer.get("error", "refused"), answer.get("problems"),
+                           2 if answer.get("config_error") else 1)
     return answer

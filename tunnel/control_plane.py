@@ -22,6 +22,7 @@ from policy.ts import ranges
 from tunnel.config.model import GatewayConfig, StartMode, Tunnel
 from tunnel.dataplane import Forwarder
 from tunnel.esp.sa import InboundSa, OutboundSa
+from tunnel.reload import ReloadPlan
 from tunnel.ike.certs import CertVerifier, PeerIdentity
 from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
 from tunnel.ike.constants import NotifyType
@@ -157,18 +158,47 @@ class ControlPlane:
         self.planes: list[DataPlane] = [LocalPlane(forwarder)] if isinstance(forwarder, Forwarder) else list(forwarder)
         self.key_logger = key_logger
         self.ike_key_logger = ike_key_logger  # opt-in (debugging): IKE SA keys for Wireshark
-        n = len(self.planes)
-        self.tunnels = {t.name: TunnelRuntime(t, [Lane() for _ in range(n)]) for t in config.tunnels if t.ike is not None}
-        cert_auth = _cert_auth(config) if any(t.ike.auth == "cert" for t in self._ike_tunnels()) else None
-        configs = [(_ike_config(t, cert_auth, n), str(t.peer.address)) for t in self._ike_tunnels()]
-        self.dispatcher = IkeDispatcher(configs, random_bytes)
-        self._retiring: list[tuple[float, int, int]] = []  # (remove at, worker, inbound SPI)
+        self.tunnels = {t.name: self._runtime(t) for t in config.tunnels if t.ike is not None}
+        self.dispatcher = IkeDispatcher(self._ike_configs(config), random_bytes)
+        self._retiring: list[tuple[float, int, int, str]] = []  # (remove at, worker, inbound SPI, tunnel)
+        self._accept_ike()
+
+    def _runtime(self, tunnel: Tunnel) -> TunnelRuntime:
+        return TunnelRuntime(tunnel, [Lane() for _ in self.planes])
+
+    def _accept_ike(self) -> None:
         for plane in self.planes:
             if self.tunnels and isinstance(plane, LocalPlane):
                 plane.forwarder.accept_ike = True
 
-    def _ike_tunnels(self) -> list[Tunnel]:
-        return [t for t in self.config.tunnels if t.ike is not None]
+    def _ike_configs(self, config: GatewayConfig) -> list[tuple[IkeConfig, str]]:
+        """Each IKE tunnel's IkeConfig (reading the PKI files when a tunnel uses certificates)."""
+        tunnels = [t for t in config.tunnels if t.ike is not None]
+        cert_auth = _cert_auth(config) if any(t.ike.auth == "cert" for t in tunnels) else None
+        return [(_ike_config(t, cert_auth, len(self.planes)), str(t.peer.address)) for t in tunnels]
+
+    def reconfigure(self, config: GatewayConfig, plan: ReloadPlan, now: float) -> None:
+        """A reload (tunnel/reload.py): the IKE SAs of removed and replaced tunnels are deleted at the
+        peer, kept tunnels keep theirs, new IKE SAs use the new configuration (and PKI files), new tunnels
+        that initiate start now. Raises (changing nothing) if the new PKI files cannot be used."""
+        configs = self._ike_configs(config)
+        for name in plan.gone:
+            if self.tunnels.pop(name, None) is not None:
+                log.info("tunnel %s: deleting its IKE SA(s) (reload)", name)
+                self.dispatcher.retire_tunnel(name, now)
+        self._retiring = [entry for entry in self._retiring if entry[3] not in plan.gone]
+        self.config = config
+        self.dispatcher.set_configs(configs)
+        for tunnel in plan.kept:
+            if tunnel.name in self.tunnels:
+                self.tunnels[tunnel.name].config = tunnel
+        for tunnel in plan.new:
+            if tunnel.ike is not None:
+                self.tunnels[tunnel.name] = self._runtime(tunnel)
+        self._accept_ike()
+        for tunnel in plan.new:
+            if tunnel.ike is not None and tunnel.ike.start is StartMode.INITIATE:
+                self.initiate(tunnel.name, now)
 
     def start(self, now: float) -> None:
         for name, runtime in self.tunnels.items():
@@ -257,7 +287,7 @@ class ControlPlane:
     def handle_timer(self, now: float) -> None:
         self.dispatcher.handle_timer(now)
         while self._retiring and self._retiring[0][0] <= now:
-            _, worker, spi = self._retiring.pop(0)
+            _, worker, spi, _ = self._retiring.pop(0)
             self.planes[worker].remove_inbound(spi)
         for name, runtime in self.tunnels.items():
             if runtime.retry_at is not None and now >= runtime.retry_at:
@@ -299,7 +329,10 @@ class ControlPlane:
             self._apply(event, now)
 
     def _apply(self, event: Event, now: float) -> None:
-        runtime = self.tunnels[event.tunnel]
+        runtime = self.tunnels.get(event.tunnel)
+        if runtime is None:  # a tunnel a reload removed, whose last words are still arriving
+            log.debug("tunnel %s (removed): %s ignored", event.tunnel, type(event).__name__)
+            return
         if isinstance(event, IkeSaEstablished):
             runtime.stats.handshakes_ok += 1
             self._log_ike_keys(event.spi_i)
@@ -374,7 +407,7 @@ class ControlPlane:
         lane = runtime.lanes[worker]
         if spi_in in runtime.inbound_spis:
             runtime.inbound_spis.remove(spi_in)
-            self._retiring.append((now + INBOUND_GRACE, worker, spi_in))
+            self._retiring.append((now + INBOUND_GRACE, worker, spi_in, runtime.config.name))
         pending = lane.pending_out
         if pending is not None and pending[0] == spi_in:
             lane.pending_out = None  # the answered rekey's SA went first (a redundant collision SA)

@@ -142,6 +142,18 @@ class Forwarder:
         self.tunnels[name] = state
         return state
 
+    def remove_tunnel(self, name: str) -> None:
+        """Forget a tunnel, its routes and its SAs (a reload removed it). Packets of it still queued for
+        the scheduler are dropped as no_sa when dequeued, without asking for a new SA."""
+        state = self.tunnels.pop(name)
+        entries = [(net, s) for net, s in self._route_entries if s is not state]
+        self._routes = PrefixTable(entries)
+        self._route_entries = entries
+        for spi in [spi for spi, (owner, _) in self._inbound.items() if owner is state]:
+            del self._inbound[spi]
+        state.outbound = None
+        state._asked = True
+
     def install_outbound(self, tunnel: str, sa: OutboundSa) -> None:
         state = self.tunnels[tunnel]
         state.outbound = sa
@@ -157,6 +169,11 @@ class Forwarder:
 
     def remove_inbound(self, spi: int) -> None:
         self._inbound.pop(spi, None)
+
+    def inbound_tunnel(self, spi: int) -> str | None:
+        """The tunnel an inbound SPI belongs to, if any."""
+        entry = self._inbound.get(spi)
+        return None if entry is None else entry[0].name
 
     def used_inbound_spis(self) -> list[int]:
         """Inbound SAs on which an authenticated packet has arrived."""

@@ -19,8 +19,10 @@ from tunnel import pump, workers
 from policy.qos import QosClass
 from tunnel.control import ControlServer, default_path
 from tunnel.metrics import MetricsServer
-from tunnel.policies import make_schedulers, tunnel_policy
+from tunnel.policies import make_schedulers, reconfigure_forwarder, tunnel_policy
+from tunnel.reload import ReloadRefused, plan_reload
 from tunnel.scheduler import PriorityScheduler
+from tunnel.config.loader import load_config
 from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.control_plane import KEEPALIVE_INTERVAL, VOLUME_CHECK_INTERVAL, ControlPlane, LocalPlane
 from tunnel.dataplane import Counters, Forwarder, NeedSa
@@ -29,7 +31,7 @@ from tunnel.drivers.netlink import Netlink
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.encap import NAT_KEEPALIVE
 from tunnel.esp.sa import InboundSa, OutboundSa
-from tunnel.errors import DriverError
+from tunnel.errors import ConfigError, DriverError, SitelinkError
 from tunnel.ike.constants import NAT_T_PORT
 from tunnel.keylog import EspKeyLog, IkeKeyLog
 
@@ -77,6 +79,8 @@ class Gateway:
         self._esp_key_log = esp_key_log or config.key_log.esp_sa
         self._ike_key_log = ike_key_log or config.key_log.ikev2_decryption_table
         self.control: ControlPlane | None = None
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task] = set()  # SIGHUP reloads in progress (a reference keeps them alive)
 
     # -- life cycle -----------------------------------------------------------------------------------
     def open(self) -> None:
@@ -165,6 +169,7 @@ class Gateway:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGUSR1, self.log_counters)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         loop.add_reader(self._tun.fd, self._on_tun_readable)
         loop.add_reader(self._sock.fileno(), self._on_udp_readable)
         if self._ike_sock is not None:
@@ -194,12 +199,83 @@ class Gateway:
                     handle.cancel()
             self.control.dispatcher.delete_all(time.monotonic())  # best effort: tell peers (§1.4.1)
             self._flush_ike()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            for task in list(self._reloads):
+                task.cancel()
             await self._control_server.close()
             self.log_counters()
         if self._worker_failed:
             raise DriverError(self._worker_failed)
+
+    # -- hot reload -------------------------------------------------------------------------------------
+    async def reload(self) -> str:
+        """Re-read the configuration file and apply what changed (tunnel/reload.py); the summary of what
+        was done. ConfigError (the file's problems) or ReloadRefused leave the running configuration as
+        it was. Tunnels whose configuration is unchanged are not touched: no SA, route or queue of
+        theirs changes, so their traffic flows on."""
+        async with self._reload_lock:
+            path = self.config.path
+            log.info("reloading %s", path)
+            new = load_config(path)
+            plan = plan_reload(self.config, new)
+            for tunnel in plan.new:
+                owner = tunnel.manual_keys and self.forwarder.inbound_tunnel(tunnel.manual_keys.inbound.spi)
+                if owner and owner not in plan.gone:
+                    raise ReloadRefused(f"tunnel {tunnel.name}: its manual inbound SPI is in use by tunnel {owner}")
+            old_routes = {net for t in self.config.tunnels for net in t.remote_subnets}
+            new_routes = [net for t in plan.new for net in t.remote_subnets]
+            try:  # routes first: until a tunnel exists in the forwarder its traffic is dropped (fail closed)
+                await asyncio.get_running_loop().run_in_executor(None, self._change_routes, new_routes, [])
+            except DriverError as exc:
+                added = [net for net in new_routes if net not in old_routes]
+                await asyncio.get_running_loop().run_in_executor(None, self._change_routes, [], added)
+                raise ReloadRefused(f"{exc}; the running configuration stays") from None
+            try:
+                self.control.reconfigure(new, plan, time.monotonic())
+            except (SitelinkError, ValueError, OSError) as exc:  # e.g. a PKI file replaced by a bad one
+                raise ReloadRefused(f"cannot use the new configuration: {exc}; the running one stays") from None
+            reconfigure_forwarder(self.forwarder, new, plan.gone)
+            for worker in self._workers:
+                worker.reconfigure(new, plan.gone)
+            for tunnel in plan.new:
+                self._log_tunnel(tunnel)
+                if tunnel.manual_keys is not None:
+                    self._install_manual_keys(tunnel)
+            self.config = new
+            logging.getLogger().setLevel(getattr(logging, new.log_level.upper()))
+            self._after_ike()
+            stale = sorted(old_routes - {net for t in new.tunnels for net in t.remote_subnets}, key=str)
+            await asyncio.get_running_loop().run_in_executor(None, self._change_routes, [], stale)
+            summary = plan.summary()
+            log.info("reloaded %s: %s", path, summary)
+            return summary
+
+    def _change_routes(self, add: list, delete: list) -> None:
+        """In a worker thread: pyroute2's synchronous API cannot run inside the event loop's thread."""
+        if not add and not delete:
+            return
+        netlink = Netlink()
+        try:
+            netlink.add_routes(self._tun_index, add, self._route_sources())
+            netlink.delete_routes(self._tun_index, delete)
+        finally:
+            netlink.close()
+
+    def _on_sighup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload_logged())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload: %s", problem)
+            log.error("reload refused: %d problem(s) in the configuration; the running one stays", len(exc.problems))
+        except ReloadRefused as exc:
+            log.error("reload refused: %s", exc)
 
     def after_command(self) -> None:
         """A control-socket command changed IKE state: send what it wants sent, re-arm the timer."""
@@ -246,8 +322,9 @@ class Gateway:
         totals: dict[str, Counters] = {}
         for name, state in list(self.forwarder.tunnels.items()):
             total = Counters()
-            for part in [state.counters, *(w.counters[name] for w in self._workers)]:
-                workers.add(total, part)
+            for part in [state.counters, *(w.counters.get(name) for w in self._workers)]:
+                if part is not None:  # None: a worker not told of a tunnel a reload is adding
+                    workers.add(total, part)
             totals[name] = total
         total = Counters()
         for part in [self.forwarder.counters, *(w.global_counters for w in self._workers)]:
@@ -287,24 +364,30 @@ class Gateway:
 
     # -- set-up helpers -------------------------------------------------------------------------------
     def _add_tunnel(self, tunnel: Tunnel) -> None:
-        peer = (str(tunnel.peer.address), tunnel.peer.port)
-        self.forwarder.add_tunnel(tunnel.name, peer, tunnel.local_subnets, tunnel.remote_subnets,
-                                  tunnel_policy(self.config, tunnel))
+        self.forwarder.add_tunnel(tunnel.name, (str(tunnel.peer.address), tunnel.peer.port), tunnel.local_subnets,
+                                  tunnel.remote_subnets, tunnel_policy(self.config, tunnel))
+        self._log_tunnel(tunnel)
+        if tunnel.manual_keys is not None:
+            self._install_manual_keys(tunnel)
+
+    def _install_manual_keys(self, tunnel: Tunnel) -> None:
         keys = tunnel.manual_keys
-        if keys is None:
-            log.info("tunnel %s: peer [%s]:%d, local %s, remote %s, IKEv2 %s auth, start %s", tunnel.name, *peer,
-                     ",".join(map(str, tunnel.local_subnets)), ",".join(map(str, tunnel.remote_subnets)),
-                     tunnel.ike.auth, tunnel.ike.start.value)
-            return
         self.forwarder.install_outbound(tunnel.name, OutboundSa(keys.outbound.spi, keys.outbound.key.reveal()))
         self.forwarder.install_inbound(
             tunnel.name, InboundSa(keys.inbound.spi, keys.inbound.key.reveal(), tunnel.replay_window)
         )
-        log.info(
-            "tunnel %s: peer [%s]:%d, local %s, remote %s, manual keys (SPI out %#010x, in %#010x)",
-            tunnel.name, *peer, ",".join(map(str, tunnel.local_subnets)), ",".join(map(str, tunnel.remote_subnets)),
-            keys.outbound.spi, keys.inbound.spi,
-        )
+
+    @staticmethod
+    def _log_tunnel(tunnel: Tunnel) -> None:
+        where = (tunnel.name, str(tunnel.peer.address), tunnel.peer.port, ",".join(map(str, tunnel.local_subnets)),
+                 ",".join(map(str, tunnel.remote_subnets)))
+        keys = tunnel.manual_keys
+        if keys is None:
+            log.info("tunnel %s: peer [%s]:%d, local %s, remote %s, IKEv2 %s auth, start %s", *where,
+                     tunnel.ike.auth, tunnel.ike.start.value)
+        else:
+            log.info("tunnel %s: peer [%s]:%d, local %s, remote %s, manual keys (SPI out %#010x, in %#010x)", *where,
+                     keys.outbound.spi, keys.inbound.spi)
 
     def _open_tun(self) -> None:
         tun = self.config.tun
@@ -312,11 +395,15 @@ class Gateway:
         self._tun_index = self._netlink.ensure_tun(tun.name)
         self._tun = TunDevice(tun.name)
         self._netlink.configure(self._tun_index, tun_mtu(self.config), tun.txqueuelen, tun.addresses)
-        sources: dict[int, str] = {}
-        for iface in tun.addresses:
-            sources.setdefault(iface.version, str(iface.ip))
         remote = [net for t in self.config.tunnels for net in t.remote_subnets]
-        self._netlink.add_routes(self._tun_index, remote, sources)
+        self._netlink.add_routes(self._tun_index, remote, self._route_sources())
+
+    def _route_sources(self) -> dict[int, str]:
+        """The preferred source per IP version of routes into the TUN: its first address of each."""
+        sources: dict[int, str] = {}
+        for iface in self.config.tun.addresses:
+            sources.setdefault(iface.version, str(iface.ip))
+        return sources
 
     # -- data path --------------------------------------------------------------------------------------
     def _on_tun_readable(self) -> None:
@@ -403,10 +490,12 @@ class Gateway:
             self._after_ike()
 
     def _on_need_sa(self, event: NeedSa) -> None:
+        if event.tunnel not in self.forwarder.tunnels:
+            return  # removed by a reload
         if event.tunnel in self.control.tunnels:
             self.control.on_need_sa(event.tunnel, time.monotonic())
         else:  # manually keyed tunnels cannot make a new SA
-            log.error("tunnel %s needs a new SA (%s); with manual keys, install new keys and restart",
+            log.error("tunnel %s needs a new SA (%s); with manual keys, install new keys and reload",
                       event.tunnel, event.reason.value)
 
 

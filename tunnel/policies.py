@@ -6,7 +6,7 @@ from __future__ import annotations
 from policy.match import compile_rules
 from policy.qos import QosClass
 from tunnel.config.model import GatewayConfig, Tunnel
-from tunnel.dataplane import TunnelPolicy
+from tunnel.dataplane import Forwarder, TunnelPolicy
 from tunnel.esp.overhead import inner_mtu
 from tunnel.scheduler import PriorityScheduler
 
@@ -30,6 +30,22 @@ def tunnel_policy(config: GatewayConfig, tunnel: Tunnel) -> TunnelPolicy:
     return TunnelPolicy(firewall=firewall, qos_rules=qos_rules, outer_dscp=tunnel.qos.outer_dscp,
                         decap_copy_dscp=tunnel.qos.copy_dscp_inward, mtu=tunnel_mtu(config, tunnel),
                         icmp_source4=sources.get(4), icmp_source6=sources.get(6))
+
+
+def reconfigure_forwarder(forwarder: Forwarder, config: GatewayConfig, gone: tuple[str, ...]) -> None:
+    """A reload, in one process's forwarder: forget the tunnels that went (and their SAs), add the new
+    ones, and give every tunnel its policy compiled from the new configuration (SAs stay)."""
+    for name in gone:
+        if name in forwarder.tunnels:
+            forwarder.remove_tunnel(name)
+    for tunnel in config.tunnels:
+        policy = tunnel_policy(config, tunnel)
+        state = forwarder.tunnels.get(tunnel.name)
+        if state is None:
+            forwarder.add_tunnel(tunnel.name, (str(tunnel.peer.address), tunnel.peer.port), tunnel.local_subnets,
+                                 tunnel.remote_subnets, policy)
+        else:
+            state.apply(policy)
 
 
 def make_schedulers(config: GatewayConfig) -> tuple[PriorityScheduler, PriorityScheduler] | None:

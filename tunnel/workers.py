@@ -20,7 +20,7 @@ import time
 from tunnel import pump
 from tunnel.config.model import GatewayConfig
 from tunnel.dataplane import Counters, Forwarder
-from tunnel.policies import make_schedulers, tunnel_policy
+from tunnel.policies import make_schedulers, reconfigure_forwarder, tunnel_policy
 from tunnel.drivers import udp
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.sa import InboundSa, OutboundSa
@@ -45,6 +45,7 @@ class WorkerProxy:
         self.peer_changes = {name: 0 for name in peers}
         self.unknown_spi_peers: set[str] = set()
         self.need_sa: set[str] = set()
+        self.generation = 0  # reloads sent; per-tunnel news of reports from before the last one is stale
 
     # -- DataPlane ----------------------------------------------------------------------------------
     def install_inbound(self, tunnel: str, spi: int, key: bytes, window: int) -> None:
@@ -81,6 +82,20 @@ class WorkerProxy:
     def outbound_state(self, tunnel: str) -> tuple[int, int] | None:
         return self.outbound[tunnel]
 
+    def reconfigure(self, config: GatewayConfig, gone: tuple[str, ...]) -> None:
+        """A reload: the worker drops the tunnels that went and adds the new ones (policies.py)."""
+        self.generation += 1
+        for name in gone:
+            for table in (self.counters, self.peers, self.outbound, self.peer_changes):
+                table.pop(name, None)
+        for t in config.tunnels:
+            if t.name not in self.counters:
+                self.counters[t.name] = Counters()
+                self.peers[t.name] = (str(t.peer.address), t.peer.port)
+                self.outbound[t.name] = None
+                self.peer_changes[t.name] = 0
+        self._send(("config", config, gone, self.generation))
+
     # -- reports ------------------------------------------------------------------------------------
     def receive(self) -> bool:
         """Take in every report waiting; False once the worker is gone."""
@@ -90,8 +105,10 @@ class WorkerProxy:
         return alive
 
     def _apply(self, report: tuple) -> None:
-        _, tunnels, global_counters, used, unknown, need_sa = report
+        _, generation, tunnels, global_counters, used, unknown, need_sa = report
         for name, (counters, peer, changes, outbound) in tunnels.items():
+            if generation != self.generation or name not in self.counters:
+                continue  # from before a reload the worker had not applied yet
             _load(self.counters[name], counters)
             if changes != self.peer_changes[name]:  # the worker saw the peer move (authenticated ESP)
                 self.peer_changes[name] = changes
@@ -187,6 +204,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
     selector.register(conn, selectors.EVENT_READ, "conn")
     log.info("worker %d up (pid %d)", index, os.getpid())
     next_report = time.monotonic()
+    generation = [0]  # reloads applied (reports carry it, so the main process can tell stale ones)
     while not stopping:
         now = time.monotonic()
         wait = max(0.0, next_report - now)
@@ -202,19 +220,19 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
             elif key.data == "udp":
                 # Keys first: the main process sent a new SA's keys before its IKE answer left, so they
                 # are waiting whenever ESP on that SA can have arrived (no unknown-SPI drops at a rekey).
-                if not _commands(forwarder, conn):
+                if not _commands(forwarder, conn, generation):
                     return 0
                 if qos is not None:
                     qos.service(time.monotonic)
                 else:
                     pump.udp_to_tun(forwarder, sock, tun)
-            elif not _commands(forwarder, conn):
+            elif not _commands(forwarder, conn, generation):
                 return 0  # stop asked for, or the main process is gone
         if qos is not None and (qos.pending(now := time.monotonic()) or qos.wake_at(now) is not None):
             qos.service(time.monotonic)
         now = time.monotonic()
         if now >= next_report:
-            _report(forwarder, conn)
+            _report(forwarder, conn, generation[0])
             next_report = now + STATS_INTERVAL
     return 0
 
@@ -234,11 +252,13 @@ def _read(conn: socket.socket) -> tuple[list[tuple], bool]:
         messages.append(pickle.loads(data))
 
 
-def _commands(forwarder: Forwarder, conn: socket.socket) -> bool:
-    """Apply the main process's key changes; False when it asks us to stop or is gone."""
+def _commands(forwarder: Forwarder, conn: socket.socket, generation: list[int]) -> bool:
+    """Apply the main process's key and configuration changes; False when it asks us to stop or is gone."""
     messages, alive = _read(conn)
     for message in messages:
         kind = message[0]
+        if kind in ("in", "out", "rm_out", "peer") and message[1] not in forwarder.tunnels:
+            continue  # about a tunnel a reload has removed since
         if kind == "in":
             _, tunnel, spi, key, window = message
             forwarder.remove_inbound(spi)  # idempotent: a resent install must not raise
@@ -252,12 +272,15 @@ def _commands(forwarder: Forwarder, conn: socket.socket) -> bool:
             forwarder.remove_outbound(message[1])
         elif kind == "peer":
             forwarder.tunnels[message[1]].peer = message[2]
+        elif kind == "config":
+            _, config, gone, generation[0] = message
+            reconfigure_forwarder(forwarder, config, gone)
         elif kind == "stop":
             return False
     return alive
 
 
-def _report(forwarder: Forwarder, conn: socket.socket) -> None:
+def _report(forwarder: Forwarder, conn: socket.socket, generation: int) -> None:
     tunnels = {}
     for name, state in forwarder.tunnels.items():
         sa = state.outbound
@@ -267,7 +290,7 @@ def _report(forwarder: Forwarder, conn: socket.socket) -> None:
         need_sa.append(event.tunnel)
     unknown = list(forwarder.unknown_spi_peers)
     forwarder.unknown_spi_peers.clear()
-    report = ("stats", tunnels, _dump(forwarder.counters), forwarder.used_inbound_spis(), unknown, need_sa)
+    report = ("stats", generation, tunnels, _dump(forwarder.counters), forwarder.used_inbound_spis(), unknown, need_sa)
     try:
         conn.send(pickle.dumps(report), socket.MSG_DONTWAIT)
     except BlockingIOError:

@@ -8,6 +8,7 @@ import configparser
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def test_systemd_unit_grants_exactly_two_capabilities_to_an_unprivileged_user() 
         assert set(service[key].split()) == {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}, key
     assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
     assert service["DeviceAllow"] == "/dev/net/tun rw" and service["RuntimeDirectory"] == "sitelink"
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
 
 
 def test_gateway_runs_unprivileged_with_the_units_capabilities() -> None:
@@ -61,6 +63,15 @@ def test_gateway_runs_unprivileged_with_the_units_capabilities() -> None:
             assert "accept_local" not in dep.gateways["hq"].log_text()  # the sysctl write worked too
             lines = dep.gateways["hq"].log_text().splitlines()
             assert lines and all(json.loads(line)["logger"].startswith("sitelink") for line in lines)
+            # A reload (SIGHUP, as systemctl reload sends) that re-establishes the tunnel: the new IKE
+            # settings and the route replaced over netlink, without root.
+            hq = dep.gateways["hq"]
+            assert "start: initiate}" in hq.config.read_text()
+            hq.config.write_text(hq.config.read_text().replace("start: initiate}", "start: initiate, rekey_time: 1800}"))
+            hq.proc.send_signal(signal.SIGHUP)
+            dep.wait_established("hq", count=2)
+            assert "re-established branch1" in hq.log_text()
+            assert ping(lab, "hq-host", lab.addr("branch1-host"), count=3, interval=0.05).received == 3
             dep.command = plain
             assert dep.stop("hq") == 0  # clean shutdown removes the TUN device without root
             gone = lab.run("hq-gw", ["ip", "link", "show", "dev", "sitelink0"], check=False)

@@ -40,7 +40,7 @@ def test_key_changes_reach_the_worker_forwarder(pair) -> None:
     proxy.install_inbound("branch1", 0x1001, key_in, 1024)
     proxy.install_outbound("branch1", 0x2001, key_out)
     proxy.set_peer("branch1", ("198.18.2.9", 41000))
-    assert _commands(forwarder, conn)
+    assert _commands(forwarder, conn, [0])
     assert 0x1001 in forwarder._inbound and forwarder._inbound[0x1001][1].window.size == 1024
     assert forwarder.tunnels["branch1"].outbound.spi == 0x2001
     assert forwarder.tunnels["branch1"].peer == ("198.18.2.9", 41000)
@@ -50,7 +50,7 @@ def test_key_changes_reach_the_worker_forwarder(pair) -> None:
     proxy.install_inbound("branch1", 0x1001, key_in, 1024)  # sent again: idempotent, no exception
     proxy.remove_outbound("branch1")
     proxy.remove_inbound(0x1001)
-    assert _commands(forwarder, conn)
+    assert _commands(forwarder, conn, [0])
     assert 0x1001 not in forwarder._inbound and forwarder.tunnels["branch1"].outbound is None
     assert proxy.outbound_state("branch1") is None
 
@@ -60,7 +60,7 @@ def test_reports_come_back_to_the_control_plane(pair) -> None:
     key_in, key_out = os.urandom(36), os.urandom(36)
     proxy.install_inbound("branch1", 0x1001, key_in, 64)
     proxy.install_outbound("branch1", 0x2001, key_out)
-    assert _commands(forwarder, conn)
+    assert _commands(forwarder, conn, [0])
     assert forwarder.outbound(packet("10.1.0.5", "10.2.0.5")) is not None
     sealed = OutboundSa(0x1001, key_in).seal(packet("10.2.0.5", "10.1.0.5"), 4)
     assert forwarder.inbound(sealed, ("203.0.113.7", 40001)) is not None  # the peer's NAT moved
@@ -69,7 +69,7 @@ def test_reports_come_back_to_the_control_plane(pair) -> None:
     forwarder.outbound(packet("10.1.0.5", "10.2.0.5"))  # no SA: NeedSa
     forwarder.install_outbound("branch1", OutboundSa(0x2001, key_out))
     forwarder.outbound(packet("10.1.0.5", "10.2.0.5"))
-    _report(forwarder, conn)
+    _report(forwarder, conn, 0)
     assert proxy.receive()
     assert proxy.rx_packets("branch1") == 1 and proxy.counters["branch1"].tx_packets == 2
     assert proxy.inbound_used(0x1001)
@@ -83,8 +83,8 @@ def test_reports_come_back_to_the_control_plane(pair) -> None:
 def test_a_stale_report_does_not_undo_newer_news(pair) -> None:
     proxy, forwarder, conn = pair
     proxy.install_outbound("branch1", 0x2001, os.urandom(36))
-    assert _commands(forwarder, conn)
-    _report(forwarder, conn)  # taken while 0x2001 was current, read after the main process moved on
+    assert _commands(forwarder, conn, [0])
+    _report(forwarder, conn, 0)  # taken while 0x2001 was current, read after the main process moved on
     proxy.install_outbound("branch1", 0x3001, os.urandom(36))
     proxy.set_peer("branch1", ("198.18.2.9", 4500))
     assert proxy.receive()
@@ -95,7 +95,7 @@ def test_a_stale_report_does_not_undo_newer_news(pair) -> None:
 def test_either_end_going_away_is_noticed(pair) -> None:
     proxy, forwarder, conn = pair
     proxy._send(("stop",))
-    assert not _commands(forwarder, conn)  # asked to stop
+    assert not _commands(forwarder, conn, [0])  # asked to stop
     conn.close()
     assert not proxy.receive()  # the worker is gone
 
@@ -104,6 +104,6 @@ def test_main_process_gone_stops_the_worker() -> None:
     main_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     main_end.close()
     try:
-        assert not _commands(Forwarder(), worker_end)
+        assert not _commands(Forwarder(), worker_end, [0])
     finally:
         worker_end.close()

@@ -28,8 +28,7 @@ class IkeDispatcher:
     ) -> None:
         """configs: (IkeConfig, peer address) per tunnel; a new IKE SA is matched to its tunnel by the
         address it comes from, and its IDi must then match that tunnel's remote identity."""
-        self._configs = {config.tunnel: (config, peer) for config, peer in configs}
-        self._by_peer = {peer: config for config, peer in self._configs.values()}
+        self.set_configs(configs)
         self._random = random_bytes
         self._cookies = CookieJar(random_bytes)
         self.cookie_threshold = cookie_threshold
@@ -38,6 +37,14 @@ class IkeDispatcher:
         self._contacted: set[str] = set()  # tunnels that had an IKE SA since start: no more INITIAL_CONTACT
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
+        # IKE SAs of tunnels a reload removed or replaced: their Delete is out (and retransmitted until
+        # answered), but the gateway hears nothing more of them and sessions_for() no longer lists them.
+        self._retired: set[bytes] = set()
+
+    def set_configs(self, configs: Iterable[tuple[IkeConfig, str]]) -> None:
+        """The tunnels new IKE SAs are made for (a reload); IKE SAs that exist keep the config they have."""
+        self._configs = {config.tunnel: (config, peer) for config, peer in configs}
+        self._by_peer = {peer: config for config, peer in self._configs.values()}
 
     # -- commands -------------------------------------------------------------------------------------
     def initiate(self, tunnel: str, now: float, port: int = IKE_PORT) -> IkeSession:
@@ -59,8 +66,15 @@ class IkeDispatcher:
             session.delete(now)
             self._collect(session)
 
+    def retire_tunnel(self, tunnel: str, now: float) -> None:
+        """Delete the tunnel's IKE SAs at the peer and stop reporting on them (a reload removed it)."""
+        for session in self.sessions_for(tunnel):
+            self._retired.add(session.spi_i)
+            session.delete(now)
+            self._collect(session)
+
     def sessions_for(self, tunnel: str) -> list[IkeSession]:
-        return [s for s in self.sessions.values() if s.config.tunnel == tunnel]
+        return [s for s in self.sessions.values() if s.config.tunnel == tunnel and s.spi_i not in self._retired]
 
     def rekey_child(self, tunnel: str, now: float) -> None:
         """Rekey the tunnel's Child SA soon (the gateway's byte/packet/sequence-number limits approach)."""
@@ -164,16 +178,21 @@ class IkeDispatcher:
             session.initial_contact_received = False
             self._initial_contact(session)
         self._out.extend(session.datagrams_to_send(0.0))
+        retired = session.spi_i in self._retired
         while (event := session.next_event()) is not None:
             if isinstance(event, IkeSaEstablished):
                 self._contacted.add(event.tunnel)
-            self._events.append(event)
+            if not retired:
+                self._events.append(event)
         if session.state is State.CLOSED:
             if self.sessions.get(session.spi_i) is session:
                 del self.sessions[session.spi_i]
+            self._retired.discard(session.spi_i)
         spawned, session.spawned = session.spawned, []
         for new in spawned:  # §2.18: the new IKE SA is found by its own initiator SPI
             self.sessions[new.spi_i] = new
+            if retired:  # a rekey that finished after its tunnel was removed: the peer's to expire
+                self._retired.add(new.spi_i)
             self._collect(new)
 
     def _initial_contact(self, session: IkeSession) -> None:
