@@ -9,6 +9,7 @@ process; the others are reached through a DataPlane proxy (tunnel/workers.py).
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import logging
@@ -27,6 +28,7 @@ from tunnel.ike.certs import CertVerifier, PeerIdentity
 from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
 from tunnel.ike.constants import NotifyType
 from tunnel.ike.dispatcher import IkeDispatcher
+from tunnel.ike.session import IkeSession
 from tunnel.ike.events import (
     ChildSaDeleted, ChildSaEstablished, ChildSaFailed, Event, IkeSaDeleted, IkeSaEstablished, IkeSaFailed,
     IkeSaRekeyed,
@@ -114,17 +116,29 @@ class Lane:
     pending_out: tuple[int, int, bytes, int] | None = field(default=None, repr=False)
 
 
+# Upper bounds (seconds) of the IKE handshake-duration histogram: a LAN-speed exchange takes a few ms,
+# a lost message adds the 1 s retransmission timeout, a dead or refusing peer ends as a failure instead.
+HANDSHAKE_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
 @dataclass
 class IkeStats:
     """Plain tallies for the metrics exporter, kept where the events are applied."""
 
     handshakes_ok: int = 0
+    # IKE_SA_INIT to IKE_AUTH done, per established IKE SA: counts per HANDSHAKE_BOUNDS bucket (+Inf last)
+    handshake_buckets: list[int] = field(default_factory=lambda: [0] * (len(HANDSHAKE_BOUNDS) + 1))
+    handshake_seconds: float = 0.0
     # IKE SAs that failed (set-up refused or timed out, or a dead peer), by the IKE notify that said why
     # (lower-case name), "none" when none did (timeouts)
     handshakes_failed: dict[str, int] = field(default_factory=dict)
     children: int = 0  # Child SAs installed
     child_rekeys: int = 0  # ... of which replaced one of ours
     ike_rekeys: int = 0
+
+    def observe_handshake(self, seconds: float) -> None:
+        self.handshake_buckets[bisect.bisect_left(HANDSHAKE_BOUNDS, seconds)] += 1
+        self.handshake_seconds += seconds
 
 
 @dataclass
@@ -234,6 +248,10 @@ class ControlPlane:
         (self.dispatcher.rekey_ike if kind == "ike" else self.dispatcher.rekey_child)(name, now)
         return len(sessions)
 
+    def current_ike(self, name: str) -> IkeSession | None:
+        """The tunnel's established IKE SA (the one status and metrics describe), if any."""
+        return next((s for s in self.dispatcher.sessions_for(name) if s.established), None)
+
     def on_unknown_spi(self, peers: set[str], now: float) -> None:
         """ESP for SPIs we do not know, from a configured peer that has no IKE SA with us: the peer
         still uses SAs from before we restarted. Start a new IKE SA (with INITIAL_CONTACT, so the peer
@@ -335,6 +353,9 @@ class ControlPlane:
             return
         if isinstance(event, IkeSaEstablished):
             runtime.stats.handshakes_ok += 1
+            session = self.dispatcher.sessions.get(event.spi_i)
+            if session is not None and session.started_at is not None:
+                runtime.stats.observe_handshake(now - session.started_at)
             self._log_ike_keys(event.spi_i)
             log.info("tunnel %s: IKE SA established with %s (%s, %s)", event.tunnel, event.remote[0], event.suite,
                      "initiator" if event.initiator else "responder")

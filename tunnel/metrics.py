@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from policy.qos import QosClass
+from tunnel.control_plane import HANDSHAKE_BOUNDS
 from tunnel.errors import DriverError
 from tunnel.esp.drops import DropReason
 from tunnel.scheduler import SOJOURN_BOUNDS
@@ -81,6 +82,18 @@ class GatewayCollector(Collector):
                                      labels=["tunnel", "kind"])
         children = CounterMetricFamily(f"{PREFIX}_child_sas_established", "Child SAs installed (first ones and "
                                        "rekeys)", labels=["tunnel"])
+        duration = HistogramMetricFamily(f"{PREFIX}_ike_handshake_duration_seconds", "Time from the first "
+                                         "IKE_SA_INIT message to the IKE SA established (IKE_AUTH done)",
+                                         labels=["tunnel"])
+        age = GaugeMetricFamily(f"{PREFIX}_child_sa_age_seconds", "Age of the tunnel's newest Child SA",
+                                labels=["tunnel"])
+        remaining = GaugeMetricFamily(f"{PREFIX}_child_sa_lifetime_remaining_seconds", "Time until a Child SA of "
+                                      "the tunnel reaches its hard lifetime and is deleted, unless a rekey replaces "
+                                      "it first (the soonest, of the SAs in use)", labels=["tunnel"])
+        dpd_rtt = GaugeMetricFamily(f"{PREFIX}_dpd_rtt_seconds", "Round-trip time of the last dead-peer-detection "
+                                    "check (RFC 7296 §2.4); absent until one was made", labels=["tunnel"])
+        last_seen = GaugeMetricFamily(f"{PREFIX}_peer_last_seen_seconds", "Unix time the peer was last heard from "
+                                      "(an authenticated IKE message or ESP packet)", labels=["tunnel"])
         now, wall = time.monotonic(), time.time()
         for name in self.gateway.forwarder.tunnels:
             runtime = control.tunnels.get(name) if control is not None else None
@@ -97,7 +110,20 @@ class GatewayCollector(Collector):
             rekeys.add_metric([name, "child"], stats.child_rekeys)
             rekeys.add_metric([name, "ike"], stats.ike_rekeys)
             children.add_metric([name], stats.children)
-        yield from (up, since, handshakes, rekeys, children)
+            duration.add_metric([name], _buckets(HANDSHAKE_BOUNDS, stats.handshake_buckets), stats.handshake_seconds)
+            ike = control.current_ike(name)
+            if ike is None:
+                continue
+            live = [c for c in ike.children if c.state in ("installed", "rekeying")
+                    and c.installed_at is not None and c.expire_at is not None]
+            if live:
+                age.add_metric([name], now - max(c.installed_at for c in live))
+                remaining.add_metric([name], min(c.expire_at for c in live) - now)
+            if ike.dpd_rtt is not None:
+                dpd_rtt.add_metric([name], ike.dpd_rtt)
+            if ike.last_received is not None:
+                last_seen.add_metric([name], wall - (now - ike.last_received))
+        yield from (up, since, handshakes, rekeys, children, duration, age, remaining, dpd_rtt, last_seen)
 
     def _queues(self) -> Iterator[Metric]:
         qos = self.gateway.qos_pump
@@ -114,12 +140,17 @@ class GatewayCollector(Collector):
                 labels = [direction, cls.label]
                 depth.add_metric(labels, scheduler.depth(cls))
                 dropped.add_metric(labels, stats.dropped)
-                cumulative, buckets = 0, []
-                for bound, count in zip((*map(str, SOJOURN_BOUNDS), "+Inf"), stats.sojourn_buckets):
-                    cumulative += count
-                    buckets.append((bound, cumulative))
-                sojourn.add_metric(labels, buckets, stats.sojourn_sum)
+                sojourn.add_metric(labels, _buckets(SOJOURN_BOUNDS, stats.sojourn_buckets), stats.sojourn_sum)
         yield from (depth, dropped, sojourn)
+
+
+def _buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
+    """Per-bucket counts (the last one past every bound) as Prometheus's cumulative (le, count) pairs."""
+    cumulative, buckets = 0, []
+    for bound, count in zip((*map(str, bounds), "+Inf"), counts):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    return buckets
 
 
 def _version() -> str:

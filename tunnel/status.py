@@ -31,7 +31,7 @@ def snapshot(gateway: "Gateway", now: float) -> dict[str, Any]:
         counters = totals[name]
         runtime = control.tunnels.get(name) if control is not None else None
         sessions = control.dispatcher.sessions_for(name) if runtime is not None else []
-        ike = next((s for s in sessions if s.established), None)
+        ike = control.current_ike(name) if runtime is not None else None
         entry: dict[str, Any] = {
             "name": name,
             "peer": f"{state.peer[0]}:{state.peer[1]}",

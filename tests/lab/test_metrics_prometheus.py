@@ -67,7 +67,9 @@ def wait_for(lab: Lab, promql: str, ok, timeout: float = 30.0) -> list[dict]:
 
 def test_prometheus_scrapes_tunnel_state_and_rising_byte_counters(tmp_path: Path) -> None:
     with Lab(TOPOLOGIES / "two-sites.yaml", mode="tunnel") as lab:
-        dep = Deployment(lab, tmp_path / "gw", gateway_yaml=[f"metrics: {{address: 0.0.0.0, port: {PORT}}}"])
+        # DPD after 1 s of silence, so a liveness check has a round-trip time to export before traffic
+        dep = Deployment(lab, tmp_path / "gw", gateway_yaml=[f"metrics: {{address: 0.0.0.0, port: {PORT}}}"],
+                         ike_options={"dpd_delay": 1})
         dep.start_all()
         targets = [f"{lab.site(s).gw_wan4}:{PORT}" for s in ("hq", "branch1")]
         config = tmp_path / "prometheus.yml"
@@ -83,6 +85,11 @@ def test_prometheus_scrapes_tunnel_state_and_rising_byte_counters(tmp_path: Path
             up = wait_for(lab, 'up{job="sitelink"}', lambda r: len(r) == 2 and all(s["value"][1] == "1" for s in r))
             tunnels = wait_for(lab, "sitelink_tunnel_up", lambda r: len(r) == 2 and all(s["value"][1] == "1" for s in r))
             assert {s["metric"]["tunnel"] for s in tunnels} == {"hq", "branch1"}
+            wait_for(lab, "sitelink_dpd_rtt_seconds", lambda r: len(r) == 2)
+            handshakes = wait_for(lab, "sum(sitelink_ike_handshake_duration_seconds_count)", lambda r: len(r) == 1)
+            assert float(handshakes[0]["value"][1]) == 2  # one IKE SA, seen from both ends
+            remaining = wait_for(lab, "sitelink_child_sa_lifetime_remaining_seconds", lambda r: len(r) == 2)
+            assert all(0 < float(s["value"][1]) <= 3960 for s in remaining), remaining  # default lifetime
             tx = 'sum(sitelink_esp_bytes_total{direction="tx",tunnel="branch1"})'
             before = float(wait_for(lab, tx, lambda r: len(r) == 1)[0]["value"][1])
             result = iperf3(lab, "hq-host", "branch1-host", lab.addr("branch1-host"), seconds=2, bitrate="20M")
@@ -96,7 +103,7 @@ def test_prometheus_scrapes_tunnel_state_and_rising_byte_counters(tmp_path: Path
             used = names_used()
             assert used and {re.sub(r"_total$", "", n) for n in used} <= exported, sorted(used - exported)
             rules = wait_for_rules(lab)
-            assert len(rules) == 7 and all(r["health"] == "ok" for r in rules), rules
+            assert len(rules) == 8 and all(r["health"] == "ok" for r in rules), rules
             down = [r["name"] for r in rules if r["state"] != "inactive"]
             assert down == [], down  # tunnels up, nothing dropped: no alert pending or firing
             print(f"\nPrometheus: up {[s['value'][1] for s in up]}, tunnels up {len(tunnels)}, hq->branch1 tx bytes "

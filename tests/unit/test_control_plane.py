@@ -43,17 +43,18 @@ tunnels:
       start: {start}
       rekey_time: 100
       lifetime: 150
-      dpd_delay: 0
+      dpd_delay: {dpd}
 {extra}"""
 
 
 class Site:
-    def __init__(self, directory: Path, me: str, peer: str, start: str, extra: str = "", workers: int = 1) -> None:
+    def __init__(self, directory: Path, me: str, peer: str, start: str, extra: str = "", workers: int = 1,
+                 dpd: int = 0) -> None:
         directory.mkdir()
         write_file(directory / f"{me}.psk", PSK + b"\n")
         path = write(directory, CONFIG.format(me=me, peer=peer, my_addr=ADDR[me], peer_addr=ADDR[peer],
                                               my_net=SUBNET[me], peer_net=SUBNET[peer], start=start,
-                                              extra=extra))
+                                              extra=extra, dpd=dpd))
         config = load_config(path)
         self.name, self.peer = me, peer
         self.forwarders = [Forwarder() for _ in range(workers)]
@@ -74,10 +75,11 @@ class Site:
 
 
 class Link:
-    def __init__(self, tmp_path: Path, hq_extra: str = "", br_extra: str = "", workers: tuple[int, int] = (1, 1)) -> None:
+    def __init__(self, tmp_path: Path, hq_extra: str = "", br_extra: str = "", workers: tuple[int, int] = (1, 1),
+                 dpd: int = 0) -> None:
         self.now = 100.0
-        self.hq = Site(tmp_path / "hq", "hq", "branch1", "initiate", hq_extra, workers[0])
-        self.br = Site(tmp_path / "br", "branch1", "hq", "respond", br_extra, workers[1])
+        self.hq = Site(tmp_path / "hq", "hq", "branch1", "initiate", hq_extra, workers[0], dpd)
+        self.br = Site(tmp_path / "br", "branch1", "hq", "respond", br_extra, workers[1], dpd)
         self.sites = {ADDR["hq"]: self.hq, ADDR["branch1"]: self.br}
         self.lose_ike: Callable[[str, bytes], bool] = lambda sender, data: False
         self.ike_log: list[tuple[str, int, bool]] = []  # (sender, exchange, response)

@@ -3,6 +3,7 @@ the exposition format, with bounded labels and no key material."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -10,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from policy.qos import QosClass
 from tests.unit.test_config_loader import GOOD, SECOND_TUNNEL, make_keys, write
+from tests.unit.test_control_plane import Link
 from tunnel.config.loader import load_config
 from tunnel.esp.drops import DropReason
 from tunnel.gateway import Gateway
@@ -93,3 +95,33 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         taken.listen()
         with pytest.raises(DriverError, match="cannot serve metrics on 127.0.0.1 port"):
             MetricsServer(gateway, "127.0.0.1", taken.getsockname()[1])
+
+
+def test_ike_timings_come_from_the_sessions(tmp_path: Path) -> None:
+    """Handshake duration, Child SA age and remaining lifetime, DPD round trip and peer last seen, on two
+    control planes exchanging real IKE messages under a hand-driven clock."""
+    link = Link(tmp_path, dpd=5)
+    gateway = Gateway(link.hq.control.config)
+    gateway.forwarder, gateway.control = link.hq.forwarder, link.hq.control
+    link.hq.control.start(link.now)
+    link.now += 0.03  # hq's IKE_SA_INIT request is 30 ms old when the exchanges complete
+    link.pump()
+    _, s = scrape(gateway)
+    tunnel = (("tunnel", "branch1"),)
+    assert s[("sitelink_ike_handshake_duration_seconds_count", tunnel)] == 1
+    assert abs(s[("sitelink_ike_handshake_duration_seconds_sum", tunnel)] - 0.03) < 1e-9
+    assert s[("sitelink_ike_handshake_duration_seconds_bucket", (("le", "0.025"), ("tunnel", "branch1")))] == 0
+    assert s[("sitelink_ike_handshake_duration_seconds_bucket", (("le", "0.05"), ("tunnel", "branch1")))] == 1
+    assert ("sitelink_dpd_rtt_seconds", tunnel) not in s  # no check made yet
+
+    link.advance(4)
+    _, s = scrape(gateway)
+    # the collector reads the real clock; the cores run on link.now: compare against the same offset
+    offset = time.monotonic() - link.now
+    assert abs(s[("sitelink_child_sa_age_seconds", tunnel)] - (4 + offset)) < 1.0
+    assert abs(s[("sitelink_child_sa_lifetime_remaining_seconds", tunnel)] - (150 - 4 - offset)) < 1.0
+    link.advance(2)  # 6 s of silence > dpd_delay: a liveness check goes out and is answered
+    _, s = scrape(gateway)
+    assert s[("sitelink_dpd_rtt_seconds", tunnel)] >= 0
+    seen = s[("sitelink_peer_last_seen_seconds", tunnel)]
+    assert abs(seen - (time.time() - (time.monotonic() - link.now))) < 1.0

@@ -18,7 +18,16 @@ def test_alerting_rules_pass_promtool() -> None:
     cp = subprocess.run([promtool, "check", "rules", str(REPO / "configs/prometheus/sitelink-alerts.yml")],
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stdout + cp.stderr
-    assert "SUCCESS: 7 rules found" in cp.stdout
+    assert "SUCCESS: 8 rules found" in cp.stdout
+
+
+def test_sa_near_hard_expiry_fires_only_when_the_rekey_failed(tmp_path: Path) -> None:
+    promtool = require_tool("promtool", "prometheus")
+    text = (REPO / "tests/data/sitelink-alerts-test.yml").read_text()
+    tests = tmp_path / "alerts-test.yml"
+    tests.write_text(text.replace("RULES", str(REPO / "configs/prometheus/sitelink-alerts.yml")))
+    cp = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0 and "SUCCESS" in cp.stdout, cp.stdout + cp.stderr
 
 
 def test_dashboard_panels_query_sitelink_metrics() -> None:
@@ -29,5 +38,6 @@ def test_dashboard_panels_query_sitelink_metrics() -> None:
     for p in dashboard["panels"]:
         assert p["targets"] and all("sitelink_" in t["expr"] or "up{" in t["expr"] for t in p["targets"]), p["title"]
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
-    for topic in ("tunnel state", "throughput", "drops", "handshakes", "rekeys", "qos"):
+    for topic in ("tunnel state", "throughput", "drops", "handshakes", "handshake duration", "rekeys", "qos",
+                  "hard expiry", "dpd"):
         assert topic in titles, topic

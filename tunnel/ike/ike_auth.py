@@ -33,6 +33,7 @@ class ChildState:
     remote_ts: tuple[TsRange, ...]
     rekey_at: float | None = None  # soft lifetime (lifetime.py)
     expire_at: float | None = None  # hard lifetime
+    installed_at: float | None = None  # when its lifetime started (its age, for the metrics)
     state: str = "installed"  # installed | rekeying (our request is out) | rekeyed (replaced) | deleting
     announced: bool = True  # the gateway got ChildSaEstablished for it
     keys: tuple[bytes, bytes] = field(default=(), repr=False)  # (in, out) of a rekeyed SA until announced

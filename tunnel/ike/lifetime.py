@@ -42,6 +42,7 @@ def retry_at(session: IkeSession, now: float, expire_at: float | None = None) ->
 
 def start_child(session: IkeSession, child: ChildState, now: float) -> None:
     config = session.config
+    child.installed_at = now
     child.rekey_at = now + soft_time(session, config.child_rekey_time)
     child.expire_at = now + config.child_lifetime
 

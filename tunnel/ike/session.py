@@ -62,6 +62,7 @@ class IkeSession:
         self.crypto = None  # set after IKE_SA_INIT: tunnel.ike.ike_init.IkeSaCrypto
         self.children: list = []  # tunnel.ike.ike_auth.ChildState; more than one only while rekeying
         self.half_open_deadline: float | None = None
+        self.started_at: float | None = None  # our IKE_SA_INIT request sent or the peer's received
         self.ike_rekey_at: float | None = None  # soft lifetime of this IKE SA (lifetime.py)
         self.ike_expire_at: float | None = None  # hard lifetime
         self.new_child_at: float | None = None  # ask for a fresh Child SA then (lifetime.schedule_new_child)
@@ -80,12 +81,15 @@ class IkeSession:
         if not self.initiator or self.state is not State.IDLE:
             raise RuntimeError("initiate() is for a fresh initiator session")
         self.spi_i = self.random(8)
+        self.started_at = now
         ike_init.start(self, now)
 
     def receive_datagram(self, data: bytes, remote: Address, local_port: int, now: float) -> None:
         """One IKE message (without the non-ESP marker) that arrived from `remote` on `local_port`."""
         if self.state is State.CLOSED:
             return self.drop("closed")
+        if self.started_at is None:
+            self.started_at = now
         try:
             message = ike_init.parse(data)
         except MalformedPacket:
