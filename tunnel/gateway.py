@@ -21,7 +21,7 @@ from tunnel.control import ControlServer, default_path
 from tunnel.metrics import MetricsServer
 from tunnel.policies import make_schedulers, reconfigure_forwarder, tunnel_policy
 from tunnel.reload import ReloadRefused, plan_reload
-from tunnel.scheduler import PriorityScheduler
+from tunnel.scheduler import ClassStats
 from tunnel.config.loader import load_config
 from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.control_plane import KEEPALIVE_INTERVAL, VOLUME_CHECK_INTERVAL, ControlPlane, LocalPlane
@@ -48,9 +48,9 @@ def format_counters(name: str, counters: Counters) -> str:
     return f"tunnel={name} {scalars} drops={drops}"
 
 
-def format_queues(scheduler: PriorityScheduler) -> str:
+def format_queues(rows: list[tuple[int, ClassStats]]) -> str:
     parts = []
-    for cls, stats in zip(QosClass, scheduler.stats):
+    for cls, (_, stats) in zip(QosClass, rows):
         mean = stats.sojourn_sum / stats.dequeued * 1000 if stats.dequeued else 0.0
         parts.append(f"{cls.label}={stats.dequeued}/{stats.dropped}/{mean:.3f}ms")
     return "class=dequeued/dropped/mean_sojourn " + " ".join(parts)
@@ -339,9 +339,25 @@ class Gateway:
             return runtime.outbound_spi is not None
         return self.forwarder.tunnels[name].outbound is not None
 
-    @property
-    def qos_pump(self) -> pump.QosPump | None:
-        return self._qos
+    def queue_totals(self) -> dict[str, list[tuple[int, ClassStats]]]:
+        """Per direction, each QoS class's (queue depth, statistics) summed over every worker (each has
+        queues of its own); empty with the FIFO scheduler. Workers' figures are as of their last report."""
+        if self._qos is None:
+            return {}
+        totals = {}
+        for direction, scheduler in (("egress", self._qos.egress), ("ingress", self._qos.ingress)):
+            rows = []
+            for cls, stats in zip(QosClass, scheduler.stats):
+                total, depth = ClassStats(), scheduler.depth(cls)
+                workers.add_queue(total, (*(getattr(stats, f) for f in workers.QUEUE_FIELDS), stats.sojourn_buckets))
+                for worker in self._workers:
+                    reported = worker.queues.get(direction)
+                    if reported:
+                        depth += reported[cls][0]
+                        workers.add_queue(total, reported[cls][1])
+                rows.append((depth, total))
+            totals[direction] = rows
+        return totals
 
     def log_counters(self) -> None:
         """One line per tunnel (and one for drops no tunnel owns), summed over every worker."""
@@ -353,9 +369,8 @@ class Gateway:
             for worker in self._workers:
                 for name, counters in worker.counters.items():
                     log.info("worker %d: %s", worker.index, format_counters(name, counters))
-        if self._qos is not None:
-            for direction, scheduler in (("egress", self._qos.egress), ("ingress", self._qos.ingress)):
-                log.info("queues %s %s", direction, format_queues(scheduler))
+        for direction, rows in self.queue_totals().items():
+            log.info("queues %s %s", direction, format_queues(rows))
         if self.control is not None and self.control.tunnels:
             drops = self.control.dispatcher.drops
             sessions = self.control.dispatcher.sessions.values()

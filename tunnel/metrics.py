@@ -126,8 +126,8 @@ class GatewayCollector(Collector):
         yield from (up, since, handshakes, rekeys, children, duration, age, remaining, dpd_rtt, last_seen)
 
     def _queues(self) -> Iterator[Metric]:
-        qos = self.gateway.qos_pump
-        if qos is None:
+        totals = self.gateway.queue_totals()
+        if not totals:
             return
         depth = GaugeMetricFamily(f"{PREFIX}_qos_queue_depth", "Packets waiting in the gateway's queue",
                                   labels=["direction", "class"])
@@ -135,10 +135,10 @@ class GatewayCollector(Collector):
                                       labels=["direction", "class"])
         sojourn = HistogramMetricFamily(f"{PREFIX}_qos_sojourn_seconds", "Time packets waited in the queue",
                                         labels=["direction", "class"])
-        for direction, scheduler in (("egress", qos.egress), ("ingress", qos.ingress)):
-            for cls, stats in zip(QosClass, scheduler.stats):
+        for direction, rows in totals.items():
+            for cls, (queued, stats) in zip(QosClass, rows):
                 labels = [direction, cls.label]
-                depth.add_metric(labels, scheduler.depth(cls))
+                depth.add_metric(labels, queued)
                 dropped.add_metric(labels, stats.dropped)
                 sojourn.add_metric(labels, _buckets(SOJOURN_BOUNDS, stats.sojourn_buckets), stats.sojourn_sum)
         yield from (depth, dropped, sojourn)

@@ -59,12 +59,9 @@ def snapshot(gateway: "Gateway", now: float) -> dict[str, Any]:
         elif state.outbound is not None:
             entry["child_sas"] = [{"spi_out": f"{state.outbound.spi:08x}", "suite": "AES_GCM_16_256", "state": "manual"}]
         tunnels.append(entry)
-    queues = {}
-    if gateway.qos_pump is not None:
-        for direction, scheduler in (("egress", gateway.qos_pump.egress), ("ingress", gateway.qos_pump.ingress)):
-            queues[direction] = {cls.label: {"depth": scheduler.depth(cls), "dropped": stats.dropped,
-                                             "sent": stats.dequeued}
-                                 for cls, stats in zip(QosClass, scheduler.stats)}
+    queues = {direction: {cls.label: {"depth": depth, "dropped": stats.dropped, "sent": stats.dequeued}
+                          for cls, (depth, stats) in zip(QosClass, rows)}
+              for direction, rows in gateway.queue_totals().items()}
     return {"gateway": gateway.config.name, "listen": f"{gateway.config.listen.address}:{gateway.config.listen.port}",
             "tunnels": tunnels, "queues": queues, "unowned_drops": totals[""].drops_by_reason()}
 

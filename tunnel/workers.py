@@ -17,6 +17,7 @@ import signal
 import socket
 import time
 
+from policy.qos import QosClass
 from tunnel import pump
 from tunnel.config.model import GatewayConfig
 from tunnel.dataplane import Counters, Forwarder
@@ -24,6 +25,7 @@ from tunnel.policies import make_schedulers, reconfigure_forwarder, tunnel_polic
 from tunnel.drivers import udp
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.sa import InboundSa, OutboundSa
+from tunnel.scheduler import ClassStats
 
 log = logging.getLogger("sitelink.worker")
 
@@ -46,6 +48,8 @@ class WorkerProxy:
         self.unknown_spi_peers: set[str] = set()
         self.need_sa: set[str] = set()
         self.generation = 0  # reloads sent; per-tunnel news of reports from before the last one is stale
+        # The worker's QoS queues as of its last report: {direction: [(depth, ClassStats values), ...]}
+        self.queues: dict[str, list[tuple[int, tuple]]] = {}
 
     # -- DataPlane ----------------------------------------------------------------------------------
     def install_inbound(self, tunnel: str, spi: int, key: bytes, window: int) -> None:
@@ -105,7 +109,8 @@ class WorkerProxy:
         return alive
 
     def _apply(self, report: tuple) -> None:
-        _, generation, tunnels, global_counters, used, unknown, need_sa = report
+        _, generation, tunnels, global_counters, used, unknown, need_sa, queues = report
+        self.queues = queues
         for name, (counters, peer, changes, outbound) in tunnels.items():
             if generation != self.generation or name not in self.counters:
                 continue  # from before a reload the worker had not applied yet
@@ -150,6 +155,26 @@ def _load(counters: Counters, values: tuple) -> None:
         setattr(counters, name, value)
     drops = values[-1]
     counters.drops[:len(drops)] = drops
+
+
+QUEUE_FIELDS = ("enqueued", "dequeued", "dropped", "bytes", "demoted", "sojourn_sum")
+
+
+def _dump_queues(qos: pump.QosPump | None) -> dict[str, list[tuple[int, tuple]]]:
+    if qos is None:
+        return {}
+    return {direction: [(scheduler.depth(cls), (*(getattr(stats, f) for f in QUEUE_FIELDS),
+                                                list(stats.sojourn_buckets)))
+                        for cls, stats in zip(QosClass, scheduler.stats)]
+            for direction, scheduler in (("egress", qos.egress), ("ingress", qos.ingress))}
+
+
+def add_queue(total: ClassStats, values: tuple) -> None:
+    """Sum a worker's reported queue statistics for one class into a total."""
+    for name, value in zip(QUEUE_FIELDS, values):
+        setattr(total, name, getattr(total, name) + value)
+    for i, n in enumerate(values[-1]):
+        total.sojourn_buckets[i] += n
 
 
 def add(total: Counters, part: Counters) -> None:
@@ -232,7 +257,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
             qos.service(time.monotonic)
         now = time.monotonic()
         if now >= next_report:
-            _report(forwarder, conn, generation[0])
+            _report(forwarder, conn, generation[0], qos)
             next_report = now + STATS_INTERVAL
     return 0
 
@@ -280,7 +305,7 @@ def _commands(forwarder: Forwarder, conn: socket.socket, generation: list[int]) 
     return alive
 
 
-def _report(forwarder: Forwarder, conn: socket.socket, generation: int) -> None:
+def _report(forwarder: Forwarder, conn: socket.socket, generation: int, qos: pump.QosPump | None = None) -> None:
     tunnels = {}
     for name, state in forwarder.tunnels.items():
         sa = state.outbound
@@ -290,7 +315,8 @@ def _report(forwarder: Forwarder, conn: socket.socket, generation: int) -> None:
         need_sa.append(event.tunnel)
     unknown = list(forwarder.unknown_spi_peers)
     forwarder.unknown_spi_peers.clear()
-    report = ("stats", generation, tunnels, _dump(forwarder.counters), forwarder.used_inbound_spis(), unknown, need_sa)
+    report = ("stats", generation, tunnels, _dump(forwarder.counters), forwarder.used_inbound_spis(), unknown, need_sa,
+              _dump_queues(qos))
     try:
         conn.send(pickle.dumps(report), socket.MSG_DONTWAIT)
     except BlockingIOError:

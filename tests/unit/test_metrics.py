@@ -3,6 +3,8 @@ the exposition format, with bounded labels and no key material."""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -13,11 +15,13 @@ from policy.qos import QosClass
 from tests.unit.test_config_loader import GOOD, SECOND_TUNNEL, make_keys, write
 from tests.unit.test_control_plane import Link
 from tunnel.config.loader import load_config
+from tunnel.dataplane import Forwarder
 from tunnel.esp.drops import DropReason
 from tunnel.gateway import Gateway
 from tunnel.metrics import GatewayCollector
 from tunnel.pump import QosPump
 from tunnel.scheduler import PriorityScheduler
+from tunnel.workers import WorkerProxy, _report
 
 
 def scrape(gateway: Gateway) -> tuple[str, dict[tuple[str, tuple], float]]:
@@ -125,3 +129,36 @@ def test_ike_timings_come_from_the_sessions(tmp_path: Path) -> None:
     assert s[("sitelink_dpd_rtt_seconds", tunnel)] >= 0
     seen = s[("sitelink_peer_last_seen_seconds", tunnel)]
     assert abs(seen - (time.time() - (time.monotonic() - link.now))) < 1.0
+
+
+def test_queue_metrics_sum_every_worker(tmp_path: Path) -> None:
+    """With gateway.workers > 1 each worker has queues of its own: a scrape shows the sum, the workers'
+    part as of their last report over the socketpair."""
+    make_keys(tmp_path, "b1", "b2")
+    gateway = Gateway(load_config(write(tmp_path, GOOD)))
+    for tunnel in gateway.config.tunnels:
+        gateway._add_tunnel(tunnel)
+    gateway._qos = QosPump(gateway.forwarder, None, None, None, PriorityScheduler(10**9), PriorityScheduler(10**9))  # type: ignore[arg-type]
+    worker_qos = QosPump(Forwarder(), None, None, None, PriorityScheduler(10**9, {QosClass.BULK: 1}),  # type: ignore[arg-type]
+                         PriorityScheduler(10**9))
+    gateway._qos.egress.enqueue(QosClass.BULK, "a", 1000, 0.0)
+    worker_qos.egress.enqueue(QosClass.BULK, "b", 1000, 0.0)
+    worker_qos.egress.enqueue(QosClass.BULK, "c", 1000, 0.0)  # over the worker's limit of 1: dropped
+    worker_qos.egress.enqueue(QosClass.REALTIME_AUDIO, "d", 200, 0.0)
+    worker_qos.egress.dequeue(1, 0.002)
+    main_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        proxy = WorkerProxy(1, main_end, os.getpid(), {"branch1": ("198.18.2.2", 4500)})
+        _report(Forwarder(), worker_end, 0, worker_qos)
+        assert proxy.receive()
+        gateway._workers = [proxy]
+        _, s = scrape(gateway)
+    finally:
+        gateway._workers = []
+        main_end.close()
+        worker_end.close()
+    bulk, ef = (("class", "bulk"), ("direction", "egress")), (("class", "realtime-audio"), ("direction", "egress"))
+    assert s[("sitelink_qos_queue_depth", bulk)] == 2  # one here, one in the worker
+    assert s[("sitelink_qos_drops_total", bulk)] == 1
+    assert s[("sitelink_qos_sojourn_seconds_count", ef)] == 1
+    assert abs(s[("sitelink_qos_sojourn_seconds_sum", ef)] - 0.002) < 1e-9
