@@ -3,8 +3,8 @@
 
 Builds the two-site topology twice, once routed in clear (the baseline) and once with only the
 tunnel between the LANs, then measures both side by side in interleaved rounds (ping RTT and iperf3
-TCP between the LAN hosts), prints medians and the gateways' per-tunnel counters, and tears
-everything down (also on Ctrl-C or an error).
+TCP between the LAN hosts), prints medians, the gateways' per-tunnel counters, `sitelink status` and an
+excerpt of the Prometheus metrics, and tears everything down (also on Ctrl-C or an error).
 """
 
 from __future__ import annotations
@@ -37,6 +37,21 @@ def first_packet(lab: Lab, since: float, timeout: float = 20.0) -> float:
         if ping(lab, "hq-host", lab.addr("branch1-host"), count=1, timeout=0.2).received:
             return time.monotonic() - since
     raise SystemExit("demo: the tunnel did not come up")
+
+
+SCRAPE = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9548/metrics', timeout=5).read().decode())"
+SHOWN = ("sitelink_tunnel_up{", "sitelink_esp_bytes_total{", "sitelink_ike_handshake_duration_seconds_sum{",
+         "sitelink_ike_handshake_duration_seconds_count{", "sitelink_child_sa_lifetime_remaining_seconds{",
+         "sitelink_drops_total{tunnel=\"branch1\",reason=\"replay\"}", "sitelink_qos_sojourn_seconds_count{")
+
+
+def metrics_excerpt(lab: Lab, node: str) -> list[str]:
+    """A few of the gateway's Prometheus series, scraped inside its namespace (the exporter is on loopback)."""
+    cp = lab.run(node, [sys.executable, "-c", SCRAPE], timeout=15, check=False)
+    if cp.returncode != 0:
+        return [f"(no metrics: {cp.stderr.strip()[-200:]})"]
+    return [line for line in cp.stdout.splitlines() if line.startswith(SHOWN) and "(none)" not in line
+            and not ("_qos_" in line and ('direction="ingress"' in line or "default" not in line and "audio" not in line))]
 
 
 def main() -> int:
@@ -74,6 +89,10 @@ def main() -> int:
                 drops = ", ".join(f"{k} {v}" for k, v in c["drops"].items()) or "none"
                 print(f"gateway {site:8} tunnel {tunnel_name:8} tx {c['tx_packets']:>8} pkts {c['tx_bytes']:>12} B"
                       f"  rx {c['rx_packets']:>8} pkts {c['rx_bytes']:>12} B  drops: {drops}")
+        status = deployment.sitelink("hq", "status")
+        print("\n$ sitelink status    # on hq, over its control socket\n" + (status.stdout or status.stderr).rstrip())
+        print("\n$ curl -s 127.0.0.1:9548/metrics    # on hq, an excerpt")
+        print("\n".join(metrics_excerpt(tunnel, "hq-gw")))
     print("lab torn down")
     return 0
 
