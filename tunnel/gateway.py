@@ -337,7 +337,8 @@ class Gateway:
         runtime = self.control.tunnels.get(name) if self.control is not None else None
         if runtime is not None:
             return runtime.outbound_spi is not None
-        return self.forwarder.tunnels[name].outbound is not None
+        state = self.forwarder.tunnels.get(name)  # None: removed by a reload since the caller looked
+        return state is not None and state.outbound is not None
 
     def queue_totals(self) -> dict[str, list[tuple[int, ClassStats]]]:
         """Per direction, each QoS class's (queue depth, statistics) summed over every worker (each has

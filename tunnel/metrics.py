@@ -95,7 +95,7 @@ class GatewayCollector(Collector):
         last_seen = GaugeMetricFamily(f"{PREFIX}_peer_last_seen_seconds", "Unix time the peer was last heard from "
                                       "(an authenticated IKE message or ESP packet)", labels=["tunnel"])
         now, wall = time.monotonic(), time.time()
-        for name in self.gateway.forwarder.tunnels:
+        for name in list(self.gateway.forwarder.tunnels):  # a copy: a reload may change the dict meanwhile
             runtime = control.tunnels.get(name) if control is not None else None
             is_up = self.gateway.tunnel_is_up(name)
             up.add_metric([name], 1 if is_up else 0)
