@@ -111,3 +111,9 @@ def test_json_log_lines() -> None:
     entry = json.loads(JsonLines().format(record))
     assert entry["level"] == "warning" and entry["logger"] == "sitelink.gateway"
     assert entry["message"] == "tunnel b1: 3 drops" and entry["time"][:2] == "20"
+
+
+def test_reload_without_a_running_gateway_is_one_line(tmp_path: Path) -> None:
+    result = sitelink("reload", "--socket", str(tmp_path / "none.sock"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"sitelink: error: {tmp_path / 'none.sock'}: no such socket; is the gateway running?"

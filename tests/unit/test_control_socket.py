@@ -63,3 +63,32 @@ def test_unusable_socket_path_is_a_clear_error(tmp_path: Path) -> None:
     server = ControlServer(manual_gateway(tmp_path), tmp_path / "file" / "c.sock")  # parent is a file
     with pytest.raises(DriverError, match="cannot open the control socket .* \\(set gateway.control_socket\\)"):
         asyncio.run(server.start())
+
+
+def test_reload_over_the_socket_answers_with_the_problems(tmp_path: Path) -> None:
+    """A refused reload comes back as its problems (file:line:col) and exit status 2 at the client; the
+    running configuration stays. (A reload that applies needs netlink: tests/lab/test_reload.py.)"""
+    gateway = manual_gateway(tmp_path)
+    from tunnel.control import ControlError
+    from tunnel.control_plane import ControlPlane
+
+    gateway.control = ControlPlane(gateway.config, gateway.forwarder, lambda n: bytes(n))
+    server = ControlServer(gateway, tmp_path / "c.sock")
+    path = gateway.config.path
+    path.write_text(path.read_text().replace("10.2.0.0/24", "10.2.0.0/40"))
+    running = gateway.config
+
+    async def main() -> None:
+        await server.start()
+        try:
+            loop = asyncio.get_running_loop()
+            with pytest.raises(ControlError) as error:
+                await loop.run_in_executor(None, request, tmp_path / "c.sock", {"command": "reload"})
+            assert error.value.exit_status == 2 and "the running one stays" in str(error.value)
+            assert len(error.value.problems) == 1 and error.value.problems[0].startswith(f"{path}:")
+            assert "'10.2.0.0/40' is not a subnet" in error.value.problems[0]
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+    assert gateway.config is running
