@@ -112,7 +112,13 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     from tunnel.control import ControlError, request
 
     try:
-        print(request(_socket_path(args), {"command": "reload"})["message"])
+        path = _socket_path(args)  # with --config this reads the new file, and finds its errors first
+    except ConfigError:
+        print("sitelink: the file has errors, so the gateway was not asked to reload; it keeps its running "
+              "configuration", file=sys.stderr)
+        raise
+    try:
+        print(request(path, {"command": "reload"})["message"])
     except ControlError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -76,11 +76,16 @@ class ControlServer:
             line = await asyncio.wait_for(reader.readline(), 5)
             try:
                 request = json.loads(line)
-                if not isinstance(request, dict):
-                    request = {}
-                answer = await self.reload() if request.get("command") == "reload" else self.handle(request)
             except (ValueError, UnicodeDecodeError):
                 answer = {"ok": False, "error": "not a JSON request"}
+            else:
+                if not isinstance(request, dict):
+                    request = {}
+                try:
+                    answer = await self.reload() if request.get("command") == "reload" else self.handle(request)
+                except Exception as exc:  # noqa: BLE001 - the command failed; the client hears why
+                    log.exception("control command %r failed", request.get("command"))
+                    answer = {"ok": False, "error": f"{request.get('command')} failed: {exc}"}
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
@@ -102,6 +107,9 @@ class ControlServer:
         except ReloadRefused as exc:
             log.error("reload refused: %s", exc)
             return {"ok": False, "error": str(exc), "config_error": True}
+        except SitelinkError as exc:  # ReloadFailed, or a DriverError while undoing routes
+            log.error("reload: %s", exc)
+            return {"ok": False, "error": str(exc)}
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         command, tunnel = request.get("command"), request.get("tunnel")

@@ -173,7 +173,7 @@ class ControlPlane:
         self.key_logger = key_logger
         self.ike_key_logger = ike_key_logger  # opt-in (debugging): IKE SA keys for Wireshark
         self.tunnels = {t.name: self._runtime(t) for t in config.tunnels if t.ike is not None}
-        self.dispatcher = IkeDispatcher(self._ike_configs(config), random_bytes)
+        self.dispatcher = IkeDispatcher(self.ike_configs(config), random_bytes)
         self._retiring: list[tuple[float, int, int, str]] = []  # (remove at, worker, inbound SPI, tunnel)
         self._accept_ike()
 
@@ -185,17 +185,20 @@ class ControlPlane:
             if self.tunnels and isinstance(plane, LocalPlane):
                 plane.forwarder.accept_ike = True
 
-    def _ike_configs(self, config: GatewayConfig) -> list[tuple[IkeConfig, str]]:
+    def ike_configs(self, config: GatewayConfig) -> list[tuple[IkeConfig, str]]:
         """Each IKE tunnel's IkeConfig (reading the PKI files when a tunnel uses certificates)."""
         tunnels = [t for t in config.tunnels if t.ike is not None]
         cert_auth = _cert_auth(config) if any(t.ike.auth == "cert" for t in tunnels) else None
         return [(_ike_config(t, cert_auth, len(self.planes)), str(t.peer.address)) for t in tunnels]
 
-    def reconfigure(self, config: GatewayConfig, plan: ReloadPlan, now: float) -> None:
+    def reconfigure(self, config: GatewayConfig, plan: ReloadPlan, now: float,
+                    configs: list[tuple[IkeConfig, str]] | None = None) -> None:
         """A reload (tunnel/reload.py): the IKE SAs of removed and replaced tunnels are deleted at the
         peer, kept tunnels keep theirs, new IKE SAs use the new configuration (and PKI files), new tunnels
-        that initiate start now. Raises (changing nothing) if the new PKI files cannot be used."""
-        configs = self._ike_configs(config)
+        that initiate start now. configs: ike_configs(config) if already made (it raises, changing
+        nothing, when the new PKI files cannot be used)."""
+        if configs is None:
+            configs = self.ike_configs(config)
         for name in plan.gone:
             if self.tunnels.pop(name, None) is not None:
                 log.info("tunnel %s: deleting its IKE SA(s) (reload)", name)

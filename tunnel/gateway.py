@@ -20,7 +20,7 @@ from policy.qos import QosClass
 from tunnel.control import ControlServer, default_path
 from tunnel.metrics import MetricsServer
 from tunnel.policies import make_schedulers, reconfigure_forwarder, tunnel_policy
-from tunnel.reload import ReloadRefused, plan_reload
+from tunnel.reload import ReloadFailed, ReloadPlan, ReloadRefused, plan_reload
 from tunnel.scheduler import ClassStats
 from tunnel.config.loader import load_config
 from tunnel.config.model import GatewayConfig, Tunnel
@@ -223,33 +223,48 @@ class Gateway:
                 owner = tunnel.manual_keys and self.forwarder.inbound_tunnel(tunnel.manual_keys.inbound.spi)
                 if owner and owner not in plan.gone:
                     raise ReloadRefused(f"tunnel {tunnel.name}: its manual inbound SPI is in use by tunnel {owner}")
+            try:
+                ike_configs = self.control.ike_configs(new)  # reads the PKI files: may fail
+            except (SitelinkError, ValueError, OSError) as exc:
+                raise ReloadRefused(f"cannot use the new configuration: {exc}; the running one stays") from None
+            loop = asyncio.get_running_loop()
             old_routes = {net for t in self.config.tunnels for net in t.remote_subnets}
             new_routes = [net for t in plan.new for net in t.remote_subnets]
+            added = [net for net in new_routes if net not in old_routes]
             try:  # routes first: until a tunnel exists in the forwarder its traffic is dropped (fail closed)
-                await asyncio.get_running_loop().run_in_executor(None, self._change_routes, new_routes, [])
+                await loop.run_in_executor(None, self._change_routes, new_routes, [])
             except DriverError as exc:
-                added = [net for net in new_routes if net not in old_routes]
-                await asyncio.get_running_loop().run_in_executor(None, self._change_routes, [], added)
+                await loop.run_in_executor(None, self._change_routes, [], added)
                 raise ReloadRefused(f"{exc}; the running configuration stays") from None
+            # From here on nothing is expected to fail (everything was checked above); if it does, say so
+            # plainly: the gateway may be half way between the two configurations.
             try:
-                self.control.reconfigure(new, plan, time.monotonic())
-            except (SitelinkError, ValueError, OSError) as exc:  # e.g. a PKI file replaced by a bad one
-                raise ReloadRefused(f"cannot use the new configuration: {exc}; the running one stays") from None
-            reconfigure_forwarder(self.forwarder, new, plan.gone)
-            for worker in self._workers:
-                worker.reconfigure(new, plan.gone)
-            for tunnel in plan.new:
-                self._log_tunnel(tunnel)
-                if tunnel.manual_keys is not None:
-                    self._install_manual_keys(tunnel)
-            self.config = new
-            logging.getLogger().setLevel(getattr(logging, new.log_level.upper()))
-            self._after_ike()
+                self._apply_reload(new, plan, ike_configs)
+            except Exception as exc:
+                log.exception("reload failed half way")
+                raise ReloadFailed(f"reload failed half way ({exc}); restart the gateway to be sure of its "
+                                   "state") from None
             stale = sorted(old_routes - {net for t in new.tunnels for net in t.remote_subnets}, key=str)
-            await asyncio.get_running_loop().run_in_executor(None, self._change_routes, [], stale)
+            try:
+                await loop.run_in_executor(None, self._change_routes, [], stale)
+            except DriverError as exc:  # the tunnels are gone already: their traffic is dropped as no_tunnel
+                log.warning("reload: stale routes not removed: %s", exc)
             summary = plan.summary()
             log.info("reloaded %s: %s", path, summary)
             return summary
+
+    def _apply_reload(self, new: GatewayConfig, plan: ReloadPlan, ike_configs: list) -> None:
+        self.control.reconfigure(new, plan, time.monotonic(), ike_configs)
+        reconfigure_forwarder(self.forwarder, new, plan.gone)
+        for worker in self._workers:
+            worker.reconfigure(new, plan.gone)
+        for tunnel in plan.new:
+            self._log_tunnel(tunnel)
+            if tunnel.manual_keys is not None:
+                self._install_manual_keys(tunnel)
+        self.config = new
+        logging.getLogger().setLevel(getattr(logging, new.log_level.upper()))
+        self._after_ike()
 
     def _change_routes(self, add: list, delete: list) -> None:
         """In a worker thread: pyroute2's synchronous API cannot run inside the event loop's thread."""
@@ -276,6 +291,8 @@ class Gateway:
             log.error("reload refused: %d problem(s) in the configuration; the running one stays", len(exc.problems))
         except ReloadRefused as exc:
             log.error("reload refused: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - ReloadFailed (logged with its traceback) or a DriverError
+            log.error("%s", exc)
 
     def after_command(self) -> None:
         """A control-socket command changed IKE state: send what it wants sent, re-arm the timer."""

@@ -30,6 +30,10 @@ class ReloadRefused(SitelinkError):
     exit_status = 2
 
 
+class ReloadFailed(SitelinkError):
+    """A reload went wrong after it began changing the gateway (a bug or an OS failure, not the config)."""
+
+
 @dataclass(frozen=True)
 class ReloadPlan:
     added: tuple[Tunnel, ...] = ()
@@ -66,6 +70,9 @@ def plan_reload(running: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
     if restart:
         raise ReloadRefused(f"{', '.join(restart)} changed: that needs a restart (systemctl restart); "
                             "the running configuration stays")
+    if not any(t.ike for t in running.tunnels) and any(t.ike for t in new.tunnels):
+        raise ReloadRefused("the first IKEv2 tunnel needs a restart (the IKE socket on gateway.ike_port and "
+                            "the IKE timers start with the gateway); the running configuration stays")
     old = {t.name: t for t in running.tunnels}
     added, replaced, updated, unchanged = [], [], [], []
     for tunnel in new.tunnels:

@@ -213,6 +213,7 @@ def spawn(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.socket
 def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.socket, conn: socket.socket) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the main process's (it sends us the result)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     forwarder = Forwarder()
@@ -300,6 +301,7 @@ def _commands(forwarder: Forwarder, conn: socket.socket, generation: list[int]) 
         elif kind == "config":
             _, config, gone, generation[0] = message
             reconfigure_forwarder(forwarder, config, gone)
+            logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
         elif kind == "stop":
             return False
     return alive

@@ -92,3 +92,25 @@ def test_reload_over_the_socket_answers_with_the_problems(tmp_path: Path) -> Non
 
     asyncio.run(main())
     assert gateway.config is running
+
+
+def test_a_command_that_fails_unexpectedly_is_answered(tmp_path: Path) -> None:
+    gateway = manual_gateway(tmp_path)
+
+    async def broken() -> str:
+        raise RuntimeError("netlink went away")
+
+    gateway.reload = broken  # type: ignore[method-assign]
+    server = ControlServer(gateway, tmp_path / "c.sock")
+
+    async def main() -> None:
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(tmp_path / "c.sock"))
+            writer.write(b'{"command": "reload"}\n')
+            assert json.loads(await reader.readline()) == {"ok": False, "error": "reload failed: netlink went away"}
+            writer.close()
+        finally:
+            await server.close()
+
+    asyncio.run(main())

@@ -22,6 +22,7 @@ from tunnel.errors import ConfigError
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.gateway import Gateway
 from tunnel.ike.constants import ExchangeType
+from tunnel.ike.message import parse_header
 from tunnel.policies import reconfigure_forwarder
 from tunnel.reload import LIVE_FIELDS, RESTART_FIELDS, ReloadRefused, plan_reload
 from tunnel.workers import WorkerProxy, _commands, _report
@@ -239,3 +240,42 @@ def test_gateway_refuses_a_broken_or_restart_only_configuration(tmp_path: Path) 
         asyncio.run(gateway.reload())
     assert gateway.config is running and list(gateway.forwarder.tunnels) == [t.name for t in running.tunnels]
     assert all(state.outbound is not None for state in gateway.forwarder.tunnels.values())
+
+
+def test_the_first_ike_tunnel_needs_a_restart(tmp_path: Path) -> None:
+    """A gateway started with manual keys only has no IKE socket or IKE timers to give a new IKE tunnel."""
+    make_keys(tmp_path, "b1", "b2")
+    (tmp_path / "b2.psk").write_bytes(b"a-pre-shared-key-of-enough-length-0123\n")
+    (tmp_path / "b2.psk").chmod(0o600)
+    ike = SECOND_TUNNEL.replace("    manual_keys: keys/b2.keys\n", "    ike: {auth: psk, psk_file: b2.psk, "
+                                "local_id: gw.hq.example, remote_id: gw.b2.example}\n")
+    old, new = load_config(write(tmp_path, TWO)), load_config(write(tmp_path, GOOD + ike))
+    with pytest.raises(ReloadRefused, match="the first IKEv2 tunnel needs a restart"):
+        plan_reload(old, new)
+
+
+def test_a_removed_tunnel_busy_with_a_rekey_is_still_deleted_at_the_peer(tmp_path: Path) -> None:
+    """Our CREATE_CHILD_SA is outstanding when the reload removes the tunnel: the Delete waits for its
+    answer (one request at a time, RFC 7296 §2.3) instead of being skipped."""
+    link = _up(Link(tmp_path))
+    link.hq.control.dispatcher.rekey_child("branch1", link.now)  # request queued, not delivered yet
+    assert link.hq.control.dispatcher.sessions_for("branch1")[0].requests.busy
+    text = Path(link.hq.control.config.path).read_text()
+    _reload(link, link.hq, _only_branch2(text))  # pumps: the rekey's answer, then our Delete
+    assert link.hq.control.dispatcher.sessions == {}
+    assert link.br.control.dispatcher.sessions_for("hq") == [] and link.br.forwarder.tunnels["hq"].outbound is None
+    exchanges = [(s, e, r) for s, e, r in link.ike_log if e in (ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL)]
+    assert exchanges[:2] == [("hq", ExchangeType.CREATE_CHILD_SA, False), ("branch1", ExchangeType.CREATE_CHILD_SA, True)]
+    assert ("hq", ExchangeType.INFORMATIONAL, False) in exchanges[2:]
+
+
+def test_a_replaced_tunnel_tells_the_peer_to_drop_the_old_sas(tmp_path: Path) -> None:
+    """The replacement's IKE_AUTH carries INITIAL_CONTACT again (RFC 7296 §2.4), so even an old IKE SA
+    whose Delete was lost is dropped by the peer."""
+    link = _up(Link(tmp_path))
+    text = Path(link.hq.control.config.path).read_text()
+    link.lose_ike = lambda sender, data: sender == "hq" and parse_header(data).exchange == ExchangeType.INFORMATIONAL
+    _reload(link, link.hq, text.replace("rekey_time: 100", "rekey_time: 90"))
+    sessions = link.br.control.dispatcher.sessions_for("hq")
+    assert len(sessions) == 1 and sessions[0].spi_i == link.hq.control.dispatcher.sessions_for("branch1")[0].spi_i
+    assert link.send(link.hq, 1) and link.send(link.br, 2)

@@ -67,14 +67,18 @@ class IkeDispatcher:
             self._collect(session)
 
     def retire_tunnel(self, tunnel: str, now: float) -> None:
-        """Delete the tunnel's IKE SAs at the peer and stop reporting on them (a reload removed it)."""
+        """Delete the tunnel's IKE SAs at the peer (after an exchange of ours in progress, if any) and
+        stop reporting on them: a reload removed or replaced the tunnel. A replacement's first IKE SA
+        carries INITIAL_CONTACT again, so the peer also drops what it may still hold of the old ones."""
+        self._contacted.discard(tunnel)
         for session in self.sessions_for(tunnel):
             self._retired.add(session.spi_i)
-            session.delete(now)
+            session.delete(now, when_idle=True)
             self._collect(session)
 
     def sessions_for(self, tunnel: str) -> list[IkeSession]:
-        return [s for s in self.sessions.values() if s.config.tunnel == tunnel and s.spi_i not in self._retired]
+        # list(): one step under the GIL, so the metrics thread may call this while the loop adds sessions
+        return [s for s in list(self.sessions.values()) if s.config.tunnel == tunnel and s.spi_i not in self._retired]
 
     def rekey_child(self, tunnel: str, now: float) -> None:
         """Rekey the tunnel's Child SA soon (the gateway's byte/packet/sequence-number limits approach)."""
@@ -191,8 +195,9 @@ class IkeDispatcher:
         spawned, session.spawned = session.spawned, []
         for new in spawned:  # §2.18: the new IKE SA is found by its own initiator SPI
             self.sessions[new.spi_i] = new
-            if retired:  # a rekey that finished after its tunnel was removed: the peer's to expire
+            if retired:  # an IKE rekey that finished after its tunnel was removed: delete the new SA too
                 self._retired.add(new.spi_i)
+                new.delete_when_idle = True
             self._collect(new)
 
     def _initial_contact(self, session: IkeSession) -> None:

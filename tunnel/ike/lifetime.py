@@ -69,13 +69,16 @@ def deadlines(session: IkeSession) -> list[float]:
     found = [c.expire_at for c in session.children]
     found.append(session.ike_expire_at)
     if not session.requests.busy:
+        if session.delete_when_idle:
+            found.append(0.0)  # at once
         found += [c.rekey_at for c in session.children if c.state == "installed"]
         found += [session.ike_rekey_at, dpd_due(session), session.new_child_at]
     return [d for d in found if d is not None]
 
 
 def on_timer(session: IkeSession, now: float) -> None:
-    """Hard expiries first, then at most one new request: IKE rekey, Child rekey or DPD, in that order."""
+    """Hard expiries first, then at most one new request: a Delete that waited, IKE rekey, Child rekey or
+    DPD, in that order."""
     from tunnel.ike import child_rekey, dpd, ike_rekey
     from tunnel.ike.session import State
 
@@ -88,6 +91,9 @@ def on_timer(session: IkeSession, now: float) -> None:
         return session.delete(now)
     if session.requests.busy:
         return
+    if session.delete_when_idle:
+        session.delete_when_idle = False
+        return session.delete(now)
     if session.ike_rekey_at is not None and session.ike_rekey_at <= now:
         return ike_rekey.start(session, now)
     for child in session.children:

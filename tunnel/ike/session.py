@@ -72,6 +72,7 @@ class IkeSession:
         self.initial_contact_received = False  # the peer's IKE_AUTH carried it; read by the dispatcher
         self.spawned: list[IkeSession] = []  # new IKE SAs made by a rekey, for the dispatcher to index
         self.quiet = False  # closing emits no IkeSaDeleted (a rekeyed or redundant IKE SA)
+        self.delete_when_idle = False  # delete(when_idle=True) waits for our outstanding request (lifetime.py)
         self.drops: dict[str, int] = {}
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
@@ -152,10 +153,14 @@ class IkeSession:
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
-    def delete(self, now: float) -> None:
-        """Tell the peer the IKE SA (and its Child SAs) is going away (RFC 7296 §1.4.1)."""
+    def delete(self, now: float, when_idle: bool = False) -> None:
+        """Tell the peer the IKE SA (and its Child SAs) is going away (RFC 7296 §1.4.1). With a request of
+        ours outstanding, the Delete cannot go out yet (§2.3: one at a time): when_idle sends it once that
+        exchange ends; otherwise the SA is closed here without telling the peer."""
         if self.state is State.ESTABLISHED and not self.requests.busy:
             informational.send_delete_ike(self, now)
+        elif when_idle and self.state is State.ESTABLISHED:
+            self.delete_when_idle = True
         else:
             self.close("deleted locally")
 
