@@ -2,6 +2,9 @@
 
 The only place that owns the event loop and the OS resources. The data path never awaits per packet:
 each readiness callback drains a batch, pushes it through the forwarder and flushes the results.
+Past the ~400-line guideline because it sequences every OS-facing step (start-up, the data path's
+callbacks, hot reload, shutdown) in one place; what to do at each step is decided in the pure modules it
+calls (reload.py, control_plane.py, dataplane.py, scheduler.py).
 """
 
 from __future__ import annotations
