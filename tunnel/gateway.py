@@ -370,7 +370,7 @@ class Gateway:
             rows = []
             for cls, stats in zip(QosClass, scheduler.stats):
                 total, depth = ClassStats(), scheduler.depth(cls)
-                workers.add_queue(total, (*(getattr(stats, f) for f in workers.QUEUE_FIELDS), stats.sojourn_buckets))
+                workers.add_queue(total, workers.queue_values(stats))
                 for worker in self._workers:
                     reported = worker.queues.get(direction)
                     if reported:

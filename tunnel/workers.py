@@ -160,12 +160,15 @@ def _load(counters: Counters, values: tuple) -> None:
 QUEUE_FIELDS = ("enqueued", "dequeued", "dropped", "bytes", "demoted", "sojourn_sum")
 
 
+def queue_values(stats: ClassStats) -> tuple:
+    """One class's queue statistics as plain values (what a worker reports; add_queue sums them)."""
+    return (*(getattr(stats, f) for f in QUEUE_FIELDS), list(stats.sojourn_buckets))
+
+
 def _dump_queues(qos: pump.QosPump | None) -> dict[str, list[tuple[int, tuple]]]:
     if qos is None:
         return {}
-    return {direction: [(scheduler.depth(cls), (*(getattr(stats, f) for f in QUEUE_FIELDS),
-                                                list(stats.sojourn_buckets)))
-                        for cls, stats in zip(QosClass, scheduler.stats)]
+    return {direction: [(scheduler.depth(cls), queue_values(stats)) for cls, stats in zip(QosClass, scheduler.stats)]
             for direction, scheduler in (("egress", qos.egress), ("ingress", qos.ingress))}
 
 
