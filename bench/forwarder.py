@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
-from tunnel.dataplane import Forwarder  # noqa: E402
+from tunnel.dataplane.forwarder import Forwarder  # noqa: E402
 from tunnel.esp.sa import InboundSa, OutboundSa  # noqa: E402
 
 net = ipaddress.ip_network

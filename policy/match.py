@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import Generic
 
 from policy.model import ANY_PROTOCOL, PORT_PROTOCOLS, Network, Rule, V
-from policy.selectors import PrefixTable
+from policy.prefixes import PrefixTable
 
 _BITS = {4: 32, 6: 128}
 _MISS = object()

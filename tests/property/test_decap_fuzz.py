@@ -5,7 +5,7 @@ import ipaddress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunnel.dataplane import Forwarder
+from tunnel.dataplane.forwarder import Forwarder
 from tunnel.esp.sa import InboundSa, OutboundSa
 
 KEY = bytes(range(36))

@@ -1,4 +1,4 @@
-"""tunnel/ipedit.py on random and mutated packets: no function ever raises, each returns its documented
+"""tunnel/dataplane/ipedit.py on random and mutated packets: no function ever raises, each returns its documented
 kind of value, and on a valid IPv4 header every edit leaves a valid header checksum (checked with
 scapy's RFC 1071 implementation). Fragmentation and MSS clamping are also compared with naive models
 over random sizes and option layouts."""
@@ -13,8 +13,8 @@ from scapy.layers.inet6 import IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, in6_chksum
 from scapy.packet import Raw
 from scapy.utils import checksum
 
-from tunnel.ipedit import clamp_mss, decapsulate_tos, dont_fragment, fragment_ipv4, icmp_too_big, outer_tos
-from tunnel.ipedit import _checksum, _checksum_replace, set_dscp, tos_of
+from tunnel.dataplane.ipedit import clamp_mss, decapsulate_tos, dont_fragment, fragment_ipv4, icmp_too_big, outer_tos
+from tunnel.dataplane.ipedit import _checksum, _checksum_replace, set_dscp, tos_of
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TCP_OPTIONS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (5, 6)), ("NOP", None), ("WScale", 7), ("SAck", (1, 2))]

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def sitelink(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tunnel.cli", *args], capture_output=True, text=True, timeout=60, cwd=cwd,
+        [sys.executable, "-m", "tunnel.cli.main", *args], capture_output=True, text=True, timeout=60, cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
@@ -105,7 +105,7 @@ def test_json_log_lines() -> None:
     import json
     import logging
 
-    from tunnel.cli import JsonLines
+    from tunnel.cli.main import JsonLines
 
     record = logging.LogRecord("sitelink.gateway", logging.WARNING, __file__, 1, "tunnel %s: %d drops", ("b1", 3), None)
     entry = json.loads(JsonLines().format(record))

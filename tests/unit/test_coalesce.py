@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
-from tunnel.coalesce import GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, MAX_SEGMENTS, NEEDS_CSUM, PLAIN, coalesce
+from tunnel.dataplane.coalesce import GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, MAX_SEGMENTS, NEEDS_CSUM, PLAIN, coalesce
 
 TS = [("NOP", None), ("NOP", None), ("Timestamp", (1000, 2000))]
 

@@ -12,7 +12,7 @@ from policy.model import Action, PortMatch, PortRange
 from policy.qos import QosClass
 from tests.unit.test_config_loader import GOOD, make_keys, problems, write
 from tunnel.config.loader import load_config
-from tunnel.policies import make_schedulers, tunnel_policy
+from tunnel.app.assemble import make_schedulers, tunnel_policy
 
 TUNNEL_END = "    manual_keys: keys/b1.keys\n"
 

@@ -15,8 +15,8 @@ import pytest
 from tests.unit.test_config_ike import write_file
 from tests.unit.test_config_loader import write
 from tunnel.config.loader import load_config
-from tunnel.control_plane import ControlPlane, LocalPlane
-from tunnel.dataplane import Forwarder
+from tunnel.app.keying import ControlPlane, LocalPlane
+from tunnel.dataplane.forwarder import Forwarder
 from tunnel.ike.constants import ExchangeType
 from tunnel.ike.message import parse_header
 

@@ -11,10 +11,10 @@ import pytest
 
 from tests.unit.test_config_loader import GOOD, make_keys, write
 from tunnel.config.loader import load_config
-from tunnel.control import ControlServer, request
+from tunnel.ops.control_socket import ControlServer, request
 from tunnel.errors import DriverError
-from tunnel.gateway import Gateway
-from tunnel.status import render
+from tunnel.app.gateway import Gateway
+from tunnel.ops.status import render
 
 
 def manual_gateway(tmp_path: Path) -> Gateway:
@@ -69,8 +69,8 @@ def test_reload_over_the_socket_answers_with_the_problems(tmp_path: Path) -> Non
     """A refused reload comes back as its problems (file:line:col) and exit status 2 at the client; the
     running configuration stays. (A reload that applies needs netlink: tests/lab/test_reload.py.)"""
     gateway = manual_gateway(tmp_path)
-    from tunnel.control import ControlError
-    from tunnel.control_plane import ControlPlane
+    from tunnel.ops.control_socket import ControlError
+    from tunnel.app.keying import ControlPlane
 
     gateway.control = ControlPlane(gateway.config, gateway.forwarder, lambda n: bytes(n))
     server = ControlServer(gateway, tmp_path / "c.sock")

@@ -6,7 +6,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from tunnel.dataplane import Forwarder, NeedSa, NeedSaReason
+from tunnel.dataplane.forwarder import Forwarder, NeedSa, NeedSaReason
 from tunnel.esp.drops import DropReason
 from tunnel.esp.encap import NAT_KEEPALIVE, frame_ike
 from tunnel.esp.sa import InboundSa, OutboundSa
@@ -201,7 +201,7 @@ from policy.model import Action, PortMatch, PortRange, Rule  # noqa: E402
 from policy.qos import QosClass  # noqa: E402
 from scapy.layers.inet import TCP  # noqa: E402
 from scapy.layers.inet6 import ICMPv6PacketTooBig  # noqa: E402
-from tunnel.dataplane import TunnelPolicy  # noqa: E402
+from tunnel.dataplane.forwarder import TunnelPolicy  # noqa: E402
 
 
 def policy_pair(hq_policy: TunnelPolicy, br_policy: TunnelPolicy | None = None) -> tuple[Forwarder, Forwarder]:

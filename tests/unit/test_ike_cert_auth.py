@@ -19,7 +19,7 @@ from tunnel.ike.constants import NotifyType
 from tunnel.ike.dispatcher import IkeDispatcher
 from tunnel.ike.events import ChildSaEstablished, IkeSaFailed
 from tunnel.ike.window import Backoff
-from tunnel.pki import create_ca, issue, load_certificate, load_private_key
+from tunnel.config.pkifiles import create_ca, issue, load_certificate, load_private_key
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 net = ipaddress.ip_network

@@ -1,4 +1,4 @@
-"""tunnel/ipedit.py checked against scapy as the independent implementation: packets are built with
+"""tunnel/dataplane/ipedit.py checked against scapy as the independent implementation: packets are built with
 scapy, edited, parsed back with scapy, and every checksum is compared with scapy's own.
 
 MSS: RFC 9293 §3.2 (option format), RFC 1624 (incremental checksum). Fragmentation: RFC 791 §3.1-3.2.
@@ -30,8 +30,8 @@ from scapy.packet import Raw
 from scapy.plist import PacketList
 from scapy.utils import checksum
 
-from tunnel import ipedit
-from tunnel.ipedit import (
+from tunnel.dataplane import ipedit
+from tunnel.dataplane.ipedit import (
     clamp_mss,
     decapsulate_tos,
     dont_fragment,

@@ -15,13 +15,13 @@ from policy.qos import QosClass
 from tests.unit.test_config_loader import GOOD, SECOND_TUNNEL, make_keys, write
 from tests.unit.test_control_plane import Link
 from tunnel.config.loader import load_config
-from tunnel.dataplane import Forwarder
+from tunnel.dataplane.forwarder import Forwarder
 from tunnel.esp.drops import DropReason
-from tunnel.gateway import Gateway
-from tunnel.metrics import GatewayCollector
-from tunnel.pump import QosPump
-from tunnel.scheduler import PriorityScheduler
-from tunnel.workers import WorkerProxy, _report
+from tunnel.app.gateway import Gateway
+from tunnel.ops.metrics import GatewayCollector
+from tunnel.drivers.pumps import QosPump
+from tunnel.dataplane.scheduler import PriorityScheduler
+from tunnel.app.workers import WorkerProxy, _report
 
 
 def scrape(gateway: Gateway) -> tuple[str, dict[tuple[str, tuple], float]]:
@@ -90,7 +90,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     import pytest
 
     from tunnel.errors import DriverError
-    from tunnel.metrics import MetricsServer
+    from tunnel.ops.metrics import MetricsServer
 
     make_keys(tmp_path, "b1", "b2")
     gateway = Gateway(load_config(write(tmp_path, GOOD)))

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tunnel import pki
+from tunnel.config import pkifiles
 from tunnel.errors import ConfigError, KeyFileError, MalformedPacket
 from tunnel.ike.certs import (
     CertVerifier, InvalidIdentity, InvalidTrustAnchor, PeerIdentity, parse_signature_hash_algorithms,
@@ -28,7 +28,7 @@ from tunnel.ike.certs import (
 )
 from tunnel.ike.constants import AuthMethod, IdType
 from tunnel.ike.errors import AuthenticationFailed
-from tunnel.pki_cli import add_commands
+from tunnel.cli.pki import add_commands
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=UTC)  # issuance time; verification happens a day later
@@ -39,18 +39,18 @@ KEY_TYPES = ("ecdsa-p256", "rsa-3072")
 
 @pytest.fixture(scope="module", params=KEY_TYPES)
 def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A CA and gateway certificates made by pki.create_ca / pki.issue, one set per key type."""
+    """A CA and gateway certificates made by pkifiles.create_ca / pkifiles.issue, one set per key type."""
     key_type = request.param
     root = tmp_path_factory.mktemp(key_type)
-    ca_crt, ca_key = pki.create_ca(root / "ca", "Acme Site CA", key_type, days=3650, now=NOW)
-    issued = {ident: pki.issue(ca_crt, ca_key, root / "out", ident, key_type, days=825, now=NOW)
+    ca_crt, ca_key = pkifiles.create_ca(root / "ca", "Acme Site CA", key_type, days=3650, now=NOW)
+    issued = {ident: pkifiles.issue(ca_crt, ca_key, root / "out", ident, key_type, days=825, now=NOW)
               for ident in ("gw.hq.example", "198.18.1.2", "fd00::1", "CN=gw1,O=Acme")}
     return {"root": root, "key_type": key_type, "ca_crt": ca_crt, "ca_key": ca_key, "issued": issued,
-            "ca": pki.load_certificate(ca_crt), "verifier": CertVerifier([pki.load_certificate(ca_crt)])}
+            "ca": pkifiles.load_certificate(ca_crt), "verifier": CertVerifier([pkifiles.load_certificate(ca_crt)])}
 
 
 def der_of(path: Path) -> bytes:
-    return pki.load_certificate(path).public_bytes(DER)
+    return pkifiles.load_certificate(path).public_bytes(DER)
 
 
 def rejection(verifier: CertVerifier, chain: list[bytes], identity: str, now: dt.datetime = LATER) -> str:
@@ -59,7 +59,7 @@ def rejection(verifier: CertVerifier, chain: list[bytes], identity: str, now: dt
     return str(info.value)
 
 
-# -- hand-made certificates for the cases pki.issue never produces -------------------------------------
+# -- hand-made certificates for the cases pkifiles.issue never produces -------------------------------------
 
 
 def ec_key() -> ec.EllipticCurvePrivateKey:
@@ -116,7 +116,7 @@ def test_ca_files_modes_and_extensions(site: dict) -> None:
     usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.key_cert_sign and usage.crl_sign and not usage.digital_signature
     assert ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-    assert ca.not_valid_before_utc == NOW - pki.BACKDATE
+    assert ca.not_valid_before_utc == NOW - pkifiles.BACKDATE
     assert ca.not_valid_after_utc == NOW + dt.timedelta(days=3650)
     expected = ec.EllipticCurvePublicKey if site["key_type"] == "ecdsa-p256" else rsa.RSAPublicKey
     assert isinstance(ca.public_key(), expected)
@@ -128,7 +128,7 @@ def test_issued_gateway_certificate(site: dict) -> None:
     assert (cert_path.name, key_path.name) == ("gw.hq.example.crt", "gw.hq.example.key")
     assert stat.S_IMODE(os.stat(cert_path).st_mode) == 0o644
     assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
-    cert, ca = pki.load_certificate(cert_path), site["ca"]
+    cert, ca = pkifiles.load_certificate(cert_path), site["ca"]
     cert.verify_directly_issued_by(ca)
     ext = cert.extensions
     assert cert.subject.rfc4514_string() == "CN=gw.hq.example"
@@ -144,15 +144,15 @@ def test_issued_gateway_certificate(site: dict) -> None:
     assert ext.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest == \
         x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
     assert cert.not_valid_after_utc == NOW + dt.timedelta(days=825)
-    key = pki.load_private_key(key_path)
+    key = pkifiles.load_private_key(key_path)
     assert key.public_key().public_bytes(DER, serialization.PublicFormat.SubjectPublicKeyInfo) == \
         cert.public_key().public_bytes(DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def test_issued_address_and_dn_identities(site: dict) -> None:
-    v4 = pki.load_certificate(site["issued"]["198.18.1.2"][0])
-    v6 = pki.load_certificate(site["issued"]["fd00::1"][0])
-    dn = pki.load_certificate(site["issued"]["CN=gw1,O=Acme"][0])
+    v4 = pkifiles.load_certificate(site["issued"]["198.18.1.2"][0])
+    v6 = pkifiles.load_certificate(site["issued"]["fd00::1"][0])
+    dn = pkifiles.load_certificate(site["issued"]["CN=gw1,O=Acme"][0])
     assert [str(a) for a in v4.extensions.get_extension_for_class(x509.SubjectAlternativeName)
             .value.get_values_for_type(x509.IPAddress)] == ["198.18.1.2"]
     assert [str(a) for a in v6.extensions.get_extension_for_class(x509.SubjectAlternativeName)
@@ -162,51 +162,51 @@ def test_issued_address_and_dn_identities(site: dict) -> None:
 
 
 def test_issue_validity_ends_with_the_ca(tmp_path: Path) -> None:
-    ca_crt, ca_key = pki.create_ca(tmp_path / "ca", "Short CA", days=10, now=NOW)
-    cert_path, _ = pki.issue(ca_crt, ca_key, tmp_path / "out", "gw.example", days=825, now=NOW)
-    assert pki.load_certificate(cert_path).not_valid_after_utc == NOW + dt.timedelta(days=10)
+    ca_crt, ca_key = pkifiles.create_ca(tmp_path / "ca", "Short CA", days=10, now=NOW)
+    cert_path, _ = pkifiles.issue(ca_crt, ca_key, tmp_path / "out", "gw.example", days=825, now=NOW)
+    assert pkifiles.load_certificate(cert_path).not_valid_after_utc == NOW + dt.timedelta(days=10)
 
 
 def test_refuse_to_overwrite(tmp_path: Path) -> None:
-    ca_crt, ca_key = pki.create_ca(tmp_path / "ca", "Acme CA", now=NOW)
+    ca_crt, ca_key = pkifiles.create_ca(tmp_path / "ca", "Acme CA", now=NOW)
     before = ca_key.read_bytes()
-    with pytest.raises(pki.PkiError, match="ca.crt: already exists; refusing to overwrite"):
-        pki.create_ca(tmp_path / "ca", "Acme CA", now=NOW)
+    with pytest.raises(pkifiles.PkiError, match="ca.crt: already exists; refusing to overwrite"):
+        pkifiles.create_ca(tmp_path / "ca", "Acme CA", now=NOW)
     assert ca_key.read_bytes() == before
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "ca.key").write_text("someone's key")
-    with pytest.raises(pki.PkiError, match="ca.key: already exists"):
-        pki.create_ca(tmp_path / "half", "Acme CA", now=NOW)
+    with pytest.raises(pkifiles.PkiError, match="ca.key: already exists"):
+        pkifiles.create_ca(tmp_path / "half", "Acme CA", now=NOW)
     assert not (tmp_path / "half" / "ca.crt").exists()
-    pki.issue(ca_crt, ca_key, tmp_path / "out", "gw.example", now=NOW)
-    with pytest.raises(pki.PkiError, match="gw.example.crt: already exists"):
-        pki.issue(ca_crt, ca_key, tmp_path / "out", "gw.example", now=NOW)
+    pkifiles.issue(ca_crt, ca_key, tmp_path / "out", "gw.example", now=NOW)
+    with pytest.raises(pkifiles.PkiError, match="gw.example.crt: already exists"):
+        pkifiles.issue(ca_crt, ca_key, tmp_path / "out", "gw.example", now=NOW)
 
 
 def test_issue_refuses_a_key_that_is_not_the_cas(tmp_path: Path) -> None:
-    ca_crt, _ = pki.create_ca(tmp_path / "a", "CA A", now=NOW)
-    _, other_key = pki.create_ca(tmp_path / "b", "CA B", now=NOW)
-    with pytest.raises(pki.PkiError, match="does not belong to the CA certificate"):
-        pki.issue(ca_crt, other_key, tmp_path / "out", "gw.example", now=NOW)
+    ca_crt, _ = pkifiles.create_ca(tmp_path / "a", "CA A", now=NOW)
+    _, other_key = pkifiles.create_ca(tmp_path / "b", "CA B", now=NOW)
+    with pytest.raises(pkifiles.PkiError, match="does not belong to the CA certificate"):
+        pkifiles.issue(ca_crt, other_key, tmp_path / "out", "gw.example", now=NOW)
     assert not (tmp_path / "out" / "gw.example.key").exists()
 
 
 @pytest.mark.parametrize("identity", ["", "bad host", "@#zz", "@#0a0b"])
 def test_issue_refuses_unusable_identities(tmp_path: Path, identity: str) -> None:
-    ca_crt, ca_key = pki.create_ca(tmp_path / "ca", "Acme CA", now=NOW)
-    with pytest.raises(pki.PkiError):
-        pki.issue(ca_crt, ca_key, tmp_path / "out", identity, now=NOW)
+    ca_crt, ca_key = pkifiles.create_ca(tmp_path / "ca", "Acme CA", now=NOW)
+    with pytest.raises(pkifiles.PkiError):
+        pkifiles.issue(ca_crt, ca_key, tmp_path / "out", identity, now=NOW)
 
 
 # -- loading files -------------------------------------------------------------------------------------
 
 
 def test_private_key_readable_by_others_is_refused(tmp_path: Path) -> None:
-    _, ca_key = pki.create_ca(tmp_path / "ca", "Acme CA", now=NOW)
-    pki.load_private_key(ca_key)
+    _, ca_key = pkifiles.create_ca(tmp_path / "ca", "Acme CA", now=NOW)
+    pkifiles.load_private_key(ca_key)
     os.chmod(ca_key, 0o640)
     with pytest.raises(KeyFileError) as info:
-        pki.load_private_key(ca_key)
+        pkifiles.load_private_key(ca_key)
     message = str(info.value)
     assert "mode 0640" in message and f"chmod 600 {ca_key}" in message
     assert "PRIVATE KEY" not in message and "\n" not in message
@@ -223,7 +223,7 @@ def test_certificate_file_problems(tmp_path: Path, content: bytes | None, expect
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(ConfigError) as info:
-        pki.load_certificate(path)
+        pkifiles.load_certificate(path)
     assert info.value.problems == [f"{path}: {info.value.problems[0].split(': ', 1)[1]}"]
     assert expected in str(info.value)
 
@@ -233,24 +233,24 @@ def test_private_key_file_problems(tmp_path: Path) -> None:
     garbage.write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
     os.chmod(garbage, 0o600)
     with pytest.raises(KeyFileError, match="is not a private key"):
-        pki.load_private_key(garbage)
+        pkifiles.load_private_key(garbage)
     encrypted = tmp_path / "encrypted.key"
     encrypted.write_bytes(ec_key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                  serialization.BestAvailableEncryption(b"secret passphrase")))
     os.chmod(encrypted, 0o600)
     with pytest.raises(KeyFileError, match="is encrypted"):
-        pki.load_private_key(encrypted)
+        pkifiles.load_private_key(encrypted)
     with pytest.raises(KeyFileError, match="does not exist"):
-        pki.load_private_key(tmp_path / "missing.key")
+        pkifiles.load_private_key(tmp_path / "missing.key")
 
 
 def test_bundle_loads_every_certificate_but_load_certificate_wants_one(site: dict, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(site["ca_crt"].read_bytes() + site["issued"]["gw.hq.example"][0].read_bytes())
-    assert [c.subject.rfc4514_string() for c in pki.load_certificates(bundle)] == \
+    assert [c.subject.rfc4514_string() for c in pkifiles.load_certificates(bundle)] == \
         ["CN=Acme Site CA", "CN=gw.hq.example"]
     with pytest.raises(ConfigError, match="holds 2 certificates, expected exactly one"):
-        pki.load_certificate(bundle)
+        pkifiles.load_certificate(bundle)
 
 
 # -- identities (RFC 7296 §3.5) ------------------------------------------------------------------------
@@ -297,7 +297,7 @@ def test_good_chain_fqdn_returns_the_certificate_key(site: dict) -> None:
     cert_path, _ = site["issued"]["gw.hq.example"]
     key = site["verifier"].verify([der_of(cert_path)], PeerIdentity.parse("gw.hq.example"), LATER)
     assert key.public_bytes(DER, serialization.PublicFormat.SubjectPublicKeyInfo) == \
-        pki.load_certificate(cert_path).public_key().public_bytes(DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        pkifiles.load_certificate(cert_path).public_key().public_bytes(DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     # RFC 7296 §3.5: FQDN comparison is case-insensitive
     site["verifier"].verify([der_of(cert_path)], PeerIdentity.parse("GW.HQ.Example"), LATER)
 
@@ -326,7 +326,7 @@ def test_not_yet_valid(site: dict) -> None:
     cert_path, _ = site["issued"]["gw.hq.example"]
     message = rejection(site["verifier"], [der_of(cert_path)], "gw.hq.example", now=NOW - dt.timedelta(hours=1))
     assert message.startswith(f"certificate for gw.hq.example is not valid before "
-                              f"{NOW - pki.BACKDATE:%Y-%m-%dT%H:%M:%SZ}")
+                              f"{NOW - pkifiles.BACKDATE:%Y-%m-%dT%H:%M:%SZ}")
 
 
 def test_foreign_ca(site: dict, hand: dict) -> None:
@@ -558,7 +558,7 @@ def test_end_to_end_certificate_auth(site: dict) -> None:
     """What IKE_AUTH does: the responder verifies the CERT chain, then the AUTH payload with its key."""
     cert_path, key_path = site["issued"]["gw.hq.example"]
     octets = b"signed octets of RFC 7296 section 2.15"
-    method, auth = sign_auth(pki.load_private_key(key_path), octets)
+    method, auth = sign_auth(pkifiles.load_private_key(key_path), octets)
     peer_key = site["verifier"].verify([der_of(cert_path)], PeerIdentity.parse("gw.hq.example"), LATER)
     verify_auth(peer_key, method, auth, octets)
     other_path, _ = site["issued"]["198.18.1.2"]
@@ -588,7 +588,7 @@ def test_cli_ca_issue_show_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "issued CN=gw.hq.example by CN=Acme Site CA" in capsys.readouterr().out
     assert cli("pki", "show", str(out / "gw.hq.example.crt")) == 0
     shown = capsys.readouterr().out
-    cert = pki.load_certificate(out / "gw.hq.example.crt")
+    cert = pkifiles.load_certificate(out / "gw.hq.example.crt")
     assert "subject:     CN=gw.hq.example" in shown
     assert "issuer:      CN=Acme Site CA" in shown
     assert "altnames:    DNS:gw.hq.example" in shown
@@ -596,7 +596,7 @@ def test_cli_ca_issue_show_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert cert.fingerprint(hashes.SHA256()).hex(":").upper() in shown
     assert f"valid until: {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC" in shown
     assert "PRIVATE" not in shown
-    verifier = CertVerifier([pki.load_certificate(ca_dir / "ca.crt")])
+    verifier = CertVerifier([pkifiles.load_certificate(ca_dir / "ca.crt")])
     verifier.verify([cert.public_bytes(DER)], PeerIdentity.parse("gw.hq.example"), dt.datetime.now(UTC))
 
 

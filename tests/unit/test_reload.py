@@ -17,15 +17,15 @@ from tests.unit.test_config_loader import GOOD, SECOND_TUNNEL, make_keys, write
 from tests.unit.test_control_plane import Link, Site, _spi_out, _up
 from tunnel.config.loader import load_config
 from tunnel.config.model import GatewayConfig
-from tunnel.dataplane import Forwarder
+from tunnel.dataplane.forwarder import Forwarder
 from tunnel.errors import ConfigError
 from tunnel.esp.sa import InboundSa, OutboundSa
-from tunnel.gateway import Gateway
+from tunnel.app.gateway import Gateway
 from tunnel.ike.constants import ExchangeType
 from tunnel.ike.message import parse_header
-from tunnel.policies import reconfigure_forwarder
-from tunnel.reload import LIVE_FIELDS, RESTART_FIELDS, ReloadRefused, plan_reload
-from tunnel.workers import WorkerProxy, _commands, _report
+from tunnel.app.assemble import reconfigure_forwarder
+from tunnel.app.reload import LIVE_FIELDS, RESTART_FIELDS, ReloadRefused, plan_reload
+from tunnel.app.workers import WorkerProxy, _commands, _report
 
 FIREWALL = """\
     firewall:
@@ -227,7 +227,7 @@ def test_gateway_refuses_a_broken_or_restart_only_configuration(tmp_path: Path) 
     gateway = Gateway(load_config(path))
     for tunnel in gateway.config.tunnels:
         gateway._add_tunnel(tunnel)
-    from tunnel.control_plane import ControlPlane
+    from tunnel.app.keying import ControlPlane
 
     gateway.control = ControlPlane(gateway.config, gateway.forwarder, os.urandom)
     running = gateway.config

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policy.qos import QosClass
-from tunnel.scheduler import SOJOURN_BOUNDS, PriorityScheduler
+from tunnel.dataplane.scheduler import SOJOURN_BOUNDS, PriorityScheduler
 
 AUDIO, VIDEO, SIG, DEFAULT, BULK = (QosClass.REALTIME_AUDIO, QosClass.INTERACTIVE_VIDEO, QosClass.SIGNALLING,
                                     QosClass.DEFAULT, QosClass.BULK)

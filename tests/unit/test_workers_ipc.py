@@ -10,9 +10,9 @@ import socket
 
 import pytest
 
-from tunnel.dataplane import Forwarder
+from tunnel.dataplane.forwarder import Forwarder
 from tunnel.esp.sa import OutboundSa
-from tunnel.workers import WorkerProxy, _commands, _report
+from tunnel.app.workers import WorkerProxy, _commands, _report
 
 PEER = ("198.18.2.2", 4500)
 LOCAL, REMOTE = ipaddress.ip_network("10.1.0.0/24"), ipaddress.ip_network("10.2.0.0/24")

@@ -118,7 +118,7 @@ class TunnelQos:
 
 @dataclass(frozen=True)
 class GatewayQos:
-    """The gateway's egress/ingress queues (tunnel/scheduler.py)."""
+    """The gateway's egress/ingress queues (tunnel/dataplane/scheduler.py)."""
 
     scheduler: str = "priority"  # "priority" (per-class queues) | "fifo" (the kernel's queues decide)
     realtime_rate_mbit: int = 50  # cap for the strict-priority classes together; beyond it they share fairly
@@ -130,7 +130,7 @@ class GatewayQos:
 
 @dataclass(frozen=True)
 class Metrics:
-    """The Prometheus exporter (tunnel/metrics.py): GET http://address:port/metrics."""
+    """The Prometheus exporter (tunnel/ops/metrics.py): GET http://address:port/metrics."""
 
     enabled: bool = True
     address: IPAddress = ipaddress.IPv4Address("127.0.0.1")  # loopback: only local scrapers see it
@@ -172,7 +172,7 @@ class GatewayConfig:
     log_format: str = "text"  # text | json (one JSON object per line)
     ike_port: int = 500  # IKE_SA_INIT is sent and accepted here; everything after moves to listen.port
     pki: Pki | None = None
-    # Data-plane worker processes, each with a TUN queue, a socket and Child SAs of its own (tunnel/workers.py).
+    # Data-plane worker processes, each with a TUN queue, a socket and Child SAs of its own (tunnel/app/workers.py).
     workers: int = 1
     qos: GatewayQos = GatewayQos()
     services: tuple[Service, ...] = ()  # named services defined or overridden in the config's `services:`

@@ -6,7 +6,7 @@ import fcntl
 import os
 import struct
 
-from tunnel.coalesce import PLAIN, VNET_HDR_LEN, coalesce
+from tunnel.dataplane.coalesce import PLAIN, VNET_HDR_LEN, coalesce
 from tunnel.errors import DriverError
 
 TUN_PATH = "/dev/net/tun"

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                                  "(like SIGHUP; unchanged tunnels keep their SAs)")
     _control_target(reload)
     reload.set_defaults(handler=_cmd_reload)
-    from tunnel.pki_cli import add_commands
+    from tunnel.cli.pki import add_commands
 
     add_commands(commands)
     return parser
@@ -69,7 +69,7 @@ def _control_target(command: argparse.ArgumentParser) -> None:
 
 
 def _socket_path(args: argparse.Namespace) -> Path:
-    from tunnel.control import ControlError, default_path
+    from tunnel.ops.control_socket import ControlError, default_path
 
     if args.socket is not None:
         return args.socket
@@ -90,8 +90,8 @@ def _socket_path(args: argparse.Namespace) -> Path:
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from tunnel.control import request
-    from tunnel.status import render
+    from tunnel.ops.control_socket import request
+    from tunnel.ops.status import render
 
     answer = request(_socket_path(args), {"command": "status"})
     print(json.dumps(answer["status"], indent=2) if args.json else render(answer["status"]))
@@ -99,7 +99,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_control(args: argparse.Namespace) -> int:
-    from tunnel.control import request
+    from tunnel.ops.control_socket import request
 
     message = {"command": args.command, "tunnel": args.tunnel}
     if args.command == "rekey":
@@ -109,7 +109,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
-    from tunnel.control import ControlError, request
+    from tunnel.ops.control_socket import ControlError, request
 
     try:
         path = _socket_path(args)  # with --config this reads the new file, and finds its errors first
@@ -128,7 +128,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from tunnel.config.loader import load_config
-    from tunnel.gateway import run
+    from tunnel.app.gateway import run
 
     config = load_config(args.config)
     _setup_logging(config.log_level, config.log_format)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from policy.qos import QosClass
 
 if TYPE_CHECKING:
-    from tunnel.gateway import Gateway
+    from tunnel.app.gateway import Gateway
 
 
 def _suite(suite: Any) -> str:

@@ -18,8 +18,8 @@ from policy.flow import addresses, flow_key
 from policy.match import Matcher
 from policy.model import Action
 from policy.qos import DSCP_CLASS, QosClass, dscp_of_class
-from policy.selectors import Network, PrefixTable, SubnetSet
-from tunnel import ipedit
+from policy.prefixes import Network, PrefixTable, SubnetSet
+from tunnel.dataplane import ipedit
 from tunnel.esp.drops import DropReason
 from tunnel.esp.encap import Kind, classify, ike_payload
 from tunnel.esp.sa import (

@@ -18,17 +18,18 @@ import socket
 import time
 from pathlib import Path
 
-from tunnel import pump, workers
+from tunnel.app import workers
+from tunnel.drivers import pumps
 from policy.qos import QosClass
-from tunnel.control import ControlServer, default_path
-from tunnel.metrics import MetricsServer
-from tunnel.policies import make_schedulers, reconfigure_forwarder, tunnel_policy
-from tunnel.reload import ReloadFailed, ReloadPlan, ReloadRefused, plan_reload
-from tunnel.scheduler import ClassStats
+from tunnel.ops.control_socket import ControlServer, default_path
+from tunnel.ops.metrics import MetricsServer
+from tunnel.app.assemble import make_schedulers, reconfigure_forwarder, tunnel_policy
+from tunnel.app.reload import ReloadFailed, ReloadPlan, ReloadRefused, plan_reload
+from tunnel.dataplane.scheduler import ClassStats
 from tunnel.config.loader import load_config
 from tunnel.config.model import GatewayConfig, Tunnel
-from tunnel.control_plane import KEEPALIVE_INTERVAL, VOLUME_CHECK_INTERVAL, ControlPlane, LocalPlane
-from tunnel.dataplane import Counters, Forwarder, NeedSa
+from tunnel.app.keying import KEEPALIVE_INTERVAL, VOLUME_CHECK_INTERVAL, ControlPlane, LocalPlane
+from tunnel.dataplane.forwarder import Counters, Forwarder, NeedSa
 from tunnel.drivers import udp
 from tunnel.drivers.netlink import Netlink
 from tunnel.drivers.tun import TunDevice
@@ -36,7 +37,7 @@ from tunnel.esp.encap import NAT_KEEPALIVE
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.errors import ConfigError, DriverError, SitelinkError
 from tunnel.ike.constants import NAT_T_PORT
-from tunnel.keylog import EspKeyLog, IkeKeyLog
+from tunnel.ops.keylog import EspKeyLog, IkeKeyLog
 
 log = logging.getLogger("sitelink.gateway")
 
@@ -69,7 +70,7 @@ class Gateway:
         self._sock: socket.socket | None = None  # ESP-in-UDP and IKE after IKE_SA_INIT (listen.port)
         self._ike_sock: socket.socket | None = None  # IKE_SA_INIT (ike_port)
         self._sender: udp.SegmentingSender | None = None
-        self._qos: pump.QosPump | None = None  # per-class queues (gateway.qos.scheduler: priority)
+        self._qos: pumps.QosPump | None = None  # per-class queues (gateway.qos.scheduler: priority)
         self._qos_flush: asyncio.Handle | None = None
         self._metrics: MetricsServer | None = None
         self._control_server: ControlServer | None = None
@@ -107,7 +108,7 @@ class Gateway:
             self._sender = udp.SegmentingSender(self._sock)
             schedulers = make_schedulers(self.config)
             if schedulers is not None:
-                self._qos = pump.QosPump(self.forwarder, self._tun, self._sock, self._sender, *schedulers)
+                self._qos = pumps.QosPump(self.forwarder, self._tun, self._sock, self._sender, *schedulers)
             if any(t.ike is not None for t in self.config.tunnels):
                 self._ike_sock = udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20)
             if n > 1:
@@ -213,7 +214,7 @@ class Gateway:
 
     # -- hot reload -------------------------------------------------------------------------------------
     async def reload(self) -> str:
-        """Re-read the configuration file and apply what changed (tunnel/reload.py); the summary of what
+        """Re-read the configuration file and apply what changed (tunnel/app/reload.py); the summary of what
         was done. ConfigError (the file's problems) or ReloadRefused leave the running configuration as
         it was. Tunnels whose configuration is unchanged are not touched: no SA, route or queue of
         theirs changes, so their traffic flows on."""
@@ -446,18 +447,18 @@ class Gateway:
         if self._qos is not None:
             self._serve_queues()
             return
-        pump.tun_to_udp(self.forwarder, self._tun, self._sender)
+        pumps.tun_to_udp(self.forwarder, self._tun, self._sender)
         self._handle_events()
 
     def _on_udp_readable(self) -> None:
         if self._qos is not None:
             self._serve_queues()
             return
-        pump.udp_to_tun(self.forwarder, self._sock, self._tun, self._ike_inbox_now)
+        pumps.udp_to_tun(self.forwarder, self._sock, self._tun, self._ike_inbox_now)
         self._after_udp()
 
     def _serve_queues(self) -> None:
-        """Both directions in short rounds (pump.QosPump.service); queued packets are served on the next
+        """Both directions in short rounds (pumps.QosPump.service); queued packets are served on the next
         loop turn even if no device becomes readable."""
         if self._qos_flush is not None:
             self._qos_flush.cancel()
@@ -488,7 +489,7 @@ class Gateway:
 
     def _on_ike_readable(self) -> None:
         now = time.monotonic()
-        for datagram, peer in udp.recv_batch(self._ike_sock, pump.BATCH):
+        for datagram, peer in udp.recv_batch(self._ike_sock, pumps.BATCH):
             self.control.dispatcher.receive_datagram(datagram, peer[:2], self.config.ike_port, now)
         self._after_ike()
 

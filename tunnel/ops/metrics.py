@@ -20,13 +20,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from policy.qos import QosClass
-from tunnel.control_plane import HANDSHAKE_BOUNDS
+from tunnel.app.keying import HANDSHAKE_BOUNDS
 from tunnel.errors import DriverError
 from tunnel.esp.drops import DropReason
-from tunnel.scheduler import SOJOURN_BOUNDS
+from tunnel.dataplane.scheduler import SOJOURN_BOUNDS
 
 if TYPE_CHECKING:
-    from tunnel.gateway import Gateway
+    from tunnel.app.gateway import Gateway
 
 log = logging.getLogger("sitelink.metrics")
 PREFIX = "sitelink"

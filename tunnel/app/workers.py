@@ -18,14 +18,14 @@ import socket
 import time
 
 from policy.qos import QosClass
-from tunnel import pump
+from tunnel.drivers import pumps
 from tunnel.config.model import GatewayConfig
-from tunnel.dataplane import Counters, Forwarder
-from tunnel.policies import make_schedulers, reconfigure_forwarder, tunnel_policy
+from tunnel.dataplane.forwarder import Counters, Forwarder
+from tunnel.app.assemble import make_schedulers, reconfigure_forwarder, tunnel_policy
 from tunnel.drivers import udp
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.sa import InboundSa, OutboundSa
-from tunnel.scheduler import ClassStats
+from tunnel.dataplane.scheduler import ClassStats
 
 log = logging.getLogger("sitelink.worker")
 
@@ -165,7 +165,7 @@ def queue_values(stats: ClassStats) -> tuple:
     return (*(getattr(stats, f) for f in QUEUE_FIELDS), list(stats.sojourn_buckets))
 
 
-def _dump_queues(qos: pump.QosPump | None) -> dict[str, list[tuple[int, tuple]]]:
+def _dump_queues(qos: pumps.QosPump | None) -> dict[str, list[tuple[int, tuple]]]:
     if qos is None:
         return {}
     return {direction: [(scheduler.depth(cls), queue_values(stats)) for cls, stats in zip(QosClass, scheduler.stats)]
@@ -226,7 +226,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
     sender = udp.SegmentingSender(sock)
     udp.enable_gro(sock)
     schedulers = make_schedulers(config)
-    qos = pump.QosPump(forwarder, tun, sock, sender, *schedulers) if schedulers is not None else None
+    qos = pumps.QosPump(forwarder, tun, sock, sender, *schedulers) if schedulers is not None else None
     selector = selectors.DefaultSelector()
     selector.register(tun.fd, selectors.EVENT_READ, "tun")
     selector.register(sock, selectors.EVENT_READ, "udp")
@@ -245,7 +245,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
                 if qos is not None:
                     qos.service(time.monotonic)
                 else:
-                    pump.tun_to_udp(forwarder, tun, sender)
+                    pumps.tun_to_udp(forwarder, tun, sender)
             elif key.data == "udp":
                 # Keys first: the main process sent a new SA's keys before its IKE answer left, so they
                 # are waiting whenever ESP on that SA can have arrived (no unknown-SPI drops at a rekey).
@@ -254,7 +254,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
                 if qos is not None:
                     qos.service(time.monotonic)
                 else:
-                    pump.udp_to_tun(forwarder, sock, tun)
+                    pumps.udp_to_tun(forwarder, sock, tun)
             elif not _commands(forwarder, conn, generation):
                 return 0  # stop asked for, or the main process is gone
         if qos is not None and (qos.pending(now := time.monotonic()) or qos.wake_at(now) is not None):
@@ -310,7 +310,7 @@ def _commands(forwarder: Forwarder, conn: socket.socket, generation: list[int]) 
     return alive
 
 
-def _report(forwarder: Forwarder, conn: socket.socket, generation: int, qos: pump.QosPump | None = None) -> None:
+def _report(forwarder: Forwarder, conn: socket.socket, generation: int, qos: pumps.QosPump | None = None) -> None:
     tunnels = {}
     for name, state in forwarder.tunnels.items():
         sa = state.outbound

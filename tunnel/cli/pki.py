@@ -1,6 +1,6 @@
 """`sitelink pki ca|issue|show`: a site CA for IKEv2 certificate authentication.
 
-tunnel/cli.py calls add_commands(commands) with its sub-parser collection; each sub-command sets
+tunnel/cli/main.py calls add_commands(commands) with its sub-parser collection; each sub-command sets
 `handler`, which returns the exit status. Errors are raised as SitelinkError (one line from cli.main).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tunnel import pki
+from tunnel.config import pkifiles
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001 (argparse's own type)
@@ -46,7 +46,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF00
 
 
 def _key_options(parser: argparse.ArgumentParser, default_days: int) -> None:
-    parser.add_argument("--key-type", choices=pki.KEY_TYPES, default="ecdsa-p256",
+    parser.add_argument("--key-type", choices=pkifiles.KEY_TYPES, default="ecdsa-p256",
                         help="key algorithm (default: %(default)s)")
     parser.add_argument("--days", type=_days, default=default_days, metavar="N",
                         help="validity in days (default: %(default)s)")
@@ -63,9 +63,9 @@ def _days(text: str) -> int:
 
 
 def _cmd_ca(args: argparse.Namespace) -> int:
-    cert_path, key_path = pki.create_ca(args.directory, args.name, args.key_type, args.days)
-    cert = pki.load_certificate(cert_path)
-    print(f"created CA {cert.subject.rfc4514_string()} ({pki.key_description(cert.public_key())}), "
+    cert_path, key_path = pkifiles.create_ca(args.directory, args.name, args.key_type, args.days)
+    cert = pkifiles.load_certificate(cert_path)
+    print(f"created CA {cert.subject.rfc4514_string()} ({pkifiles.key_description(cert.public_key())}), "
           f"valid until {cert.not_valid_after_utc:%Y-%m-%d}")
     print(f"  {cert_path}  copy to every gateway (trust anchor)")
     print(f"  {key_path}  mode 0600; keep it off the gateways, it signs every certificate")
@@ -74,20 +74,20 @@ def _cmd_ca(args: argparse.Namespace) -> int:
 
 def _cmd_issue(args: argparse.Namespace) -> int:
     ca_dir: Path = args.ca_dir
-    cert_path, key_path = pki.issue(ca_dir / pki.CA_CERT_NAME, ca_dir / pki.CA_KEY_NAME, args.out,
+    cert_path, key_path = pkifiles.issue(ca_dir / pkifiles.CA_CERT_NAME, ca_dir / pkifiles.CA_KEY_NAME, args.out,
                                     args.identity, args.key_type, args.days)
-    cert = pki.load_certificate(cert_path)
+    cert = pkifiles.load_certificate(cert_path)
     print(f"issued {cert.subject.rfc4514_string() or args.identity} by {cert.issuer.rfc4514_string()} "
-          f"({pki.key_description(cert.public_key())}), valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+          f"({pkifiles.key_description(cert.public_key())}), valid until {cert.not_valid_after_utc:%Y-%m-%d}")
     print(f"  {cert_path}")
     print(f"  {key_path}  mode 0600; copy it to that gateway only")
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    for index, cert in enumerate(pki.load_certificates(args.certificate)):
+    for index, cert in enumerate(pkifiles.load_certificates(args.certificate)):
         if index:
             print()
-        for line in pki.describe(cert):
+        for line in pkifiles.describe(cert):
             print(line)
     return 0

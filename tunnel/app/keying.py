@@ -4,7 +4,7 @@ and turns IKE events into ESP SAs. No sockets here; gateway.py moves the bytes.
 The data plane is one or more workers (gateway.workers), each a forwarder with Child SAs of its own: a
 Child SA belongs to worker spi_in % workers (the IKE core picks SPIs that way), and each worker has its
 own outbound SA per tunnel, so sequence numbers never need sharing. Worker 0 is the forwarder in this
-process; the others are reached through a DataPlane proxy (tunnel/workers.py).
+process; the others are reached through a DataPlane proxy (tunnel/app/workers.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import serialization
 
 from policy.ts import ranges
 from tunnel.config.model import GatewayConfig, StartMode, Tunnel
-from tunnel.dataplane import Forwarder
+from tunnel.dataplane.forwarder import Forwarder
 from tunnel.esp.sa import InboundSa, OutboundSa
-from tunnel.reload import ReloadPlan
+from tunnel.app.reload import ReloadPlan
 from tunnel.ike.certs import CertVerifier, PeerIdentity
 from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
 from tunnel.ike.constants import NotifyType
@@ -193,7 +193,7 @@ class ControlPlane:
 
     def reconfigure(self, config: GatewayConfig, plan: ReloadPlan, now: float,
                     configs: list[tuple[IkeConfig, str]] | None = None) -> None:
-        """A reload (tunnel/reload.py): the IKE SAs of removed and replaced tunnels are deleted at the
+        """A reload (tunnel/app/reload.py): the IKE SAs of removed and replaced tunnels are deleted at the
         peer, kept tunnels keep theirs, new IKE SAs use the new configuration (and PKI files), new tunnels
         that initiate start now. configs: ike_configs(config) if already made (it raises, changing
         nothing, when the new PKI files cannot be used)."""
@@ -477,7 +477,7 @@ def _ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) ->
 
 
 def _cert_auth(config: GatewayConfig) -> CertAuth:
-    from tunnel.pki import load_certificate, load_private_key
+    from tunnel.config.pkifiles import load_certificate, load_private_key
 
     pki = config.pki
     ca = load_certificate(pki.ca)

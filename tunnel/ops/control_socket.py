@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunnel.errors import ConfigError, DriverError, SitelinkError
-from tunnel.status import snapshot
+from tunnel.ops.status import snapshot
 
 if TYPE_CHECKING:
-    from tunnel.gateway import Gateway
+    from tunnel.app.gateway import Gateway
 
 log = logging.getLogger("sitelink.control")
 MAX_REQUEST = 4096
@@ -94,7 +94,7 @@ class ControlServer:
             writer.close()
 
     async def reload(self) -> dict[str, Any]:
-        from tunnel.reload import ReloadRefused
+        from tunnel.app.reload import ReloadRefused
 
         try:
             return {"ok": True, "message": f"reloaded: {await self.gateway.reload()}"}

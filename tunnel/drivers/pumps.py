@@ -13,11 +13,11 @@ import socket
 from collections.abc import Callable
 
 from policy.qos import DSCP_CLASS, QosClass
-from tunnel.dataplane import Forwarder
+from tunnel.dataplane.forwarder import Forwarder
 from tunnel.drivers import udp
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.drops import DropReason
-from tunnel.scheduler import PriorityScheduler
+from tunnel.dataplane.scheduler import PriorityScheduler
 
 SIGNALLING = QosClass.SIGNALLING
 NON_ESP_MARKER = bytes(4)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from policy.match import compile_rules
 from policy.qos import QosClass
 from tunnel.config.model import GatewayConfig, Tunnel
-from tunnel.dataplane import Forwarder, TunnelPolicy
+from tunnel.dataplane.forwarder import Forwarder, TunnelPolicy
 from tunnel.esp.overhead import inner_mtu
-from tunnel.scheduler import PriorityScheduler
+from tunnel.dataplane.scheduler import PriorityScheduler
 
 
 def tunnel_mtu(config: GatewayConfig, tunnel: Tunnel) -> int:

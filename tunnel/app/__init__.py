@@ -1,0 +1,1 @@
+"""The application: the composition root and the glue between the cores (keying, workers, reload)."""

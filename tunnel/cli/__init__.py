@@ -1,0 +1,1 @@
+"""The `sitelink` command line."""

@@ -1,0 +1,1 @@
+"""Pure data path: the forwarder, its queues and the packet edits. Bytes in, bytes and events out."""

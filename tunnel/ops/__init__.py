@@ -1,0 +1,1 @@
+"""Operations: the control socket, status, metrics and key export, reading the gateway through a view."""
