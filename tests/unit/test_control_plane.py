@@ -91,8 +91,6 @@ class Link:
                 site.control.process_events(self.now)
                 for data, remote, local_port in site.control.dispatcher.datagrams_to_send(self.now):
                     moved = True
-                    if local_port == 4500:
-                        data = data[4:]  # the non-ESP marker (RFC 3948)
                     h = parse_header(data)
                     self.ike_log.append((site.name, h.exchange, h.is_response))
                     if not self.lose_ike(site.name, data):

@@ -10,6 +10,7 @@ import pytest
 
 from tests.unit.test_ike_session import BR, HQ, Wire, child, config, events, pair, rng
 from tunnel.ike.constants import DhGroup, ExchangeType, NotifyType
+from tunnel.ike.child import ChildState
 from tunnel.ike.dispatcher import IkeDispatcher
 from tunnel.ike.events import (
     ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaDeleted, IkeSaEstablished, IkeSaFailed, IkeSaRekeyed,
@@ -284,9 +285,11 @@ def test_child_sa_not_found_starts_afresh() -> None:
 def test_child_rekey_refused_while_peer_deletes_it() -> None:
     """§2.25.1: a rekey of a Child SA the responder is closing gets TEMPORARY_FAILURE."""
     hq, br, wire, c_hq, c_br = up()
-    from tunnel.ike import informational
+    from tunnel.ike.tasks import delete
 
-    informational.send_delete_child(only(br), only(br).children[0], wire.now)
+    doomed = only(br).children[0]
+    doomed.enter(ChildState.RETIRING)  # br's own reason to delete it (a hard lifetime, say)
+    delete.send_delete_child(only(br), doomed, wire.now)
     hq.rekey_child("branch1", wire.now)
     wire.pump()
     e_hq, e_br = events(hq), events(br)
@@ -302,7 +305,7 @@ def test_temporary_failure_while_ike_rekey_pending() -> None:
     hq.rekey_ike("branch1", wire.now)
     br.rekey_child("hq", wire.now)
     wire.pump()
-    assert only(hq).drops.get("ike_rekey_refused") == 1
+    assert only(hq).drops.by_reason().get("ike_rekey_refused") == 1
     assert events(hq) == [] and events(br) == []
     for _ in range(30):
         wire.advance(1.0)
@@ -369,8 +372,8 @@ def test_overlapping_child_rekeys_with_loss_converge(seed: int, lost: tuple, del
         wire.advance(1.0)
     e = events(hq) + events(br)
     assert not any(isinstance(x, (ChildSaFailed, IkeSaFailed, IkeSaDeleted)) for x in e), e
-    a = [c for s in hq.sessions.values() for c in s.children if c.state != "deleting"]
-    b = [c for s in br.sessions.values() for c in s.children if c.state != "deleting"]
+    a = [c for s in hq.sessions.values() for c in s.children if c.state is not ChildState.DELETING]
+    b = [c for s in br.sessions.values() for c in s.children if c.state is not ChildState.DELETING]
     assert len(a) == 1 and len(b) == 1 and (a[0].spi_in, a[0].spi_out) == (b[0].spi_out, b[0].spi_in), (a, b, e)
 
 
@@ -430,15 +433,13 @@ def test_simultaneous_requests_for_a_fresh_child_make_one(seed: int) -> None:
 
 
 def test_temporary_failure_retry_fits_before_hard_expiry() -> None:
-    from tunnel.ike import lifetime
-
     hq, br, wire, c_hq, c_br = up()
     s = only(hq)
     for now in (0.0, 50.0):
-        at = lifetime.retry_at(s, now, expire_at=now + 12.0)
+        at = s.retry_at(now, expire_at=now + 12.0)
         assert now + 0.5 <= at <= now + 6.0  # a quarter of the 12 s left, plus up to 100 %
-        assert now + 10.0 <= lifetime.retry_at(s, now, expire_at=now + 1000.0) <= now + 20.0
-        assert now + 10.0 <= lifetime.retry_at(s, now) <= now + 20.0
+        assert now + 10.0 <= s.retry_at(now, expire_at=now + 1000.0) <= now + 20.0
+        assert now + 10.0 <= s.retry_at(now) <= now + 20.0
 
 
 @pytest.mark.parametrize("side", ["hq", "br"])

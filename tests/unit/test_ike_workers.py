@@ -24,7 +24,7 @@ def up(hq_kw, br_kw, seed=1, settle=3.0):
 
 
 def children(d):
-    return [c for c in only(d).children if c.state in ("installed", "rekeying")]
+    return only(d).active_children
 
 
 def paired(hq, br) -> list[tuple[int, int]]:

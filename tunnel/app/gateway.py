@@ -33,7 +33,7 @@ from tunnel.dataplane.forwarder import Counters, Forwarder, NeedSa
 from tunnel.drivers import udp
 from tunnel.drivers.netlink import Netlink
 from tunnel.drivers.tun import TunDevice
-from tunnel.esp.encap import NAT_KEEPALIVE
+from tunnel.esp.encap import NAT_KEEPALIVE, frame_ike
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.errors import ConfigError, DriverError, SitelinkError
 from tunnel.ike.constants import NAT_T_PORT
@@ -397,7 +397,7 @@ class Gateway:
             drops = self.control.dispatcher.drops
             sessions = self.control.dispatcher.sessions.values()
             log.info("ike sessions=%d established=%d drops=%s", len(sessions), sum(s.established for s in sessions),
-                     ",".join(f"{k}:{v}" for k, v in sorted(drops.items())) or "none")
+                     ",".join(f"{k}:{v}" for k, v in sorted(drops.by_reason().items())) or "none")
 
     # -- set-up helpers -------------------------------------------------------------------------------
     def _add_tunnel(self, tunnel: Tunnel) -> None:
@@ -512,6 +512,8 @@ class Gateway:
 
     def _flush_ike(self) -> None:
         for data, remote, local_port in self.control.dispatcher.datagrams_to_send(time.monotonic()):
+            if local_port == NAT_T_PORT:
+                data = frame_ike(data)  # RFC 3948 §2.2: the non-ESP marker tells IKE from ESP
             sock = self._sock if local_port == self.config.listen.port else self._ike_sock
             try:
                 sock.sendto(data, remote)

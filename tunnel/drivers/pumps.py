@@ -17,10 +17,11 @@ from tunnel.dataplane.forwarder import Forwarder
 from tunnel.drivers import udp
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.drops import DropReason
+from tunnel.esp.encap import NON_ESP_MARKER
 from tunnel.dataplane.scheduler import PriorityScheduler
 
 SIGNALLING = QosClass.SIGNALLING
-NON_ESP_MARKER = bytes(4)
+
 BATCH = 128  # packets per readiness callback: large enough to amortise, small enough to stay fair
 # With QoS, the data path works in short rounds: read up to PULL packets (TUN) / receive calls (socket; one
 # may bring a GRO run) from each kernel queue, then serve CHUNK packets per direction from our queues. Reading

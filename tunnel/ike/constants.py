@@ -7,7 +7,6 @@ import enum
 
 IKE_VERSION = 0x20  # major 2, minor 0
 IKE_HEADER_LEN = 28
-NON_ESP_MARKER = b"\x00\x00\x00\x00"
 IKE_PORT = 500
 NAT_T_PORT = 4500
 

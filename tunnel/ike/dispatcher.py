@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterable
 
 from tunnel.errors import MalformedPacket
 from tunnel.ike.config import IkeConfig
-from tunnel.ike.constants import IKE_PORT, NON_ESP_MARKER, NAT_T_PORT, ExchangeType, NotifyType
+from tunnel.ike.constants import IKE_PORT, ExchangeType, NotifyType
 from tunnel.ike.cookie import CookieJar
+from tunnel.ike.drops import IkeDrop, IkeDrops
 from tunnel.ike.events import Event, IkeSaEstablished
 from tunnel.ike.message import IkeHeader, NoncePayload, NotifyPayload, encode_message, parse_header, parse_message
-from tunnel.ike.session import Address, Datagram, IkeSession, State
+from tunnel.ike.sa import Address, Datagram, IkeState
+from tunnel.ike.session import IkeSession
 
 DEFAULT_COOKIE_THRESHOLD = 20
 
@@ -33,7 +35,8 @@ class IkeDispatcher:
         self._cookies = CookieJar(random_bytes)
         self.cookie_threshold = cookie_threshold
         self.sessions: dict[bytes, IkeSession] = {}  # by initiator SPI
-        self.drops: dict[str, int] = {}
+        self.drops = IkeDrops()  # messages no tunnel can be blamed for (unknown SPI or peer, cookies)
+        self.tunnel_drops: dict[str, IkeDrops] = {}  # each tunnel's, shared by its IKE SAs
         self._contacted: set[str] = set()  # tunnels that had an IKE SA since start: no more INITIAL_CONTACT
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
@@ -49,22 +52,27 @@ class IkeDispatcher:
     # -- commands -------------------------------------------------------------------------------------
     def initiate(self, tunnel: str, now: float, port: int = IKE_PORT) -> IkeSession:
         config, peer = self._configs[tunnel]
-        session = IkeSession(config, True, (peer, port), self._random, local_port=port)
+        session = IkeSession(config, True, (peer, port), self._random, local_port=port,
+                             drops=self.drops_for(tunnel))
         session.send_initial_contact = tunnel not in self._contacted
         session.initiate(now)
         self.sessions[session.spi_i] = session
-        self._collect(session)
+        self._collect(session, now)
         return session
+
+    def drops_for(self, tunnel: str) -> IkeDrops:
+        """The tunnel's IKE drop counters (kept across its IKE SAs and across reloads)."""
+        return self.tunnel_drops.setdefault(tunnel, IkeDrops())
 
     def delete_all(self, now: float) -> None:
         for session in list(self.sessions.values()):
             session.delete(now)
-            self._collect(session)
+            self._collect(session, now)
 
     def delete_tunnel(self, tunnel: str, now: float) -> None:
         for session in self.sessions_for(tunnel):
             session.delete(now)
-            self._collect(session)
+            self._collect(session, now)
 
     def retire_tunnel(self, tunnel: str, now: float) -> None:
         """Delete the tunnel's IKE SAs at the peer (after an exchange of ours in progress, if any) and
@@ -74,7 +82,7 @@ class IkeDispatcher:
         for session in self.sessions_for(tunnel):
             self._retired.add(session.spi_i)
             session.delete(now, when_idle=True)
-            self._collect(session)
+            self._collect(session, now)
 
     def sessions_for(self, tunnel: str) -> list[IkeSession]:
         # list(): one step under the GIL, so the metrics thread may call this while the loop adds sessions
@@ -84,12 +92,12 @@ class IkeDispatcher:
         """Rekey the tunnel's Child SA soon (the gateway's byte/packet/sequence-number limits approach)."""
         for session in self._owners(tunnel):
             session.rekey_child(now)
-            self._collect(session)
+            self._collect(session, now)
 
     def rekey_ike(self, tunnel: str, now: float) -> None:
         for session in self._owners(tunnel):
             session.rekey_ike(now)
-            self._collect(session)
+            self._collect(session, now)
 
     def note_esp_received(self, tunnel: str, now: float) -> None:
         """Inbound ESP for the tunnel authenticated: liveness for dead-peer detection (RFC 7296 §2.4)."""
@@ -108,14 +116,14 @@ class IkeDispatcher:
         try:
             header = parse_header(data)
         except MalformedPacket:
-            return self._drop("malformed")
+            return self._drop(IkeDrop.MALFORMED)
         session = self.sessions.get(header.spi_i)
         if session is None:
-            session = self._new_responder(data, header, remote, local_port)
+            session = self._new_responder(data, header, remote, local_port, now)
             if session is None:
                 return
         session.receive_datagram(data, remote, local_port, now)
-        self._collect(session)
+        self._collect(session, now)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         out, self._out = self._out, []
@@ -130,26 +138,29 @@ class IkeDispatcher:
             timer = session.get_timer()
             if timer is not None and timer <= now:
                 session.handle_timer(now)
-                self._collect(session)
+                self._collect(session, now)
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
     @property
     def half_open(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.state is State.INIT_DONE)
+        return sum(1 for s in self.sessions.values() if s.state is IkeState.INIT_DONE)
 
     # -- internals ----------------------------------------------------------------------------------------
-    def _new_responder(self, data: bytes, header: IkeHeader, remote: Address, local_port: int) -> IkeSession | None:
+    def _new_responder(self, data: bytes, header: IkeHeader, remote: Address, local_port: int,
+                       now: float) -> IkeSession | None:
         if header.exchange != ExchangeType.IKE_SA_INIT or header.is_response or header.message_id != 0 \
                 or header.spi_r != bytes(8):
-            return self._drop("unknown_spi")
+            return self._drop(IkeDrop.UNKNOWN_SPI)
         config = self._by_peer.get(remote[0])
         if config is None:
-            return self._drop("unknown_peer")
+            return self._drop(IkeDrop.UNKNOWN_PEER)
         if self.half_open >= self.cookie_threshold and not self._cookie_ok(data, header, remote, local_port):
             return None
-        session = IkeSession(config, False, remote, self._random, local_port=local_port)
+        session = IkeSession(config, False, remote, self._random, local_port=local_port,
+                             drops=self.drops_for(config.tunnel), now=now)
+        session.spi_i = header.spi_i  # indexed by it from the start, so it is found again when it closes
         self.sessions[header.spi_i] = session
         return session
 
@@ -158,29 +169,29 @@ class IkeDispatcher:
         try:
             message = parse_message(data)
         except MalformedPacket:
-            self._drop("malformed")
+            self._drop(IkeDrop.MALFORMED)
             return False
         nonce = message.get(NoncePayload)
         if nonce is None:
-            self._drop("malformed")
+            self._drop(IkeDrop.MALFORMED)
             return False
         address = ipaddress.ip_address(remote[0]).packed
         offered = message.notify(NotifyType.COOKIE)
         if offered is not None and self._cookies.check(offered.data, nonce.data, address, header.spi_i):
             return True
-        self._drop("cookie_required" if offered is None else "bad_cookie")
+        self._drop(IkeDrop.COOKIE_REQUIRED if offered is None else IkeDrop.BAD_COOKIE)
         cookie = self._cookies.make(nonce.data, address, header.spi_i)
         reply = encode_message(
             IkeHeader(header.spi_i, bytes(8), ExchangeType.IKE_SA_INIT, 0x20, 0),
             [NotifyPayload(NotifyType.COOKIE, data=cookie)],
         )
-        self._out.append((NON_ESP_MARKER + reply if local_port == NAT_T_PORT else reply, remote, local_port))
+        self._out.append((reply, remote, local_port))
         return False
 
-    def _collect(self, session: IkeSession) -> None:
+    def _collect(self, session: IkeSession, now: float) -> None:
         if session.initial_contact_received:
             session.initial_contact_received = False
-            self._initial_contact(session)
+            self._initial_contact(session, now)
         self._out.extend(session.datagrams_to_send(0.0))
         retired = session.spi_i in self._retired
         while (event := session.next_event()) is not None:
@@ -188,7 +199,7 @@ class IkeDispatcher:
                 self._contacted.add(event.tunnel)
             if not retired:
                 self._events.append(event)
-        if session.state is State.CLOSED:
+        if session.state is IkeState.CLOSED:
             if self.sessions.get(session.spi_i) is session:
                 del self.sessions[session.spi_i]
             self._retired.discard(session.spi_i)
@@ -198,15 +209,15 @@ class IkeDispatcher:
             if retired:  # an IKE rekey that finished after its tunnel was removed: delete the new SA too
                 self._retired.add(new.spi_i)
                 new.delete_when_idle = True
-            self._collect(new)
+            new.proceed(now)  # a redundant new SA of a rekey collision deletes itself at once (§2.8.2)
+            self._collect(new, now)
 
-    def _initial_contact(self, session: IkeSession) -> None:
+    def _initial_contact(self, session: IkeSession, now: float) -> None:
         """RFC 7296 §2.4: the peer has no other IKE SA with us any more, so ours are stale: close them."""
         for other in self.sessions_for(session.config.tunnel):
             if other is not session:
                 other.close(f"peer {session.remote[0]} restarted (INITIAL_CONTACT)")
-                self._collect(other)
+                self._collect(other, now)
 
-    def _drop(self, reason: str) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
-        return None
+    def _drop(self, reason: IkeDrop) -> None:
+        self.drops.add(reason)

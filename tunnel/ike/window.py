@@ -19,6 +19,11 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         return self.initial * self.factor**attempt
 
+    @property
+    def span(self) -> float:
+        """Seconds from the first transmission until the requester gives up (RequestWindow.on_timer)."""
+        return sum(self.delay(attempt) for attempt in range(self.tries))
+
 
 class RequestWindow:
     """Our outgoing requests: at most one outstanding (window size 1)."""

@@ -114,7 +114,7 @@ class GatewayCollector(Collector):
             ike = control.current_ike(name)
             if ike is None:
                 continue
-            live = [c for c in ike.children if c.state in ("installed", "rekeying")
+            live = [c for c in ike.children if c.active
                     and c.installed_at is not None and c.expire_at is not None]
             if live:
                 age.add_metric([name], now - max(c.installed_at for c in live))

@@ -54,7 +54,7 @@ def snapshot(gateway: "Gateway", now: float) -> dict[str, Any]:
             }
             entry["child_sas"] = [
                 {"spi_in": f"{c.spi_in:08x}", "spi_out": f"{c.spi_out:08x}", "suite": _suite(c.suite),
-                 "state": c.state, "rekey_in_s": _in(c.rekey_at, now), "expires_in_s": _in(c.expire_at, now)}
+                 "state": c.state.value, "rekey_in_s": _in(c.rekey_at, now), "expires_in_s": _in(c.expire_at, now)}
                 for c in ike.children]
         elif state.outbound is not None:
             entry["child_sas"] = [{"spi_out": f"{state.outbound.spi:08x}", "suite": "AES_GCM_16_256", "state": "manual"}]

@@ -1,0 +1,47 @@
+"""Named reasons for every IKE message the gateway refuses, like the data plane's DropReason: each is a
+counter, exported per tunnel (sitelink_ike_drops_total) and shown by `sitelink status`, so an admin can
+tell a scan (unknown peers) or an attack (integrity failures) from a misconfiguration."""
+
+from __future__ import annotations
+
+import enum
+
+
+class IkeDrop(enum.IntEnum):
+    MALFORMED = 1  # the header, payload chain or a payload's body does not parse
+    INTEGRITY = 2  # the SK payload failed its ICV: forged, corrupted or wrong keys; never answered (§2.21.2)
+    UNKNOWN_SPI = 3  # no IKE SA has this initiator SPI, and it is not a new IKE_SA_INIT request
+    UNKNOWN_PEER = 4  # a new IKE_SA_INIT from an address no tunnel is configured for
+    COOKIE_REQUIRED = 5  # too many half-open SAs: answered with a COOKIE, no state kept (§2.6)
+    BAD_COOKIE = 6  # a COOKIE that does not verify (forged, or older than two secret periods)
+    CLOSED = 7  # for an IKE SA that has just closed
+    UNEXPECTED_RESPONSE = 8  # a response whose message ID matches no request of ours (§2.3)
+    INVALID_MESSAGE_ID = 9  # a request that is neither the next one nor a retransmission (§2.3)
+    UNSUPPORTED_EXCHANGE = 10  # an exchange type we do not implement (IKE_SESSION_RESUME, ...)
+    UNEXPECTED_IKE_AUTH = 11  # IKE_AUTH when the SA is not waiting for it
+    INFORMATIONAL_BEFORE_AUTH = 12  # INFORMATIONAL on an SA that is not authenticated yet
+    IKE_REKEY_REFUSED = 13  # the peer refused our IKE SA rekey (§2.25); we try again later
+    IKE_REKEY_FAILED = 14  # the peer's answer to our IKE SA rekey was unusable; we try again later
+    INTERNAL = 15  # a state change not in the transition table (a bug): the SA was failed, not the gateway
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+_SLOTS = max(IkeDrop) + 1
+
+
+class IkeDrops:
+    """Plain counters, read at scrape time; shared by every IKE SA of a tunnel so they outlive the SAs."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts = [0] * _SLOTS
+
+    def add(self, reason: IkeDrop) -> None:
+        self.counts[reason] += 1
+
+    def by_reason(self) -> dict[str, int]:
+        return {reason.label: self.counts[reason] for reason in IkeDrop if self.counts[reason]}
