@@ -13,6 +13,7 @@ from tests.unit.test_config_loader import GOOD, make_keys, write
 from tunnel.config.loader import load_config
 from tunnel.ops.control_socket import ControlServer, request
 from tunnel.errors import DriverError
+from tunnel.app.assemble import install_manual_keys
 from tunnel.app.gateway import Gateway
 from tunnel.ops.status import render
 
@@ -21,7 +22,7 @@ def manual_gateway(tmp_path: Path) -> Gateway:
     make_keys(tmp_path, "b1", "b2")
     gateway = Gateway(load_config(write(tmp_path, GOOD)))
     for tunnel in gateway.config.tunnels:
-        gateway._add_tunnel(tunnel)
+        install_manual_keys(gateway.forwarder, tunnel)
     return gateway
 
 
@@ -70,9 +71,9 @@ def test_reload_over_the_socket_answers_with_the_problems(tmp_path: Path) -> Non
     running configuration stays. (A reload that applies needs netlink: tests/lab/test_reload.py.)"""
     gateway = manual_gateway(tmp_path)
     from tunnel.ops.control_socket import ControlError
-    from tunnel.app.keying import ControlPlane
+    from tunnel.app.keying import Keying
 
-    gateway.control = ControlPlane(gateway.config, gateway.forwarder, lambda n: bytes(n))
+    gateway.keying = Keying(gateway.config, gateway.forwarder, lambda n: bytes(n))
     server = ControlServer(gateway, tmp_path / "c.sock")
     path = gateway.config.path
     path.write_text(path.read_text().replace("10.2.0.0/24", "10.2.0.0/40"))

@@ -6,7 +6,10 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from tunnel.dataplane.forwarder import Forwarder, NeedSa, NeedSaReason
+from tunnel.dataplane.events import (
+    IkeMessage, NeedSa, NeedSaReason, PeerAlive, PeerMoved, SaInUse, UnknownSpi, VolumeLimit,
+)
+from tunnel.dataplane.forwarder import MAX_UNKNOWN_SPI_HOSTS, Forwarder, VolumeLimits
 from tunnel.esp.drops import DropReason
 from tunnel.esp.encap import NAT_KEEPALIVE, frame_ike
 from tunnel.esp.sa import InboundSa, OutboundSa
@@ -58,8 +61,8 @@ def test_fail_closed_without_sa_emits_one_need_sa() -> None:
         assert hq.outbound(ping("10.1.0.10", "10.2.0.10")) is None
     counters = hq.tunnels["branch1"].counters
     assert counters.drops[DropReason.NO_SA] == 3 and counters.tx_packets == 0
-    assert hq.next_event() == NeedSa("branch1", NeedSaReason.NO_SA)
-    assert hq.next_event() is None
+    assert hq.take_events() == [NeedSa("branch1", NeedSaReason.NO_SA)]
+    assert hq.take_events() == []
 
 
 def test_exhausted_sa_drops_and_asks_for_a_new_one() -> None:
@@ -68,7 +71,7 @@ def test_exhausted_sa_drops_and_asks_for_a_new_one() -> None:
     assert hq.outbound(ping("10.1.0.10", "10.2.0.10")) is not None
     assert hq.outbound(ping("10.1.0.10", "10.2.0.10")) is None
     assert hq.tunnels["branch1"].counters.drops[DropReason.SA_EXHAUSTED] == 1
-    assert hq.next_event() == NeedSa("branch1", NeedSaReason.EXHAUSTED)
+    assert hq.take_events() == [NeedSa("branch1", NeedSaReason.EXHAUSTED)]
 
 
 def test_unrouted_destination_is_counted_not_sent() -> None:
@@ -149,11 +152,12 @@ def test_unknown_spi_keepalive_ike_and_garbage() -> None:
     assert c.drops[DropReason.IKE_UNHANDLED] == 1 and c.drops[DropReason.MALFORMED] == 1
 
 
-def test_ike_goes_to_the_inbox_when_accepted() -> None:
+def test_ike_goes_up_as_an_event_when_accepted() -> None:
     hq, _ = make_pair()
     hq.accept_ike = True
     hq.inbound(frame_ike(b"I" * 28), PEER)
-    assert hq.ike_inbox.popleft() == (b"I" * 28, PEER)
+    assert hq.ike_pending  # the driver hands it up before the ESP behind it
+    assert hq.take_events() == [IkeMessage(b"I" * 28, PEER)] and not hq.ike_pending
 
 
 def test_replayed_datagram_counted_on_the_tunnel() -> None:
@@ -178,6 +182,7 @@ def test_authenticated_esp_from_a_new_address_moves_the_peer() -> None:
     nat = ("198.18.2.1", 40001)  # hq now appears behind a NAT
     assert br.inbound(esp, nat) is not None
     assert br.tunnels["hq"].peer == nat and br.tunnels["hq"].peer_changes == 1
+    assert PeerMoved("hq", nat) in br.take_events()
     assert br.outbound(ping("10.2.0.10", "10.1.0.10"))[0] == nat
 
 
@@ -186,13 +191,50 @@ def test_forged_esp_from_a_new_address_does_not_move_the_peer() -> None:
     _, esp = hq.outbound(ping("10.1.0.10", "10.2.0.10"))
     forged = esp[:-1] + bytes([esp[-1] ^ 1])
     assert br.inbound(forged, ("203.0.113.66", 4500)) is None
-    assert br.tunnels["hq"].peer == HQ_PEER
+    assert br.tunnels["hq"].peer == HQ_PEER and br.take_events() == []
 
 
-def test_unknown_spi_remembers_the_sender() -> None:
+def test_unknown_spi_reports_the_sender_once_per_take_and_boundedly() -> None:
     hq, _ = make_pair()
-    hq.inbound(b"\x00\x00\x99\x99" + bytes(60), ("198.18.2.2", 4500))
-    assert hq.unknown_spi_peers == {"198.18.2.2"}
+    for _ in range(3):
+        hq.inbound(b"\x00\x00\x99\x99" + bytes(60), ("198.18.2.2", 4500))
+    assert hq.take_events() == [UnknownSpi("198.18.2.2")]
+    for i in range(1000):  # a spray from many (spoofed) sources: counted, but reported for a few only
+        hq.inbound(b"\x00\x00\x99\x99" + bytes(60), (f"203.0.{i // 256}.{i % 256}", 4500))
+    assert len(hq.take_events()) == MAX_UNKNOWN_SPI_HOSTS
+    assert hq.counters.drops[DropReason.UNKNOWN_SPI] == 1003
+
+
+def test_authenticated_esp_reports_liveness_once_per_take_and_the_first_use_of_an_sa() -> None:
+    hq, br = make_pair()
+    for _ in range(3):
+        _, esp = hq.outbound(ping("10.1.0.10", "10.2.0.10"))
+        assert br.inbound(esp, HQ_PEER) is not None
+    assert br.take_events() == [PeerAlive("hq"), SaInUse("hq", 0x1001)]
+    _, esp = hq.outbound(ping("10.1.0.10", "10.2.0.10"))
+    br.inbound(esp, HQ_PEER)
+    assert br.take_events() == [PeerAlive("hq")]  # the SA was in use already
+    br.remove_inbound(0x1001)
+    br.install_inbound("hq", InboundSa(0x1001, HQ_KEY_OUT))  # installed again: a first use again
+    _, esp = hq.outbound(ping("10.1.0.10", "10.2.0.10"))
+    br.inbound(esp, HQ_PEER)
+    assert br.take_events() == [PeerAlive("hq"), SaInUse("hq", 0x1001)]
+
+
+def test_volume_limits_are_reported_soft_then_hard_once_each() -> None:
+    hq, _ = make_pair()
+    packet = ping("10.1.0.10", "10.2.0.10")
+    hq.install_outbound("branch1", OutboundSa(0x1003, HQ_KEY_OUT),
+                        VolumeLimits(soft_packets=3, soft_bytes=10 * len(packet), hard_packets=5))
+    reports = []
+    for _ in range(8):
+        assert hq.outbound(packet) is not None  # volume limits report; they never stop the SA here
+        reports += hq.take_events()
+    assert reports == [VolumeLimit("branch1", 0x1003, False), VolumeLimit("branch1", 0x1003, True)]
+    hq.install_outbound("branch1", OutboundSa(0x1004, HQ_KEY_OUT), VolumeLimits(soft_bytes=2 * len(packet)))
+    for _ in range(3):  # counted in bytes from this SA's installation, not the tunnel's
+        hq.outbound(packet)
+    assert hq.take_events() == [VolumeLimit("branch1", 0x1004, False)]
 
 
 # -- policy on the packet path (issue #6) -------------------------------------------------------------

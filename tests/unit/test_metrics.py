@@ -13,10 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from policy.qos import QosClass
 from tests.unit.test_config_loader import GOOD, SECOND_TUNNEL, make_keys, write
-from tests.unit.test_control_plane import Link
+from tests.unit.test_keying import Link
 from tunnel.config.loader import load_config
 from tunnel.dataplane.forwarder import Forwarder
 from tunnel.esp.drops import DropReason
+from tunnel.app.assemble import install_manual_keys
 from tunnel.app.gateway import Gateway
 from tunnel.ops.metrics import GatewayCollector
 from tunnel.drivers.pumps import QosPump
@@ -39,7 +40,7 @@ def test_scrape_reads_the_counters_of_the_moment(tmp_path: Path) -> None:
     make_keys(tmp_path, "b1", "b2")
     gateway = Gateway(load_config(write(tmp_path, GOOD + SECOND_TUNNEL)))
     for tunnel in gateway.config.tunnels:
-        gateway._add_tunnel(tunnel)  # manual keys: SAs installed, no I/O
+        install_manual_keys(gateway.forwarder, tunnel)  # manual keys: SAs installed, no I/O
     egress, ingress = PriorityScheduler(10**9), PriorityScheduler(10**9)
     gateway._qos = QosPump(gateway.forwarder, None, None, None, egress, ingress)  # type: ignore[arg-type]
 
@@ -105,9 +106,9 @@ def test_ike_timings_come_from_the_sessions(tmp_path: Path) -> None:
     """Handshake duration, Child SA age and remaining lifetime, DPD round trip and peer last seen, on two
     control planes exchanging real IKE messages under a hand-driven clock."""
     link = Link(tmp_path, dpd=5)
-    gateway = Gateway(link.hq.control.config)
-    gateway.forwarder, gateway.control = link.hq.forwarder, link.hq.control
-    link.hq.control.start(link.now)
+    gateway = Gateway(link.hq.keying.config)
+    gateway.forwarder, gateway.keying = link.hq.forwarder, link.hq.keying
+    link.hq.keying.start(link.now)
     link.now += 0.03  # hq's IKE_SA_INIT request is 30 ms old when the exchanges complete
     link.pump()
     _, s = scrape(gateway)
@@ -137,7 +138,7 @@ def test_queue_metrics_sum_every_worker(tmp_path: Path) -> None:
     make_keys(tmp_path, "b1", "b2")
     gateway = Gateway(load_config(write(tmp_path, GOOD)))
     for tunnel in gateway.config.tunnels:
-        gateway._add_tunnel(tunnel)
+        install_manual_keys(gateway.forwarder, tunnel)
     gateway._qos = QosPump(gateway.forwarder, None, None, None, PriorityScheduler(10**9), PriorityScheduler(10**9))  # type: ignore[arg-type]
     worker_qos = QosPump(Forwarder(), None, None, None, PriorityScheduler(10**9, {QosClass.BULK: 1}),  # type: ignore[arg-type]
                          PriorityScheduler(10**9))
@@ -148,8 +149,8 @@ def test_queue_metrics_sum_every_worker(tmp_path: Path) -> None:
     worker_qos.egress.dequeue(1, 0.002)
     main_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        proxy = WorkerProxy(1, main_end, os.getpid(), {"branch1": ("198.18.2.2", 4500)})
-        _report(Forwarder(), worker_end, 0, worker_qos)
+        proxy = WorkerProxy(1, main_end, os.getpid(), ["branch1"])
+        _report(Forwarder(), worker_end, 0, worker_qos, [])
         assert proxy.receive()
         gateway._workers = [proxy]
         _, s = scrape(gateway)

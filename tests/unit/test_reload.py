@@ -1,5 +1,5 @@
 """Hot reload without sockets: what a new configuration changes (plan_reload), the forwarder forgetting a
-tunnel, and two control planes back to back (real IKE between them) through a reload that keeps one
+tunnel, and two keyings back to back (real IKE between them) through a reload that keeps one
 tunnel's SAs, re-establishes a changed one and deletes a removed one at the peer."""
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_config_loader import GOOD, SECOND_TUNNEL, make_keys, write
-from tests.unit.test_control_plane import Link, Site, _spi_out, _up
+from tests.unit.test_keying import Link, Site, _spi_out, _up
 from tunnel.config.loader import load_config
 from tunnel.config.model import GatewayConfig
-from tunnel.dataplane.forwarder import Forwarder
+from tunnel.dataplane.forwarder import Forwarder, VolumeLimits
 from tunnel.errors import ConfigError
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.app.gateway import Gateway
 from tunnel.ike.constants import ExchangeType
 from tunnel.ike.message import parse_header
-from tunnel.app.assemble import reconfigure_forwarder
+from tunnel.app.assemble import install_manual_keys, reconfigure_forwarder
 from tunnel.app.reload import LIVE_FIELDS, RESTART_FIELDS, ReloadRefused, plan_reload
 from tunnel.app.workers import WorkerProxy, _commands, _report
 
@@ -117,20 +117,20 @@ def test_forwarder_forgets_a_removed_tunnel_and_fails_closed() -> None:
     assert forwarder.counters.drops_by_reason() == {"no_tunnel": 1}
     sealed: list = []
     forwarder.seal_into(queued[0][1], queued[0][2], sealed)  # queued before the reload: dropped, not sent
-    assert sealed == [] and forwarder.next_event() is None  # and no new SA is asked for
-    assert forwarder.outbound(_ip("10.1.0.5", "10.2.0.5")) is None and forwarder.next_event().tunnel == "a"
+    assert sealed == [] and forwarder.take_events() == []  # and no new SA is asked for
+    assert forwarder.outbound(_ip("10.1.0.5", "10.2.0.5")) is None and forwarder.take_events()[0].tunnel == "a"
     forwarder.add_tunnel("b", ("198.18.3.2", 4500), [ipaddress.ip_network("10.1.0.0/24")],
                          [ipaddress.ip_network("10.3.0.0/24")])  # the subnet is free again
 
 
-# -- two control planes -------------------------------------------------------------------------------
+# -- two keyings -------------------------------------------------------------------------------
 def _reload(link: Link, site: Site, config_text: str) -> None:
-    """What Gateway.reload does, minus routes: plan, control plane, forwarder; then IKE moves."""
-    path = Path(site.control.config.path)
+    """What Gateway.reload does, minus routes: plan, keying, forwarder; then IKE moves."""
+    path = Path(site.keying.config.path)
     path.write_text(config_text)
     new = load_config(path)
-    plan = plan_reload(site.control.config, new)
-    site.control.reconfigure(new, plan, link.now)
+    plan = plan_reload(site.keying.config, new)
+    site.keying.reconfigure(new, plan, link.now)
     reconfigure_forwarder(site.forwarder, new, plan.gone)
     link.pump()
 
@@ -138,7 +138,7 @@ def _reload(link: Link, site: Site, config_text: str) -> None:
 def test_reload_keeps_unchanged_and_policy_changed_tunnels_up(tmp_path: Path) -> None:
     link = _up(Link(tmp_path))
     spis = _spi_out(link.hq), _spi_out(link.br)
-    text = Path(link.hq.control.config.path).read_text()
+    text = Path(link.hq.keying.config.path).read_text()
     _reload(link, link.hq, text)
     assert (_spi_out(link.hq), _spi_out(link.br)) == spis
     _reload(link, link.hq, text + FIREWALL)  # the test packets are UDP 5004: now denied, SAs kept
@@ -154,15 +154,15 @@ def test_reload_keeps_unchanged_and_policy_changed_tunnels_up(tmp_path: Path) ->
 def test_reload_re_establishes_a_changed_tunnel(tmp_path: Path) -> None:
     link = _up(Link(tmp_path))
     spis = _spi_out(link.hq), _spi_out(link.br)
-    old_ike = link.hq.control.dispatcher.sessions_for("branch1")[0].spi_i
-    text = Path(link.hq.control.config.path).read_text()
+    old_ike = link.hq.keying.dispatcher.sessions_for("branch1")[0].spi_i
+    text = Path(link.hq.keying.config.path).read_text()
     _reload(link, link.hq, text.replace("rekey_time: 100", "rekey_time: 90"))
-    session = link.hq.control.dispatcher.sessions_for("branch1")
+    session = link.hq.keying.dispatcher.sessions_for("branch1")
     assert len(session) == 1 and session[0].spi_i != old_ike and session[0].established
-    assert old_ike not in link.hq.control.dispatcher.sessions  # its Delete was answered
+    assert old_ike not in link.hq.keying.dispatcher.sessions  # its Delete was answered
     assert _spi_out(link.hq) != spis[0] and _spi_out(link.br) != spis[1]
     assert link.send(link.hq, 1) and link.send(link.br, 2)
-    assert link.hq.control.tunnels["branch1"].stats.handshakes_ok == 1  # the new runtime's own tally
+    assert link.hq.keying.tunnels["branch1"].stats.handshakes_ok == 1  # the new runtime's own tally
 
 
 def _only_branch2(text: str) -> str:
@@ -174,26 +174,26 @@ def _only_branch2(text: str) -> str:
 
 def test_reload_deletes_a_removed_tunnel_at_the_peer(tmp_path: Path) -> None:
     link = _up(Link(tmp_path))
-    text = Path(link.hq.control.config.path).read_text()
+    text = Path(link.hq.keying.config.path).read_text()
     _reload(link, link.hq, _only_branch2(text))
-    assert list(link.hq.control.tunnels) == ["branch2"] and list(link.hq.forwarder.tunnels) == ["branch2"]
-    assert link.hq.control.dispatcher.sessions == {}
+    assert list(link.hq.keying.tunnels) == ["branch2"] and list(link.hq.forwarder.tunnels) == ["branch2"]
+    assert link.hq.keying.dispatcher.sessions == {}
     # branch heard the Delete: no IKE SA and no outbound SA left (it fails closed and waits)
-    assert link.br.control.dispatcher.sessions_for("hq") == [] and link.br.forwarder.tunnels["hq"].outbound is None
+    assert link.br.keying.dispatcher.sessions_for("hq") == [] and link.br.forwarder.tunnels["hq"].outbound is None
     assert not link.send(link.br, 1)
 
 
 def test_a_lost_delete_is_retransmitted_and_nothing_is_reported(tmp_path: Path) -> None:
     link = _up(Link(tmp_path))
-    text = Path(link.hq.control.config.path).read_text()
+    text = Path(link.hq.keying.config.path).read_text()
     lost: list[bytes] = []
     link.lose_ike = lambda sender, data: sender == "hq" and not lost and not lost.append(data)
     _reload(link, link.hq, _only_branch2(text))
-    assert len(lost) == 1 and len(link.hq.control.dispatcher.sessions) == 1  # retired, awaiting the answer
-    assert link.br.control.dispatcher.sessions_for("hq")  # branch has not heard yet
+    assert len(lost) == 1 and len(link.hq.keying.dispatcher.sessions) == 1  # retired, awaiting the answer
+    assert link.br.keying.dispatcher.sessions_for("hq")  # branch has not heard yet
     link.advance(3)  # retransmitted
-    assert link.hq.control.dispatcher.sessions == {} and link.hq.control.dispatcher.next_event() is None
-    assert link.br.control.dispatcher.sessions_for("hq") == []
+    assert link.hq.keying.dispatcher.sessions == {} and link.hq.keying.dispatcher.next_event() is None
+    assert link.br.keying.dispatcher.sessions_for("hq") == []
 
 
 def test_worker_applies_a_reload(tmp_path: Path) -> None:
@@ -204,16 +204,16 @@ def test_worker_applies_a_reload(tmp_path: Path) -> None:
     try:
         forwarder = Forwarder()
         reconfigure_forwarder(forwarder, config, ())
-        proxy = WorkerProxy(1, main_end, os.getpid(), {n: ("198.18.2.2", 4500) for n in names})
-        _report(forwarder, worker_end, 0)  # a report from before the reload, read after it
+        proxy = WorkerProxy(1, main_end, os.getpid(), names)
+        _report(forwarder, worker_end, 0, None, [])  # a report from before the reload, read after it
         smaller = dataclasses.replace(config, tunnels=config.tunnels[:1])
         proxy.reconfigure(smaller, (names[1],))
-        proxy.install_outbound(names[1], 0x99, os.urandom(36))  # about a removed tunnel: ignored there
+        proxy.install_outbound(names[1], 0x99, os.urandom(36), VolumeLimits())  # about a removed tunnel: ignored
         generation = [0]
         assert _commands(forwarder, worker_end, generation)
         assert list(forwarder.tunnels) == names[:1] and generation == [1]
         assert proxy.receive() and list(proxy.counters) == names[:1]  # the stale report changed nothing
-        _report(forwarder, worker_end, generation[0])
+        _report(forwarder, worker_end, generation[0], None, [])
         assert proxy.receive() and proxy.counters[names[0]].tx_packets == 0
     finally:
         main_end.close()
@@ -225,11 +225,11 @@ def test_gateway_refuses_a_broken_or_restart_only_configuration(tmp_path: Path) 
     make_keys(tmp_path, "b1", "b2")
     path = write(tmp_path, TWO)
     gateway = Gateway(load_config(path))
-    for tunnel in gateway.config.tunnels:
-        gateway._add_tunnel(tunnel)
-    from tunnel.app.keying import ControlPlane
+    for tunnel in gateway.config.tunnels:  # what Gateway.open does before it opens devices and sockets
+        install_manual_keys(gateway.forwarder, tunnel)
+    from tunnel.app.keying import Keying
 
-    gateway.control = ControlPlane(gateway.config, gateway.forwarder, os.urandom)
+    gateway.keying = Keying(gateway.config, gateway.forwarder, os.urandom)
     running = gateway.config
     path.write_text(TWO.replace("remote_subnets: [10.3.0.0/24]", "remote_subnets: [10.3.0.0/33]"))
     with pytest.raises(ConfigError) as error:
@@ -258,12 +258,12 @@ def test_a_removed_tunnel_busy_with_a_rekey_is_still_deleted_at_the_peer(tmp_pat
     """Our CREATE_CHILD_SA is outstanding when the reload removes the tunnel: the Delete waits for its
     answer (one request at a time, RFC 7296 §2.3) instead of being skipped."""
     link = _up(Link(tmp_path))
-    link.hq.control.dispatcher.rekey_child("branch1", link.now)  # request queued, not delivered yet
-    assert link.hq.control.dispatcher.sessions_for("branch1")[0].requests.busy
-    text = Path(link.hq.control.config.path).read_text()
+    link.hq.keying.dispatcher.rekey_child("branch1", link.now)  # request queued, not delivered yet
+    assert link.hq.keying.dispatcher.sessions_for("branch1")[0].requests.busy
+    text = Path(link.hq.keying.config.path).read_text()
     _reload(link, link.hq, _only_branch2(text))  # pumps: the rekey's answer, then our Delete
-    assert link.hq.control.dispatcher.sessions == {}
-    assert link.br.control.dispatcher.sessions_for("hq") == [] and link.br.forwarder.tunnels["hq"].outbound is None
+    assert link.hq.keying.dispatcher.sessions == {}
+    assert link.br.keying.dispatcher.sessions_for("hq") == [] and link.br.forwarder.tunnels["hq"].outbound is None
     exchanges = [(s, e, r) for s, e, r in link.ike_log if e in (ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL)]
     assert exchanges[:2] == [("hq", ExchangeType.CREATE_CHILD_SA, False), ("branch1", ExchangeType.CREATE_CHILD_SA, True)]
     assert ("hq", ExchangeType.INFORMATIONAL, False) in exchanges[2:]
@@ -273,9 +273,9 @@ def test_a_replaced_tunnel_tells_the_peer_to_drop_the_old_sas(tmp_path: Path) ->
     """The replacement's IKE_AUTH carries INITIAL_CONTACT again (RFC 7296 §2.4), so even an old IKE SA
     whose Delete was lost is dropped by the peer."""
     link = _up(Link(tmp_path))
-    text = Path(link.hq.control.config.path).read_text()
+    text = Path(link.hq.keying.config.path).read_text()
     link.lose_ike = lambda sender, data: sender == "hq" and parse_header(data).exchange == ExchangeType.INFORMATIONAL
     _reload(link, link.hq, text.replace("rekey_time: 100", "rekey_time: 90"))
-    sessions = link.br.control.dispatcher.sessions_for("hq")
-    assert len(sessions) == 1 and sessions[0].spi_i == link.hq.control.dispatcher.sessions_for("branch1")[0].spi_i
+    sessions = link.br.keying.dispatcher.sessions_for("hq")
+    assert len(sessions) == 1 and sessions[0].spi_i == link.hq.keying.dispatcher.sessions_for("branch1")[0].spi_i
     assert link.send(link.hq, 1) and link.send(link.br, 2)

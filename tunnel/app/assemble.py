@@ -1,14 +1,35 @@
-"""From config to the forwarder's compiled policy and the gateway's queues: shared by the gateway and its
-worker processes, so every process enforces the same rules."""
+"""From the configuration to the cores' settings, in one place for the gateway and its worker processes
+(so every process enforces the same rules): each tunnel's peer address, compiled policy, IKE settings,
+volume limits and manual SAs, and the gateway's queues."""
 
 from __future__ import annotations
 
+import datetime as dt
+import math
+import hashlib
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives import serialization
+
 from policy.match import compile_rules
 from policy.qos import QosClass
+from policy.ts import ranges
 from tunnel.config.model import GatewayConfig, Tunnel
-from tunnel.dataplane.forwarder import Forwarder, TunnelPolicy
-from tunnel.esp.overhead import inner_mtu
+from tunnel.config.pkifiles import load_certificate, load_private_key
+from tunnel.dataplane.forwarder import NO_LIMIT, Forwarder, TunnelPolicy, VolumeLimits
 from tunnel.dataplane.scheduler import PriorityScheduler
+from tunnel.esp.overhead import inner_mtu
+from tunnel.esp.sa import InboundSa, OutboundSa
+from tunnel.ike.certs import CertVerifier, PeerIdentity
+from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
+
+SEQ_SOFT_LIMIT = 3 * 2**30  # rekey long before the 32-bit sequence numbers run out (RFC 4303 §3.3.3)
+HARD_VOLUME_FACTOR = 1.1  # past soft * this without a new SA, the outbound SA is dropped (fail closed)
+
+
+def peer_of(tunnel: Tunnel) -> tuple[str, int]:
+    """Where the tunnel's ESP (and IKE) goes until the peer is seen elsewhere."""
+    return str(tunnel.peer.address), tunnel.peer.port
 
 
 def tunnel_mtu(config: GatewayConfig, tunnel: Tunnel) -> int:
@@ -32,6 +53,15 @@ def tunnel_policy(config: GatewayConfig, tunnel: Tunnel) -> TunnelPolicy:
                         icmp_source4=sources.get(4), icmp_source6=sources.get(6))
 
 
+def build_forwarder(config: GatewayConfig) -> Forwarder:
+    """A forwarder with every tunnel of the configuration (no SAs yet)."""
+    forwarder = Forwarder()
+    for tunnel in config.tunnels:
+        forwarder.add_tunnel(tunnel.name, peer_of(tunnel), tunnel.local_subnets, tunnel.remote_subnets,
+                             tunnel_policy(config, tunnel))
+    return forwarder
+
+
 def reconfigure_forwarder(forwarder: Forwarder, config: GatewayConfig, gone: tuple[str, ...]) -> None:
     """A reload, in one process's forwarder: forget the tunnels that went (and their SAs), add the new
     ones, and give every tunnel its policy compiled from the new configuration (SAs stay)."""
@@ -42,10 +72,32 @@ def reconfigure_forwarder(forwarder: Forwarder, config: GatewayConfig, gone: tup
         policy = tunnel_policy(config, tunnel)
         state = forwarder.tunnels.get(tunnel.name)
         if state is None:
-            forwarder.add_tunnel(tunnel.name, (str(tunnel.peer.address), tunnel.peer.port), tunnel.local_subnets,
-                                 tunnel.remote_subnets, policy)
+            forwarder.add_tunnel(tunnel.name, peer_of(tunnel), tunnel.local_subnets, tunnel.remote_subnets, policy)
         else:
             state.apply(policy)
+
+
+def install_manual_keys(forwarder: Forwarder, tunnel: Tunnel) -> None:
+    """The tunnel's manually keyed SAs (testing and bring-up; they are never rekeyed)."""
+    keys = tunnel.manual_keys
+    assert keys is not None
+    forwarder.install_outbound(tunnel.name, OutboundSa(keys.outbound.spi, keys.outbound.key.reveal()))
+    forwarder.install_inbound(tunnel.name, InboundSa(keys.inbound.spi, keys.inbound.key.reveal(),
+                                                     tunnel.replay_window))
+
+
+def volume_limits(tunnel: Tunnel) -> VolumeLimits:
+    """Rekey at the configured packet or byte volume, and before the sequence numbers run short; stop
+    using the SA at HARD_VOLUME_FACTOR times the configured volume (RFC 4301 §4.4.2.1)."""
+    ike = tunnel.ike
+    packets = ike.rekey_packets if ike is not None and ike.rekey_packets else None
+    octets = ike.rekey_bytes if ike is not None and ike.rekey_bytes else None
+    return VolumeLimits(
+        soft_packets=min(SEQ_SOFT_LIMIT, packets) if packets else SEQ_SOFT_LIMIT,
+        soft_bytes=octets or NO_LIMIT,
+        hard_packets=math.ceil(packets * HARD_VOLUME_FACTOR) if packets else NO_LIMIT,
+        hard_bytes=math.ceil(octets * HARD_VOLUME_FACTOR) if octets else NO_LIMIT,
+    )
 
 
 def make_schedulers(config: GatewayConfig) -> tuple[PriorityScheduler, PriorityScheduler] | None:
@@ -59,3 +111,55 @@ def make_schedulers(config: GatewayConfig) -> tuple[PriorityScheduler, PriorityS
     overhead = (40 if config.listen.address.version == 6 else 20) + 8 + 8 + 8 + 2 + 16
     egress = PriorityScheduler(rate, limits, shape_bps=int(qos.wan_rate_mbit * 1_000_000), overhead=overhead)
     return egress, PriorityScheduler(rate, limits)
+
+
+def ike_configs(config: GatewayConfig, workers: int) -> list[tuple[IkeConfig, str]]:
+    """Each IKE tunnel's IkeConfig and peer address (reading the PKI files when a tunnel uses
+    certificates: raises when they cannot be used)."""
+    tunnels = [t for t in config.tunnels if t.ike is not None]
+    cert_auth = _cert_auth(config) if any(t.ike is not None and t.ike.auth == "cert" for t in tunnels) else None
+    return [(ike_config(t, cert_auth, workers), peer_of(t)[0]) for t in tunnels]
+
+
+def ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) -> IkeConfig:
+    ike = tunnel.ike
+    assert ike is not None
+    local, remote = PeerIdentity.parse(ike.local_id), PeerIdentity.parse(ike.remote_id)
+    if ike.auth == "psk":
+        assert ike.psk is not None
+        auth: PskAuth | CertAuth = PskAuth(ike.psk.reveal())
+    else:
+        assert cert_auth is not None
+        auth = cert_auth
+    return IkeConfig(
+        tunnel=tunnel.name,
+        local_id=(local.id_type, local.data),
+        remote_id=(remote.id_type, remote.data),
+        auth=auth,
+        ike_suites=ike.ike_proposals,
+        esp_suites=ike.esp_proposals,
+        local_ts=ranges(tunnel.local_subnets),
+        remote_ts=ranges(tunnel.remote_subnets),
+        wall_clock=lambda: dt.datetime.now(dt.timezone.utc),
+        child_rekey_time=float(ike.rekey_time),
+        child_lifetime=float(ike.lifetime) if ike.lifetime else None,
+        ike_rekey_time=float(ike.ike_rekey_time),
+        ike_lifetime=float(ike.ike_lifetime) if ike.ike_lifetime else None,
+        dpd_delay=float(ike.dpd_delay),
+        workers=workers,
+    )
+
+
+def _cert_auth(config: GatewayConfig) -> CertAuth:
+    pki = config.pki
+    assert pki is not None
+    ca = load_certificate(pki.ca)
+    cert = load_certificate(pki.certificate)
+    key = load_private_key(pki.private_key)
+    verifier = CertVerifier([ca])
+    spki = ca.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def verify_peer(chain: Sequence[bytes], id_type: int, data: bytes, now: dt.datetime) -> object:
+        return verifier.verify(chain, PeerIdentity(id_type, data), now)
+
+    return CertAuth(key, (cert.public_bytes(serialization.Encoding.DER),), verify_peer, hashlib.sha1(spki).digest())

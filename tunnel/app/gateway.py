@@ -4,7 +4,7 @@ The only place that owns the event loop and the OS resources. The data path neve
 each readiness callback drains a batch, pushes it through the forwarder and flushes the results.
 Past the ~400-line guideline because it sequences every OS-facing step (start-up, the data path's
 callbacks, hot reload, shutdown) in one place; what to do at each step is decided in the pure modules it
-calls (reload.py, control_plane.py, dataplane.py, scheduler.py).
+calls (reload.py, keying.py, assemble.py and the cores).
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ from tunnel.drivers import pumps
 from policy.qos import QosClass
 from tunnel.ops.control_socket import ControlServer, default_path
 from tunnel.ops.metrics import MetricsServer
-from tunnel.app.assemble import make_schedulers, reconfigure_forwarder, tunnel_policy
+from tunnel.app.assemble import build_forwarder, install_manual_keys, make_schedulers, reconfigure_forwarder
 from tunnel.app.reload import ReloadFailed, ReloadPlan, ReloadRefused, plan_reload
 from tunnel.dataplane.scheduler import ClassStats
 from tunnel.config.loader import load_config
 from tunnel.config.model import GatewayConfig, Tunnel
-from tunnel.app.keying import KEEPALIVE_INTERVAL, VOLUME_CHECK_INTERVAL, ControlPlane, LocalPlane
-from tunnel.dataplane.forwarder import Counters, Forwarder, NeedSa
+from tunnel.app.keying import KEEPALIVE_INTERVAL, Keying, LocalPlane
+from tunnel.dataplane.counters import Counters
+from tunnel.dataplane.events import DataEvent
 from tunnel.drivers import udp
 from tunnel.drivers.netlink import Netlink
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.encap import NAT_KEEPALIVE, frame_ike
-from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.errors import ConfigError, DriverError, SitelinkError
 from tunnel.ike.constants import NAT_T_PORT
 from tunnel.ops.keylog import EspKeyLog, IkeKeyLog
@@ -63,7 +63,7 @@ def format_queues(rows: list[tuple[int, ClassStats]]) -> str:
 class Gateway:
     def __init__(self, config: GatewayConfig, esp_key_log: Path | None = None, ike_key_log: Path | None = None) -> None:
         self.config = config
-        self.forwarder = Forwarder()
+        self.forwarder = build_forwarder(config)
         self._netlink: Netlink | None = None
         self._tun: TunDevice | None = None
         self._tun_index: int | None = None
@@ -79,10 +79,9 @@ class Gateway:
         self._stopping: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.TimerHandle | None = None
-        self._volume: asyncio.TimerHandle | None = None
         self._esp_key_log = esp_key_log or config.key_log.esp_sa
         self._ike_key_log = ike_key_log or config.key_log.ikev2_decryption_table
-        self.control: ControlPlane | None = None
+        self.keying: Keying | None = None
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task] = set()  # SIGHUP reloads in progress (a reference keeps them alive)
 
@@ -91,7 +90,9 @@ class Gateway:
         """Set up keys, TUN, routes and socket; on any failure undo what was done."""
         try:
             for tunnel in self.config.tunnels:
-                self._add_tunnel(tunnel)
+                self._log_tunnel(tunnel)
+                if tunnel.manual_keys is not None:
+                    install_manual_keys(self.forwarder, tunnel)
             key_log = None
             if self._esp_key_log is not None:
                 key_log = EspKeyLog(self._esp_key_log, str(self.config.listen.address))
@@ -114,7 +115,7 @@ class Gateway:
             if n > 1:
                 self._spawn_workers(n)
             planes = [LocalPlane(self.forwarder), *self._workers] if self._workers else self.forwarder
-            self.control = ControlPlane(self.config, planes, os.urandom, key_log, ike_key_log)
+            self.keying = Keying(self.config, planes, os.urandom, key_log, ike_key_log)
             metrics = self.config.metrics
             if metrics.enabled:  # a thread: only after the workers were forked
                 self._metrics = MetricsServer(self, str(metrics.address), metrics.port)
@@ -182,11 +183,10 @@ class Gateway:
             loop.add_reader(worker.conn.fileno(), self._on_worker_report, worker)
         self._control_server = ControlServer(self, self.config.control_socket or default_path(self.config.name))
         await self._control_server.start()
-        self.control.start(time.monotonic())
+        self.keying.start(time.monotonic())
         self._after_ike()
-        if self.control.tunnels:
+        if self.keying.tunnels:
             self._keepalive = loop.call_later(KEEPALIVE_INTERVAL, self._send_keepalives)
-            self._volume = loop.call_later(VOLUME_CHECK_INTERVAL, self._check_volume)
         try:
             await self._stopping.wait()
         finally:
@@ -198,10 +198,10 @@ class Gateway:
                 loop.remove_reader(worker.conn.fileno())
             if self._timer is not None:
                 self._timer.cancel()
-            for handle in (self._keepalive, self._volume, self._qos_flush):
+            for handle in (self._keepalive, self._qos_flush):
                 if handle is not None:
                     handle.cancel()
-            self.control.dispatcher.delete_all(time.monotonic())  # best effort: tell peers (§1.4.1)
+            self.keying.dispatcher.delete_all(time.monotonic())  # best effort: tell peers (§1.4.1)
             self._flush_ike()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -228,7 +228,7 @@ class Gateway:
                 if owner and owner not in plan.gone:
                     raise ReloadRefused(f"tunnel {tunnel.name}: its manual inbound SPI is in use by tunnel {owner}")
             try:
-                ike_configs = self.control.ike_configs(new)  # reads the PKI files: may fail
+                ike_configs = self.keying.ike_configs(new)  # reads the PKI files: may fail
             except (SitelinkError, ValueError, OSError) as exc:
                 raise ReloadRefused(f"cannot use the new configuration: {exc}; the running one stays") from None
             loop = asyncio.get_running_loop()
@@ -258,14 +258,14 @@ class Gateway:
             return summary
 
     def _apply_reload(self, new: GatewayConfig, plan: ReloadPlan, ike_configs: list) -> None:
-        self.control.reconfigure(new, plan, time.monotonic(), ike_configs)
+        self.keying.reconfigure(new, plan, time.monotonic(), ike_configs)
         reconfigure_forwarder(self.forwarder, new, plan.gone)
         for worker in self._workers:
             worker.reconfigure(new, plan.gone)
         for tunnel in plan.new:
             self._log_tunnel(tunnel)
             if tunnel.manual_keys is not None:
-                self._install_manual_keys(tunnel)
+                install_manual_keys(self.forwarder, tunnel)
         self.config = new
         logging.getLogger().setLevel(getattr(logging, new.log_level.upper()))
         self._after_ike()
@@ -309,29 +309,16 @@ class Gateway:
                 log.error("%s", self._worker_failed)
                 self._stopping.set()
             return
-        now = time.monotonic()
-        for name in worker.need_sa:
-            self.control.on_need_sa(name, now)
-        worker.need_sa.clear()
-        if worker.unknown_spi_peers:
-            self.control.on_unknown_spi(worker.unknown_spi_peers, now)
-            worker.unknown_spi_peers.clear()
-        self.control.note_esp_received(now)
-        self._after_ike()
+        self._data_events(worker.take_events())
 
     def _send_keepalives(self) -> None:
         # A NAT between the gateways forgets an idle UDP mapping; one byte every 20 s keeps it (RFC 3948 §2.3).
-        for peer in self.control.keepalive_targets():
+        for peer in self.keying.keepalive_targets():
             try:
                 self._sock.sendto(NAT_KEEPALIVE, peer)
             except OSError:
                 pass
         self._keepalive = asyncio.get_running_loop().call_later(KEEPALIVE_INTERVAL, self._send_keepalives)
-
-    def _check_volume(self) -> None:
-        self.control.check_volume(time.monotonic())
-        self._after_ike()
-        self._volume = asyncio.get_running_loop().call_later(VOLUME_CHECK_INTERVAL, self._check_volume)
 
     def _request_stop(self, sig: int) -> None:
         log.info("received %s, shutting down", signal.Signals(sig).name)
@@ -345,17 +332,17 @@ class Gateway:
             total = Counters()
             for part in [state.counters, *(w.counters.get(name) for w in self._workers)]:
                 if part is not None:  # None: a worker not told of a tunnel a reload is adding
-                    workers.add(total, part)
+                    total.add(part)
             totals[name] = total
         total = Counters()
         for part in [self.forwarder.counters, *(w.global_counters for w in self._workers)]:
-            workers.add(total, part)
+            total.add(part)
         totals[""] = total
         return totals
 
     def tunnel_is_up(self, name: str) -> bool:
         """An outbound SA is installed (with workers: worker 0's, which the control plane tracks)."""
-        runtime = self.control.tunnels.get(name) if self.control is not None else None
+        runtime = self.keying.tunnels.get(name) if self.keying is not None else None
         if runtime is not None:
             return runtime.outbound_spi is not None
         state = self.forwarder.tunnels.get(name)  # None: removed by a reload since the caller looked
@@ -371,12 +358,12 @@ class Gateway:
             rows = []
             for cls, stats in zip(QosClass, scheduler.stats):
                 total, depth = ClassStats(), scheduler.depth(cls)
-                workers.add_queue(total, workers.queue_values(stats))
+                total.add_values(stats.values())
                 for worker in self._workers:
                     reported = worker.queues.get(direction)
                     if reported:
                         depth += reported[cls][0]
-                        workers.add_queue(total, reported[cls][1])
+                        total.add_values(reported[cls][1])
                 rows.append((depth, total))
             totals[direction] = rows
         return totals
@@ -393,27 +380,13 @@ class Gateway:
                     log.info("worker %d: %s", worker.index, format_counters(name, counters))
         for direction, rows in self.queue_totals().items():
             log.info("queues %s %s", direction, format_queues(rows))
-        if self.control is not None and self.control.tunnels:
-            drops = self.control.dispatcher.drops
-            sessions = self.control.dispatcher.sessions.values()
+        if self.keying is not None and self.keying.tunnels:
+            drops = self.keying.dispatcher.drops
+            sessions = self.keying.dispatcher.sessions.values()
             log.info("ike sessions=%d established=%d drops=%s", len(sessions), sum(s.established for s in sessions),
                      ",".join(f"{k}:{v}" for k, v in sorted(drops.by_reason().items())) or "none")
 
     # -- set-up helpers -------------------------------------------------------------------------------
-    def _add_tunnel(self, tunnel: Tunnel) -> None:
-        self.forwarder.add_tunnel(tunnel.name, (str(tunnel.peer.address), tunnel.peer.port), tunnel.local_subnets,
-                                  tunnel.remote_subnets, tunnel_policy(self.config, tunnel))
-        self._log_tunnel(tunnel)
-        if tunnel.manual_keys is not None:
-            self._install_manual_keys(tunnel)
-
-    def _install_manual_keys(self, tunnel: Tunnel) -> None:
-        keys = tunnel.manual_keys
-        self.forwarder.install_outbound(tunnel.name, OutboundSa(keys.outbound.spi, keys.outbound.key.reveal()))
-        self.forwarder.install_inbound(
-            tunnel.name, InboundSa(keys.inbound.spi, keys.inbound.key.reveal(), tunnel.replay_window)
-        )
-
     @staticmethod
     def _log_tunnel(tunnel: Tunnel) -> None:
         where = (tunnel.name, str(tunnel.peer.address), tunnel.peer.port, ",".join(map(str, tunnel.local_subnets)),
@@ -448,14 +421,14 @@ class Gateway:
             self._serve_queues()
             return
         pumps.tun_to_udp(self.forwarder, self._tun, self._sender)
-        self._handle_events()
+        self._take_events()
 
     def _on_udp_readable(self) -> None:
         if self._qos is not None:
             self._serve_queues()
             return
-        pumps.udp_to_tun(self.forwarder, self._sock, self._tun, self._ike_inbox_now)
-        self._after_udp()
+        pumps.udp_to_tun(self.forwarder, self._sock, self._tun, self._take_events)
+        self._take_events()
 
     def _serve_queues(self) -> None:
         """Both directions in short rounds (pumps.QosPump.service); queued packets are served on the next
@@ -463,47 +436,43 @@ class Gateway:
         if self._qos_flush is not None:
             self._qos_flush.cancel()
             self._qos_flush = None
-        self._qos.service(time.monotonic, self._ike_inbox_now)
+        self._qos.service(time.monotonic, self._take_events)
         loop = asyncio.get_running_loop()
         if self._qos.pending(time.monotonic()):
             self._qos_flush = loop.call_soon(self._serve_queues)
         elif (wake := self._qos.wake_at(time.monotonic())) is not None:
             self._qos_flush = loop.call_at(wake, self._serve_queues)  # the shaper's next send
-        self._handle_events()
-        self._after_udp()
+        self._take_events()
 
-    def _after_udp(self) -> None:
-        if self.control.tunnels:
-            self.control.note_esp_received(time.monotonic())
-            if self.forwarder.unknown_spi_peers:
-                self.control.on_unknown_spi(self.forwarder.unknown_spi_peers, time.monotonic())
-                self.forwarder.unknown_spi_peers.clear()
-                self._after_ike()
+    def _take_events(self) -> None:
+        """This process's forwarder reported something (also mid-batch, for an IKE message: its answer may
+        install the SAs the ESP behind it in the batch needs)."""
+        events = self.forwarder.take_events()
+        if events:
+            self._data_events(events)
 
-    def _ike_inbox_now(self) -> None:
-        inbox, now = self.forwarder.ike_inbox, time.monotonic()
-        while inbox:
-            message, peer = inbox.popleft()
-            self.control.dispatcher.receive_datagram(message, peer[:2], NAT_T_PORT, now)
-        self._after_ike()
+    def _data_events(self, events: list[DataEvent]) -> None:
+        """The one place the forwarders' events (this process's and the workers') reach keying."""
+        if self.keying.on_data_events(events, time.monotonic()):
+            self._after_ike()
 
     def _on_ike_readable(self) -> None:
         now = time.monotonic()
         for datagram, peer in udp.recv_batch(self._ike_sock, pumps.BATCH):
-            self.control.dispatcher.receive_datagram(datagram, peer[:2], self.config.ike_port, now)
+            self.keying.dispatcher.receive_datagram(datagram, peer[:2], self.config.ike_port, now)
         self._after_ike()
 
     def _on_ike_timer(self) -> None:
         self._timer = None
-        self.control.handle_timer(time.monotonic())
+        self.keying.handle_timer(time.monotonic())
         self._after_ike()
 
     def _after_ike(self) -> None:
         """Apply the IKE cores' events, then send what they want sent (new SAs are in place, in every
         worker's queue too, before the answer that lets the peer use them leaves), re-arm the one timer."""
-        self.control.process_events(time.monotonic())
+        self.keying.process_events(time.monotonic())
         self._flush_ike()
-        deadline = self.control.get_timer()
+        deadline = self.keying.get_timer()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -511,7 +480,7 @@ class Gateway:
             self._timer = asyncio.get_running_loop().call_at(deadline, self._on_ike_timer)
 
     def _flush_ike(self) -> None:
-        for data, remote, local_port in self.control.dispatcher.datagrams_to_send(time.monotonic()):
+        for data, remote, local_port in self.keying.dispatcher.datagrams_to_send(time.monotonic()):
             if local_port == NAT_T_PORT:
                 data = frame_ike(data)  # RFC 3948 §2.2: the non-ESP marker tells IKE from ESP
             sock = self._sock if local_port == self.config.listen.port else self._ike_sock
@@ -519,23 +488,6 @@ class Gateway:
                 sock.sendto(data, remote)
             except OSError as exc:
                 log.debug("IKE datagram to %s not sent: %s", remote, exc)
-
-    def _handle_events(self) -> None:
-        handled = False
-        while (event := self.forwarder.next_event()) is not None:
-            handled = True
-            self._on_need_sa(event)
-        if handled:
-            self._after_ike()
-
-    def _on_need_sa(self, event: NeedSa) -> None:
-        if event.tunnel not in self.forwarder.tunnels:
-            return  # removed by a reload
-        if event.tunnel in self.control.tunnels:
-            self.control.on_need_sa(event.tunnel, time.monotonic())
-        else:  # manually keyed tunnels cannot make a new SA
-            log.error("tunnel %s needs a new SA (%s); with manual keys, install new keys and reload",
-                      event.tunnel, event.reason.value)
 
 
 def run(config: GatewayConfig, esp_key_log: Path | None = None, ike_key_log: Path | None = None) -> None:

@@ -1,38 +1,36 @@
-"""Glue between the IKE cores and the data plane: builds each tunnel's IkeConfig from the gateway config
-and turns IKE events into ESP SAs. No sockets here; gateway.py moves the bytes.
+"""Keying: the glue between the IKE cores and the data plane. It turns IKE events into ESP SAs in every
+worker, and the data plane's events (app: one stream from each forwarder) into IKE actions. No sockets
+here; gateway.py moves the bytes.
 
-The data plane is one or more workers (gateway.workers), each a forwarder with Child SAs of its own: a
-Child SA belongs to worker spi_in % workers (the IKE core picks SPIs that way), and each worker has its
-own outbound SA per tunnel, so sequence numbers never need sharing. Worker 0 is the forwarder in this
-process; the others are reached through a DataPlane proxy (tunnel/app/workers.py).
+The data plane is one or more workers, each a forwarder with Child SAs of its own: a Child SA belongs to
+worker spi_in % workers (the IKE core picks SPIs that way), and each worker has its own outbound SA per
+tunnel, so sequence numbers never need sharing. Worker 0 is the forwarder in this process; the others
+are reached through a DataPlane proxy (app/workers.py).
 """
 
 from __future__ import annotations
 
 import bisect
-import datetime as dt
-import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cryptography.hazmat.primitives import serialization
-
-from policy.ts import ranges
-from tunnel.config.model import GatewayConfig, StartMode, Tunnel
-from tunnel.dataplane.forwarder import Forwarder
-from tunnel.esp.sa import InboundSa, OutboundSa
+from tunnel.app.assemble import ike_configs, volume_limits
 from tunnel.app.reload import ReloadPlan
-from tunnel.ike.certs import CertVerifier, PeerIdentity
-from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
-from tunnel.ike.constants import NotifyType
+from tunnel.config.model import GatewayConfig, StartMode, Tunnel
+from tunnel.dataplane.events import DataEvent, IkeMessage, NeedSa, PeerAlive, PeerMoved, SaInUse, UnknownSpi, VolumeLimit
+from tunnel.dataplane.forwarder import Forwarder, VolumeLimits
+from tunnel.esp.sa import InboundSa, OutboundSa
+from tunnel.ike.config import IkeConfig
+from tunnel.ike.constants import NAT_T_PORT, NotifyType
 from tunnel.ike.dispatcher import IkeDispatcher
-from tunnel.ike.session import IkeSession
 from tunnel.ike.events import (
     ChildSaDeleted, ChildSaEstablished, ChildSaFailed, Event, IkeSaDeleted, IkeSaEstablished, IkeSaFailed,
     IkeSaRekeyed,
 )
+from tunnel.ike.keys import IkeKeys
+from tunnel.ike.session import IkeSession
 
 log = logging.getLogger("sitelink.ike")
 
@@ -40,29 +38,24 @@ RETRY_DELAY = 5.0  # seconds before an initiating tunnel tries again after a fai
 MAX_RETRY_DELAY = 60.0  # the delay doubles after each failure up to this, and resets once a Child SA is up
 UNKNOWN_SPI_HOLDOFF = 5.0  # at most one IKE SA started per tunnel this often because of unknown-SPI ESP
 KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §2.3 NAT keepalive period
-VOLUME_CHECK_INTERVAL = 1.0  # how often byte/packet/sequence-number use of outbound SAs is looked at
-SEQ_SOFT_LIMIT = 3 * 2**30  # rekey long before the 32-bit sequence numbers run out (RFC 4303 §3.3.3)
-HARD_VOLUME_FACTOR = 1.1  # past soft * this without a new SA, the outbound SA is dropped (fail closed)
-VOLUME_GRACE = 5.0  # ... but only when the rekey asked for at the soft limit has had this long
+VOLUME_GRACE = 5.0  # past its hard volume, an outbound SA goes once the rekey asked for at the soft limit had this long
 # A deleted Child SA's inbound half keeps accepting this long, for packets the peer sealed before it
 # switched to the new SA and that the network delivers late (make-before-break, RFC 7296 §2.8).
 INBOUND_GRACE = 2.0
 KeyLogger = Callable[[ChildSaEstablished], None]
+IkeKeyLogger = Callable[[bytes, bytes, IkeKeys, int], None]
+Peer = tuple[str, int]
 
 
 class DataPlane(Protocol):
-    """What the control plane needs of one worker's forwarder (LocalPlane here, a proxy for others)."""
+    """The commands keying gives one worker's forwarder (LocalPlane here, a proxy for the others); what
+    happens there comes back as the forwarder's events."""
 
     def install_inbound(self, tunnel: str, spi: int, key: bytes, window: int) -> None: ...
-    def install_outbound(self, tunnel: str, spi: int, key: bytes) -> None: ...
+    def install_outbound(self, tunnel: str, spi: int, key: bytes, limits: VolumeLimits) -> None: ...
     def remove_inbound(self, spi: int) -> None: ...
     def remove_outbound(self, tunnel: str) -> None: ...
-    def set_peer(self, tunnel: str, peer: tuple[str, int]) -> None: ...
-    def peer(self, tunnel: str) -> tuple[str, int]: ...
-    def inbound_used(self, spi: int) -> bool: ...
-    def rx_packets(self, tunnel: str) -> int: ...
-    def tx_bytes(self, tunnel: str) -> int: ...
-    def outbound_state(self, tunnel: str) -> tuple[int, int] | None: ...  # (SPI, last sequence number)
+    def set_peer(self, tunnel: str, peer: Peer) -> None: ...
 
 
 class LocalPlane:
@@ -74,8 +67,8 @@ class LocalPlane:
     def install_inbound(self, tunnel: str, spi: int, key: bytes, window: int) -> None:
         self.forwarder.install_inbound(tunnel, InboundSa(spi, key, window))
 
-    def install_outbound(self, tunnel: str, spi: int, key: bytes) -> None:
-        self.forwarder.install_outbound(tunnel, OutboundSa(spi, key))
+    def install_outbound(self, tunnel: str, spi: int, key: bytes, limits: VolumeLimits) -> None:
+        self.forwarder.install_outbound(tunnel, OutboundSa(spi, key), limits)
 
     def remove_inbound(self, spi: int) -> None:
         self.forwarder.remove_inbound(spi)
@@ -83,24 +76,8 @@ class LocalPlane:
     def remove_outbound(self, tunnel: str) -> None:
         self.forwarder.remove_outbound(tunnel)
 
-    def set_peer(self, tunnel: str, peer: tuple[str, int]) -> None:
-        self.forwarder.tunnels[tunnel].peer = peer
-
-    def peer(self, tunnel: str) -> tuple[str, int]:
-        return self.forwarder.tunnels[tunnel].peer
-
-    def inbound_used(self, spi: int) -> bool:
-        return self.forwarder.inbound_used(spi)
-
-    def rx_packets(self, tunnel: str) -> int:
-        return self.forwarder.tunnels[tunnel].counters.rx_packets
-
-    def tx_bytes(self, tunnel: str) -> int:
-        return self.forwarder.tunnels[tunnel].counters.tx_bytes
-
-    def outbound_state(self, tunnel: str) -> tuple[int, int] | None:
-        sa = self.forwarder.tunnels[tunnel].outbound
-        return None if sa is None else (sa.spi, sa.seq)
+    def set_peer(self, tunnel: str, peer: Peer) -> None:
+        self.forwarder.set_peer(tunnel, peer)
 
 
 @dataclass
@@ -108,9 +85,9 @@ class Lane:
     """One worker's side of a tunnel: its outbound SA and the state that goes with it."""
 
     outbound_spi: int | None = None
-    tx_bytes_base: int = 0  # the worker's tx_bytes for the tunnel when this outbound SA was installed
-    volume_rekey_spi: int | None = None  # outbound SPI a volume rekey was already asked for
+    volume_rekey_spi: int | None = None  # outbound SPI a volume rekey was asked for (its soft limit)
     volume_rekey_at: float = 0.0
+    drop_at: float | None = None  # past its hard volume too: dropped then unless replaced (VOLUME_GRACE)
     # The new SA of a rekey the peer asked for: (its inbound SPI, its outbound SPI and key, the outbound
     # SPI it replaces). Outbound switches when the peer deletes the old SA or sends on the new one.
     pending_out: tuple[int, int, bytes, int] | None = field(default=None, repr=False)
@@ -145,13 +122,13 @@ class IkeStats:
 class TunnelRuntime:
     config: Tunnel
     lanes: list[Lane]
+    limits: VolumeLimits
     inbound_spis: list[int] = field(default_factory=list)
     retry_at: float | None = None
     retry_delay: float = RETRY_DELAY
     established_at: float | None = None
     unknown_spi_at: float | None = None
-    rx_seen: int = 0  # inbound ESP packets counted at the last liveness note
-    peer: tuple[str, int] | None = None  # where ESP goes; a worker that sees the peer move tells the others
+    peer: Peer | None = None  # where ESP goes; a worker that sees the peer move tells the others
     stats: IkeStats = field(default_factory=IkeStats)
     # Terminated by the operator: stay down (no restart, no on-demand or unknown-SPI initiation) until
     # `sitelink initiate`, or until the peer sets the tunnel up again.
@@ -163,10 +140,10 @@ class TunnelRuntime:
         return self.lanes[0].outbound_spi
 
 
-class ControlPlane:
+class Keying:
     def __init__(self, config: GatewayConfig, forwarder: Forwarder | Sequence[DataPlane],
                  random_bytes: Callable[[int], bytes], key_logger: KeyLogger | None = None,
-                 ike_key_logger: Callable[[bytes, bytes, object, int], None] | None = None) -> None:
+                 ike_key_logger: IkeKeyLogger | None = None) -> None:
         """forwarder: this process's Forwarder (one worker), or one DataPlane per worker."""
         self.config = config
         self.planes: list[DataPlane] = [LocalPlane(forwarder)] if isinstance(forwarder, Forwarder) else list(forwarder)
@@ -178,7 +155,7 @@ class ControlPlane:
         self._accept_ike()
 
     def _runtime(self, tunnel: Tunnel) -> TunnelRuntime:
-        return TunnelRuntime(tunnel, [Lane() for _ in self.planes])
+        return TunnelRuntime(tunnel, [Lane() for _ in self.planes], volume_limits(tunnel))
 
     def _accept_ike(self) -> None:
         for plane in self.planes:
@@ -187,13 +164,11 @@ class ControlPlane:
 
     def ike_configs(self, config: GatewayConfig) -> list[tuple[IkeConfig, str]]:
         """Each IKE tunnel's IkeConfig (reading the PKI files when a tunnel uses certificates)."""
-        tunnels = [t for t in config.tunnels if t.ike is not None]
-        cert_auth = _cert_auth(config) if any(t.ike.auth == "cert" for t in tunnels) else None
-        return [(_ike_config(t, cert_auth, len(self.planes)), str(t.peer.address)) for t in tunnels]
+        return ike_configs(config, len(self.planes))
 
     def reconfigure(self, config: GatewayConfig, plan: ReloadPlan, now: float,
                     configs: list[tuple[IkeConfig, str]] | None = None) -> None:
-        """A reload (tunnel/app/reload.py): the IKE SAs of removed and replaced tunnels are deleted at the
+        """A reload (app/reload.py): the IKE SAs of removed and replaced tunnels are deleted at the
         peer, kept tunnels keep theirs, new IKE SAs use the new configuration (and PKI files), new tunnels
         that initiate start now. configs: ike_configs(config) if already made (it raises, changing
         nothing, when the new PKI files cannot be used)."""
@@ -217,9 +192,10 @@ class ControlPlane:
             if tunnel.ike is not None and tunnel.ike.start is StartMode.INITIATE:
                 self.initiate(tunnel.name, now)
 
+    # -- commands -----------------------------------------------------------------------------------------
     def start(self, now: float) -> None:
         for name, runtime in self.tunnels.items():
-            if runtime.config.ike.start is StartMode.INITIATE:
+            if runtime.config.ike is not None and runtime.config.ike.start is StartMode.INITIATE:
                 self.initiate(name, now)
 
     def initiate(self, name: str, now: float, operator: bool = False) -> None:
@@ -230,8 +206,8 @@ class ControlPlane:
             return
         if self.dispatcher.sessions_for(name):
             return  # one IKE SA at a time per tunnel (until rekeying arrives)
-        log.info("tunnel %s: initiating IKE SA with %s", name, self.tunnels[name].config.peer.address)
-        self.tunnels[name].retry_at = None
+        log.info("tunnel %s: initiating IKE SA with %s", name, runtime.config.peer.address)
+        runtime.retry_at = None
         self.dispatcher.initiate(name, now, self.config.ike_port)
 
     def terminate(self, name: str, now: float) -> int:
@@ -255,96 +231,125 @@ class ControlPlane:
         """The tunnel's established IKE SA (the one status and metrics describe), if any."""
         return next((s for s in self.dispatcher.sessions_for(name) if s.established), None)
 
-    def on_unknown_spi(self, peers: set[str], now: float) -> None:
+    def keepalive_targets(self) -> list[Peer]:
+        """Where to send a NAT keepalive (RFC 3948 §2.3): peers of tunnels with an outbound SA."""
+        return [r.peer for r in self.tunnels.values()
+                if r.peer is not None and any(lane.outbound_spi is not None for lane in r.lanes)]
+
+    # -- the data plane's events --------------------------------------------------------------------------
+    def on_data_events(self, events: Iterable[DataEvent], now: float) -> bool:
+        """Everything a forwarder reported (this process's, or a worker's), in the order it happened.
+        True when IKE may have something to send or a new deadline (PeerAlive only moves DPD later)."""
+        ike = False
+        for event in events:
+            ike = ike or not isinstance(event, (PeerAlive, SaInUse, PeerMoved))
+            if isinstance(event, IkeMessage):
+                self.dispatcher.receive_datagram(event.data, event.peer, NAT_T_PORT, now)
+            elif isinstance(event, PeerAlive):
+                self.dispatcher.note_esp_received(event.tunnel, now)  # no DPD while ESP flows (§2.4)
+            elif isinstance(event, SaInUse):
+                self._sa_in_use(event.tunnel, event.spi)
+            elif isinstance(event, PeerMoved):
+                self._peer_moved(event.tunnel, event.peer)
+            elif isinstance(event, VolumeLimit):
+                self._volume_limit(event, now)
+            elif isinstance(event, NeedSa):
+                self.on_need_sa(event.tunnel, now, event.reason.value)
+            elif isinstance(event, UnknownSpi):
+                self._unknown_spi(event.host, now)
+        return ike
+
+    def on_need_sa(self, name: str, now: float, reason: str = "no_sa") -> None:
+        runtime = self.tunnels.get(name)
+        if runtime is None:
+            if any(t.name == name for t in self.config.tunnels):  # manually keyed: no new SA can be made
+                log.error("tunnel %s needs a new SA (%s); with manual keys, install new keys and reload", name, reason)
+            return  # or removed by a reload
+        if runtime.config.ike is not None and runtime.config.ike.start is not StartMode.RESPOND:
+            self.initiate(name, now)
+
+    def _unknown_spi(self, host: str, now: float) -> None:
         """ESP for SPIs we do not know, from a configured peer that has no IKE SA with us: the peer
         still uses SAs from before we restarted. Start a new IKE SA (with INITIAL_CONTACT, so the peer
         drops the stale ones) instead of waiting for its dead-peer detection. Also in respond mode."""
         for name, runtime in self.tunnels.items():
-            if str(runtime.config.peer.address) not in peers or self.dispatcher.sessions_for(name):
+            if str(runtime.config.peer.address) != host or self.dispatcher.sessions_for(name):
                 continue
             if runtime.unknown_spi_at is not None and now - runtime.unknown_spi_at < UNKNOWN_SPI_HOLDOFF:
                 continue
             runtime.unknown_spi_at = now
-            log.info("tunnel %s: ESP with unknown SPIs from %s (did we restart?)", name, runtime.config.peer.address)
+            log.info("tunnel %s: ESP with unknown SPIs from %s (did we restart?)", name, host)
             self.initiate(name, now)
 
-    def check_volume(self, now: float) -> None:
-        """Volume lifetimes (RFC 4301 §4.4.2.1) and sequence-number exhaustion: ask for a rekey at the
-        soft limit; if no new SA has replaced this one VOLUME_GRACE seconds later and the hard limit is
-        passed too, drop the outbound SA so traffic fails closed until a new one exists."""
-        for name, runtime in self.tunnels.items():
-            ike = runtime.config.ike
-            for plane, lane in zip(self.planes, runtime.lanes):
-                state = plane.outbound_state(name)
-                if state is None or state[0] != lane.outbound_spi:
-                    continue
-                spi, seq = state
-                used_bytes = plane.tx_bytes(name) - lane.tx_bytes_base
-                if lane.volume_rekey_spi != spi:
-                    if seq >= SEQ_SOFT_LIMIT or _over(seq, used_bytes, ike.rekey_packets, ike.rekey_bytes):
-                        lane.volume_rekey_spi, lane.volume_rekey_at = spi, now
-                        log.info("tunnel %s: rekeying after %d packets / %d bytes on SA %#010x", name, seq,
-                                 used_bytes, spi)
-                        self.dispatcher.rekey_child(name, now)
-                elif now - lane.volume_rekey_at >= VOLUME_GRACE and _over(
-                        seq, used_bytes, ike.rekey_packets * HARD_VOLUME_FACTOR, ike.rekey_bytes * HARD_VOLUME_FACTOR):
-                    log.warning("tunnel %s: outbound SA %#010x is past its hard volume limit and no new SA came "
-                                "within %.0f s; dropping it", name, spi, VOLUME_GRACE)
-                    plane.remove_outbound(name)
-                    lane.outbound_spi = None
-
-    def keepalive_targets(self) -> list[tuple[str, int]]:
-        """Where to send a NAT keepalive (RFC 3948 §2.3): peers of tunnels with an outbound SA."""
-        return [self.planes[0].peer(name) for name, r in self.tunnels.items()
-                if any(lane.outbound_spi is not None for lane in r.lanes)]
-
-    def on_need_sa(self, name: str, now: float) -> None:
+    def _sa_in_use(self, name: str, spi: int) -> None:
+        """ESP on the new SA of a rekey we answered shows the peer has it: our outbound moves there too."""
         runtime = self.tunnels.get(name)
         if runtime is None:
             return
-        if runtime.config.ike.start is not StartMode.RESPOND:
-            self.initiate(name, now)
+        for worker, lane in enumerate(runtime.lanes):
+            if lane.pending_out is not None and lane.pending_out[0] == spi:
+                self._switch_outbound(runtime, worker, lane.pending_out[1], lane.pending_out[2])
 
+    def _peer_moved(self, name: str, peer: Peer) -> None:
+        """NAT rebinding seen by one worker (authenticated ESP from a new address): all send there."""
+        runtime = self.tunnels.get(name)
+        if runtime is None or peer == runtime.peer:
+            return
+        log.info("tunnel %s: peer moved to %s:%d (authenticated ESP)", name, *peer)
+        runtime.peer = peer
+        for plane in self.planes:
+            plane.set_peer(name, peer)
+
+    def _volume_limit(self, event: VolumeLimit, now: float) -> None:
+        """Volume lifetimes (RFC 4301 §4.4.2.1) and sequence-number exhaustion: ask for a rekey at the
+        soft limit; past the hard limit, drop the outbound SA (traffic fails closed until a new one
+        exists) once the rekey asked for at the soft limit had VOLUME_GRACE seconds."""
+        runtime = self.tunnels.get(event.tunnel)
+        if runtime is None:
+            return
+        worker = next((w for w, lane in enumerate(runtime.lanes) if lane.outbound_spi == event.spi), None)
+        if worker is None:
+            return  # already replaced
+        lane = runtime.lanes[worker]
+        if not event.hard:
+            lane.volume_rekey_spi, lane.volume_rekey_at = event.spi, now
+            log.info("tunnel %s: rekeying after the volume limit of SA %#010x", event.tunnel, event.spi)
+            self.dispatcher.rekey_child(event.tunnel, now)
+        else:
+            lane.drop_at = max(now, lane.volume_rekey_at + VOLUME_GRACE)
+            self._drop_over_volume(now)
+
+    def _drop_over_volume(self, now: float) -> None:
+        for name, runtime in self.tunnels.items():
+            for worker, lane in enumerate(runtime.lanes):
+                if lane.drop_at is not None and lane.drop_at <= now:
+                    lane.drop_at = None
+                    if lane.outbound_spi is not None and lane.outbound_spi == lane.volume_rekey_spi:
+                        log.warning("tunnel %s: outbound SA %#010x is past its hard volume limit and no new SA "
+                                    "came within %.0f s; dropping it", name, lane.outbound_spi, VOLUME_GRACE)
+                        self.planes[worker].remove_outbound(name)
+                        lane.outbound_spi = None
+
+    # -- timers -------------------------------------------------------------------------------------------
     def handle_timer(self, now: float) -> None:
         self.dispatcher.handle_timer(now)
         while self._retiring and self._retiring[0][0] <= now:
             _, worker, spi, _ = self._retiring.pop(0)
             self.planes[worker].remove_inbound(spi)
+        self._drop_over_volume(now)
         for name, runtime in self.tunnels.items():
             if runtime.retry_at is not None and now >= runtime.retry_at:
                 self.initiate(name, now)
 
     def get_timer(self) -> float | None:
-        times = [t for t in [self.dispatcher.get_timer(), *(r.retry_at for r in self.tunnels.values()),
-                             self._retiring[0][0] if self._retiring else None] if t is not None]
-        return min(times) if times else None
+        times = [self.dispatcher.get_timer(), self._retiring[0][0] if self._retiring else None]
+        for runtime in self.tunnels.values():
+            times.append(runtime.retry_at)
+            times += [lane.drop_at for lane in runtime.lanes]
+        found = [t for t in times if t is not None]
+        return min(found) if found else None
 
-    def note_esp_received(self, now: float) -> None:
-        """Authenticated ESP counts as liveness (RFC 7296 §2.4): no DPD while traffic flows. ESP on the
-        new SA of a rekey we answered shows the peer has it: our outbound traffic moves there too."""
-        for name, runtime in self.tunnels.items():
-            rx = sum(plane.rx_packets(name) for plane in self.planes)
-            if rx == runtime.rx_seen:
-                continue
-            runtime.rx_seen = rx
-            self.dispatcher.note_esp_received(name, now)
-            for worker, (plane, lane) in enumerate(zip(self.planes, runtime.lanes)):
-                pending = lane.pending_out
-                if pending is not None and plane.inbound_used(pending[0]):
-                    self._switch_outbound(runtime, worker, pending[1], pending[2])
-            self._follow_peer(name, runtime)
-
-    def _follow_peer(self, name: str, runtime: TunnelRuntime) -> None:
-        """NAT rebinding seen by one worker (authenticated ESP from a new address): all send there."""
-        for plane in self.planes:
-            peer = plane.peer(name)
-            if runtime.peer is not None and peer != runtime.peer:
-                runtime.peer = peer
-                for other in self.planes:
-                    if other is not plane:
-                        other.set_peer(name, peer)
-                return
-
+    # -- IKE events ---------------------------------------------------------------------------------------
     def process_events(self, now: float) -> None:
         while (event := self.dispatcher.next_event()) is not None:
             self._apply(event, now)
@@ -374,17 +379,20 @@ class ControlPlane:
                      event.old_spi_r.hex(), event.new_spi_i.hex(), event.new_spi_r.hex())
         elif isinstance(event, ChildSaFailed):
             log.warning("tunnel %s: Child SA not established: %s", event.tunnel, event.reason)
-        elif isinstance(event, (IkeSaFailed, IkeSaDeleted)):
-            if isinstance(event, IkeSaFailed):  # a set-up refused or timed out, or an SA that died (DPD)
-                failed = runtime.stats.handshakes_failed
-                key = _notify_name(event.notify)
-                failed[key] = failed.get(key, 0) + 1
-            level = logging.WARNING if isinstance(event, IkeSaFailed) else logging.INFO
-            log.log(level, "tunnel %s: IKE SA %s: %s", event.tunnel,
-                    "failed" if isinstance(event, IkeSaFailed) else "deleted", event.reason)
-            if _restarts(runtime.config) and not runtime.held and not self.dispatcher.sessions_for(event.tunnel):
-                runtime.retry_at = now + runtime.retry_delay
-                runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
+        else:
+            self._ike_sa_gone(runtime, event, now)
+
+    def _ike_sa_gone(self, runtime: TunnelRuntime, event: IkeSaFailed | IkeSaDeleted, now: float) -> None:
+        if isinstance(event, IkeSaFailed):  # a set-up refused or timed out, or an SA that died (DPD)
+            failed = runtime.stats.handshakes_failed
+            key = _notify_name(event.notify)
+            failed[key] = failed.get(key, 0) + 1
+        level = logging.WARNING if isinstance(event, IkeSaFailed) else logging.INFO
+        log.log(level, "tunnel %s: IKE SA %s: %s", event.tunnel,
+                "failed" if isinstance(event, IkeSaFailed) else "deleted", event.reason)
+        if _restarts(runtime.config) and not runtime.held and not self.dispatcher.sessions_for(event.tunnel):
+            runtime.retry_at = now + runtime.retry_delay
+            runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
 
     def _log_ike_keys(self, spi_i: bytes) -> None:
         session = self.dispatcher.sessions.get(spi_i)
@@ -421,10 +429,10 @@ class ControlPlane:
 
     def _switch_outbound(self, runtime: TunnelRuntime, worker: int, spi: int, key: bytes) -> None:
         name, plane, lane = runtime.config.name, self.planes[worker], runtime.lanes[worker]
-        plane.install_outbound(name, spi, key)
+        plane.install_outbound(name, spi, key, runtime.limits)
         lane.outbound_spi = spi
         lane.pending_out = None
-        lane.tx_bytes_base = plane.tx_bytes(name)
+        lane.drop_at = None
 
     def _remove(self, runtime: TunnelRuntime, spi_in: int, spi_out: int, now: float) -> None:
         worker = spi_in % len(self.planes)
@@ -445,51 +453,10 @@ class ControlPlane:
 
 def _restarts(tunnel: Tunnel) -> bool:
     """dpd_action (default: restart when the tunnel initiates, else clear)."""
-    action = tunnel.ike.dpd_action
-    return action == "restart" if action is not None else tunnel.ike.start is StartMode.INITIATE
-
-
-def _over(packets: int, used_bytes: int, packet_limit: float, byte_limit: float) -> bool:
-    return bool(packet_limit and packets >= packet_limit) or bool(byte_limit and used_bytes >= byte_limit)
-
-
-def _ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) -> IkeConfig:
     ike = tunnel.ike
-    local, remote = PeerIdentity.parse(ike.local_id), PeerIdentity.parse(ike.remote_id)
-    auth = PskAuth(ike.psk.reveal()) if ike.auth == "psk" else cert_auth
-    return IkeConfig(
-        tunnel=tunnel.name,
-        local_id=(local.id_type, local.data),
-        remote_id=(remote.id_type, remote.data),
-        auth=auth,
-        ike_suites=ike.ike_proposals,
-        esp_suites=ike.esp_proposals,
-        local_ts=ranges(tunnel.local_subnets),
-        remote_ts=ranges(tunnel.remote_subnets),
-        wall_clock=lambda: dt.datetime.now(dt.timezone.utc),
-        child_rekey_time=float(ike.rekey_time),
-        child_lifetime=float(ike.lifetime) if ike.lifetime else None,
-        ike_rekey_time=float(ike.ike_rekey_time),
-        ike_lifetime=float(ike.ike_lifetime) if ike.ike_lifetime else None,
-        dpd_delay=float(ike.dpd_delay),
-        workers=workers,
-    )
-
-
-def _cert_auth(config: GatewayConfig) -> CertAuth:
-    from tunnel.config.pkifiles import load_certificate, load_private_key
-
-    pki = config.pki
-    ca = load_certificate(pki.ca)
-    cert = load_certificate(pki.certificate)
-    key = load_private_key(pki.private_key)
-    verifier = CertVerifier([ca])
-    spki = ca.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-    def verify_peer(chain, id_type: int, data: bytes, now: dt.datetime):
-        return verifier.verify(chain, PeerIdentity(id_type, data), now)
-
-    return CertAuth(key, (cert.public_bytes(serialization.Encoding.DER),), verify_peer, hashlib.sha1(spki).digest())
+    if ike is None:
+        return False
+    return ike.dpd_action == "restart" if ike.dpd_action is not None else ike.start is StartMode.INITIATE
 
 
 def _notify_name(notify: int | None) -> str:

@@ -3,8 +3,9 @@ of packets, so more cores need more processes. Each worker has a queue of the mu
 kernel spreads flows over the queues), a socket in the SO_REUSEPORT group (a socket filter steers ESP to
 the worker owning its SPI), a Forwarder, and Child SAs of its own, so no sequence number or replay window
 is ever shared. The main process is worker 0 and runs IKE; it sends each worker its keys over a
-socketpair and reads back counters, which is also how liveness, rekey-switch and NAT-rebinding news
-travel. A worker whose main process is gone exits (its TUN queue closes; traffic fails closed).
+socketpair and reads back reports: counters for the metrics, and the worker's forwarder events (the same
+typed stream as worker 0's: liveness, SAs in use, peers moved, volume limits, SAs needed). A worker whose
+main process is gone exits (its TUN queue closes; traffic fails closed).
 """
 
 from __future__ import annotations
@@ -17,87 +18,62 @@ import signal
 import socket
 import time
 
+from typing import Any
+
 from policy.qos import QosClass
-from tunnel.drivers import pumps
+from tunnel.app.assemble import build_forwarder, make_schedulers, reconfigure_forwarder
 from tunnel.config.model import GatewayConfig
-from tunnel.dataplane.forwarder import Counters, Forwarder
-from tunnel.app.assemble import make_schedulers, reconfigure_forwarder, tunnel_policy
-from tunnel.drivers import udp
+from tunnel.dataplane.counters import Counters
+from tunnel.dataplane.events import DataEvent
+from tunnel.dataplane.forwarder import Forwarder, VolumeLimits
+from tunnel.drivers import pumps, udp
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.sa import InboundSa, OutboundSa
-from tunnel.dataplane.scheduler import ClassStats
 
 log = logging.getLogger("sitelink.worker")
 
-STATS_INTERVAL = 0.25  # how often a worker reports its counters to the main process
+STATS_INTERVAL = 0.25  # how often a worker reports its counters and events to the main process
 MAX_MESSAGE = 1 << 20
+MAX_UNSENT_EVENTS = 4096  # events kept for the next report while the main process has no room
 
 
 class WorkerProxy:
-    """The main process's handle on one worker: a DataPlane (see control_plane.py) that forwards key
-    changes and answers from the worker's latest report."""
+    """The main process's handle on one worker: a DataPlane (see keying.py) that forwards key changes,
+    and the worker's latest counters and queue figures (for metrics). What happened in the worker
+    arrives as its forwarder's events, in order, for keying to handle like those of worker 0."""
 
-    def __init__(self, index: int, conn: socket.socket, pid: int, peers: dict[str, tuple[str, int]]) -> None:
+    def __init__(self, index: int, conn: socket.socket, pid: int, tunnels: list[str]) -> None:
         self.index, self.conn, self.pid = index, conn, pid
-        self.peers = dict(peers)
-        self.counters = {name: Counters() for name in peers}
+        self.counters = {name: Counters() for name in tunnels}
         self.global_counters = Counters()
-        self.used: set[int] = set()
-        self.outbound: dict[str, tuple[int, int] | None] = {name: None for name in peers}
-        self.peer_changes = {name: 0 for name in peers}
-        self.unknown_spi_peers: set[str] = set()
-        self.need_sa: set[str] = set()
+        self.events: list[DataEvent] = []
         self.generation = 0  # reloads sent; per-tunnel news of reports from before the last one is stale
         # The worker's QoS queues as of its last report: {direction: [(depth, ClassStats values), ...]}
-        self.queues: dict[str, list[tuple[int, tuple]]] = {}
+        self.queues: dict[str, list[tuple[int, tuple[Any, ...]]]] = {}
 
     # -- DataPlane ----------------------------------------------------------------------------------
     def install_inbound(self, tunnel: str, spi: int, key: bytes, window: int) -> None:
         self._send(("in", tunnel, spi, key, window))
 
-    def install_outbound(self, tunnel: str, spi: int, key: bytes) -> None:
-        self.outbound[tunnel] = (spi, 0)
-        self._send(("out", tunnel, spi, key))
+    def install_outbound(self, tunnel: str, spi: int, key: bytes, limits: VolumeLimits) -> None:
+        self._send(("out", tunnel, spi, key, limits))
 
     def remove_inbound(self, spi: int) -> None:
-        self.used.discard(spi)
         self._send(("rm_in", spi))
 
     def remove_outbound(self, tunnel: str) -> None:
-        self.outbound[tunnel] = None
         self._send(("rm_out", tunnel))
 
     def set_peer(self, tunnel: str, peer: tuple[str, int]) -> None:
-        self.peers[tunnel] = peer
         self._send(("peer", tunnel, peer))
 
-    def peer(self, tunnel: str) -> tuple[str, int]:
-        return self.peers[tunnel]
-
-    def inbound_used(self, spi: int) -> bool:
-        return spi in self.used
-
-    def rx_packets(self, tunnel: str) -> int:
-        return self.counters[tunnel].rx_packets
-
-    def tx_bytes(self, tunnel: str) -> int:
-        return self.counters[tunnel].tx_bytes
-
-    def outbound_state(self, tunnel: str) -> tuple[int, int] | None:
-        return self.outbound[tunnel]
-
     def reconfigure(self, config: GatewayConfig, gone: tuple[str, ...]) -> None:
-        """A reload: the worker drops the tunnels that went and adds the new ones (policies.py)."""
+        """A reload: the worker drops the tunnels that went and adds the new ones (assemble.py)."""
         self.generation += 1
         for name in gone:
-            for table in (self.counters, self.peers, self.outbound, self.peer_changes):
-                table.pop(name, None)
+            self.counters.pop(name, None)
         for t in config.tunnels:
-            if t.name not in self.counters:
-                self.counters[t.name] = Counters()
-                self.peers[t.name] = (str(t.peer.address), t.peer.port)
-                self.outbound[t.name] = None
-                self.peer_changes[t.name] = 0
+            self.counters.setdefault(t.name, Counters())
         self._send(("config", config, gone, self.generation))
 
     # -- reports ------------------------------------------------------------------------------------
@@ -108,25 +84,23 @@ class WorkerProxy:
             self._apply(report)
         return alive
 
-    def _apply(self, report: tuple) -> None:
-        _, generation, tunnels, global_counters, used, unknown, need_sa, queues = report
-        self.queues = queues
-        for name, (counters, peer, changes, outbound) in tunnels.items():
-            if generation != self.generation or name not in self.counters:
-                continue  # from before a reload the worker had not applied yet
-            _load(self.counters[name], counters)
-            if changes != self.peer_changes[name]:  # the worker saw the peer move (authenticated ESP)
-                self.peer_changes[name] = changes
-                self.peers[name] = peer
-            current = self.outbound[name]
-            if outbound is not None and current is not None and outbound[0] == current[0]:
-                self.outbound[name] = outbound  # the SPI we installed, with its sequence number now
-        _load(self.global_counters, global_counters)
-        self.used = set(used)
-        self.unknown_spi_peers |= set(unknown)
-        self.need_sa |= set(need_sa)
+    def take_events(self) -> list[DataEvent]:
+        events, self.events = self.events, []
+        return events
 
-    def _send(self, message: tuple) -> None:
+    def _apply(self, report: tuple[Any, ...]) -> None:
+        _, generation, tunnels, global_counters, events, queues = report
+        self.queues = queues
+        current = generation == self.generation
+        for name, counters in tunnels.items():
+            if current and name in self.counters:  # else from before a reload the worker had not applied
+                self.counters[name].load(counters)
+        self.global_counters.load(global_counters)
+        # News of a tunnel from before a reload may be about its replaced configuration: keep only news
+        # that names no tunnel (IKE messages, unknown SPIs).
+        self.events += events if current else [e for e in events if not hasattr(e, "tunnel")]
+
+    def _send(self, message: tuple[Any, ...]) -> None:
         try:
             self.conn.sendall(pickle.dumps(message))
         except OSError as exc:  # the worker died; the gateway notices on its next read and stops
@@ -146,46 +120,11 @@ class WorkerProxy:
         self.conn.close()
 
 
-def _dump(counters: Counters) -> tuple:
-    return (*(getattr(counters, name) for name in Counters.SCALARS), list(counters.drops))
-
-
-def _load(counters: Counters, values: tuple) -> None:
-    for name, value in zip(Counters.SCALARS, values[:-1]):
-        setattr(counters, name, value)
-    drops = values[-1]
-    counters.drops[:len(drops)] = drops
-
-
-QUEUE_FIELDS = ("enqueued", "dequeued", "dropped", "bytes", "demoted", "sojourn_sum")
-
-
-def queue_values(stats: ClassStats) -> tuple:
-    """One class's queue statistics as plain values (what a worker reports; add_queue sums them)."""
-    return (*(getattr(stats, f) for f in QUEUE_FIELDS), list(stats.sojourn_buckets))
-
-
-def _dump_queues(qos: pumps.QosPump | None) -> dict[str, list[tuple[int, tuple]]]:
+def _dump_queues(qos: pumps.QosPump | None) -> dict[str, list[tuple[int, tuple[Any, ...]]]]:
     if qos is None:
         return {}
-    return {direction: [(scheduler.depth(cls), queue_values(stats)) for cls, stats in zip(QosClass, scheduler.stats)]
+    return {direction: [(scheduler.depth(cls), stats.values()) for cls, stats in zip(QosClass, scheduler.stats)]
             for direction, scheduler in (("egress", qos.egress), ("ingress", qos.ingress))}
-
-
-def add_queue(total: ClassStats, values: tuple) -> None:
-    """Sum a worker's reported queue statistics for one class into a total."""
-    for name, value in zip(QUEUE_FIELDS, values):
-        setattr(total, name, getattr(total, name) + value)
-    for i, n in enumerate(values[-1]):
-        total.sojourn_buckets[i] += n
-
-
-def add(total: Counters, part: Counters) -> None:
-    """Sum a worker's counters into a total (the gateway's counter lines cover every worker)."""
-    for name in Counters.SCALARS:
-        setattr(total, name, getattr(total, name) + getattr(part, name))
-    for i, n in enumerate(part.drops):
-        total.drops[i] += n
 
 
 # -- the worker process ------------------------------------------------------------------------------
@@ -209,8 +148,7 @@ def spawn(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.socket
     child_end.close()
     # Blocking for sends, so a key install waits for room instead of being lost while the worker is busy;
     # reads never block (MSG_DONTWAIT in _read).
-    peers = {t.name: (str(t.peer.address), t.peer.port) for t in config.tunnels}
-    return WorkerProxy(index, parent_end, pid, peers)
+    return WorkerProxy(index, parent_end, pid, [t.name for t in config.tunnels])
 
 
 def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.socket, conn: socket.socket) -> int:
@@ -219,10 +157,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the main process's (it sends us the result)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    forwarder = Forwarder()
-    for t in config.tunnels:
-        forwarder.add_tunnel(t.name, (str(t.peer.address), t.peer.port), t.local_subnets, t.remote_subnets,
-                             tunnel_policy(config, t))
+    forwarder = build_forwarder(config)
     sender = udp.SegmentingSender(sock)
     udp.enable_gro(sock)
     schedulers = make_schedulers(config)
@@ -234,6 +169,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
     log.info("worker %d up (pid %d)", index, os.getpid())
     next_report = time.monotonic()
     generation = [0]  # reloads applied (reports carry it, so the main process can tell stale ones)
+    unsent: list[DataEvent] = []
     while not stopping:
         now = time.monotonic()
         wait = max(0.0, next_report - now)
@@ -261,7 +197,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
             qos.service(time.monotonic)
         now = time.monotonic()
         if now >= next_report:
-            _report(forwarder, conn, generation[0], qos)
+            unsent = _report(forwarder, conn, generation[0], qos, unsent)
             next_report = now + STATS_INTERVAL
     return 0
 
@@ -293,14 +229,14 @@ def _commands(forwarder: Forwarder, conn: socket.socket, generation: list[int]) 
             forwarder.remove_inbound(spi)  # idempotent: a resent install must not raise
             forwarder.install_inbound(tunnel, InboundSa(spi, key, window))
         elif kind == "out":
-            _, tunnel, spi, key = message
-            forwarder.install_outbound(tunnel, OutboundSa(spi, key))
+            _, tunnel, spi, key, limits = message
+            forwarder.install_outbound(tunnel, OutboundSa(spi, key), limits)
         elif kind == "rm_in":
             forwarder.remove_inbound(message[1])
         elif kind == "rm_out":
             forwarder.remove_outbound(message[1])
         elif kind == "peer":
-            forwarder.tunnels[message[1]].peer = message[2]
+            forwarder.set_peer(message[1], message[2])
         elif kind == "config":
             _, config, gone, generation[0] = message
             reconfigure_forwarder(forwarder, config, gone)
@@ -310,19 +246,15 @@ def _commands(forwarder: Forwarder, conn: socket.socket, generation: list[int]) 
     return alive
 
 
-def _report(forwarder: Forwarder, conn: socket.socket, generation: int, qos: pumps.QosPump | None = None) -> None:
-    tunnels = {}
-    for name, state in forwarder.tunnels.items():
-        sa = state.outbound
-        tunnels[name] = (_dump(state.counters), state.peer, state.peer_changes, None if sa is None else (sa.spi, sa.seq))
-    need_sa = []
-    while (event := forwarder.next_event()) is not None:
-        need_sa.append(event.tunnel)
-    unknown = list(forwarder.unknown_spi_peers)
-    forwarder.unknown_spi_peers.clear()
-    report = ("stats", generation, tunnels, _dump(forwarder.counters), forwarder.used_inbound_spis(), unknown, need_sa,
-              _dump_queues(qos))
+def _report(forwarder: Forwarder, conn: socket.socket, generation: int, qos: pumps.QosPump | None,
+            unsent: list[DataEvent]) -> list[DataEvent]:
+    """Counters and queue figures (for metrics), and the forwarder's events (for keying); returns the
+    events still to send when the main process had no room for this report."""
+    tunnels = {name: state.counters.values() for name, state in forwarder.tunnels.items()}
+    events = unsent + forwarder.take_events()
+    report = ("stats", generation, tunnels, forwarder.counters.values(), events, _dump_queues(qos))
     try:
         conn.send(pickle.dumps(report), socket.MSG_DONTWAIT)
     except BlockingIOError:
-        pass  # the main process is busy; the next report carries the same news
+        return events[-MAX_UNSENT_EVENTS:]  # the main process is busy; the next report carries them
+    return []

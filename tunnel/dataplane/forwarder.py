@@ -9,8 +9,6 @@ peer cannot inject traffic for subnets it was not given.
 
 from __future__ import annotations
 
-import enum
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,6 +18,10 @@ from policy.model import Action
 from policy.qos import DSCP_CLASS, QosClass, dscp_of_class
 from policy.prefixes import Network, PrefixTable, SubnetSet
 from tunnel.dataplane import ipedit
+from tunnel.dataplane.counters import Counters
+from tunnel.dataplane.events import (
+    DataEvent, IkeMessage, NeedSa, NeedSaReason, PeerAddress, PeerAlive, PeerMoved, SaInUse, UnknownSpi, VolumeLimit,
+)
 from tunnel.esp.drops import DropReason
 from tunnel.esp.encap import Kind, classify, ike_payload
 from tunnel.esp.sa import (
@@ -32,46 +34,21 @@ from tunnel.esp.sa import (
     SaExhausted,
 )
 
-PeerAddress = tuple  # (host, port) as the socket layer gives it
 _NEXT_HEADER = {4: NEXT_HEADER_IPV4, 6: NEXT_HEADER_IPV6}
-_DROP_SLOTS = max(DropReason) + 1
-
-
-class Counters:
-    """Plain integers read at scrape time; nothing on the packet path allocates for them."""
-
-    # Events that are not drops: packets fragmented before encryption (DF clear, too big for the
-    # tunnel), TCP SYNs whose MSS was lowered, ICMP "too big" errors sent back to a sender.
-    SCALARS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "keepalives", "fragmented", "mss_clamped",
-               "icmp_too_big")
-    __slots__ = (*SCALARS, "drops")
-
-    def __init__(self) -> None:
-        self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = self.keepalives = 0
-        self.fragmented = self.mss_clamped = self.icmp_too_big = 0
-        self.drops = [0] * _DROP_SLOTS
-
-    def drop(self, reason: DropReason) -> None:
-        self.drops[reason] += 1
-
-    def drops_by_reason(self) -> dict[str, int]:
-        return {reason.label: self.drops[reason] for reason in DropReason if self.drops[reason]}
-
-    def as_dict(self) -> dict[str, object]:
-        return {**{name: getattr(self, name) for name in self.SCALARS}, "drops": self.drops_by_reason()}
-
-
-class NeedSaReason(enum.Enum):
-    NO_SA = "no_sa"
-    EXHAUSTED = "exhausted"
+NO_LIMIT = 1 << 62  # a volume no SA reaches
+NEVER = 1 << 64  # a mark past every limit: nothing more to report for the SA
+MAX_UNKNOWN_SPI_HOSTS = 64  # distinct hosts reported between two takes; more are only counted
 
 
 @dataclass(frozen=True)
-class NeedSa:
-    """The control plane should establish (or replace) the tunnel's outbound SA."""
+class VolumeLimits:
+    """When an outbound SA should be replaced (soft) and may no longer be used (hard), in packets sent
+    (its sequence number) and inner bytes sealed (RFC 4301 §4.4.2.1); NO_LIMIT for none."""
 
-    tunnel: str
-    reason: NeedSaReason
+    soft_packets: int = NO_LIMIT
+    soft_bytes: int = NO_LIMIT
+    hard_packets: int = NO_LIMIT
+    hard_bytes: int = NO_LIMIT
 
 
 @dataclass(frozen=True)
@@ -88,9 +65,9 @@ class TunnelPolicy:
 
 
 class TunnelState:
-    __slots__ = ("name", "peer", "local", "remote", "outbound", "counters", "peer_changes", "_asked",
-                 "firewall", "qos_rules", "outer_dscp", "decap_copy_dscp", "mtu", "mss4", "mss6",
-                 "icmp_source4", "icmp_source6")
+    __slots__ = ("name", "peer", "local", "remote", "outbound", "counters", "peer_changes", "_asked", "_alive",
+                 "limits", "byte_base", "soft_reported", "packet_mark", "byte_mark", "firewall", "qos_rules", "outer_dscp", "decap_copy_dscp", "mtu",
+                 "mss4", "mss6", "icmp_source4", "icmp_source6")
 
     def __init__(self, name: str, peer: PeerAddress, local: Iterable[Network], remote: Iterable[Network],
                  policy: TunnelPolicy | None = None) -> None:
@@ -102,6 +79,13 @@ class TunnelState:
         self.counters = Counters()
         self.peer_changes = 0  # times authenticated ESP arrived from a new address (NAT rebinding)
         self._asked = False  # a NeedSa is outstanding; do not repeat it for every packet
+        self._alive = False  # a PeerAlive was reported since the last take
+        # The outbound SA's volume limits, and the sequence number and tx_bytes at which seal_into next
+        # looks at them (the soft limits, then the hard ones, then never): two compares per packet.
+        self.limits = VolumeLimits()
+        self.byte_base = 0  # tx_bytes when the outbound SA was installed
+        self.soft_reported = False
+        self.packet_mark = self.byte_mark = NEVER
         self.apply(policy or TunnelPolicy())
 
     def apply(self, policy: TunnelPolicy) -> None:
@@ -123,11 +107,13 @@ class Forwarder:
         self._routes: PrefixTable[TunnelState] = PrefixTable()
         self._route_entries: list[tuple[Network, TunnelState]] = []
         self._inbound: dict[int, tuple[TunnelState, InboundSa]] = {}
-        self._events: deque[NeedSa] = deque()
-        self.ike_inbox: deque[tuple[bytes, PeerAddress]] = deque()
-        self.unknown_spi_peers: set[str] = set()  # drained by the control plane
-        self.accept_ike = False  # until an IKE handler drains ike_inbox, IKE messages are counted drops
-        self.to_tun: list[bytes] = []  # ICMP errors for local senders, written to the TUN by the driver
+        self._unused: set[int] = set()  # inbound SPIs no authenticated packet has arrived on yet
+        self._events: list[DataEvent] = []
+        self._unknown_hosts: set[str] = set()  # UnknownSpi reported since the last take
+        self._alive: list[TunnelState] = []  # PeerAlive reported since the last take
+        self.ike_pending = False  # an IkeMessage waits in the events: the driver hands it up before more ESP
+        self.accept_ike = False  # without an IKE handler (a worker), IKE messages are counted drops
+        self.to_tun: list[bytes] = []  # ICMP errors for local senders: data the driver writes to the TUN
 
     # -- configuration (control plane) ------------------------------------------------------------
     def add_tunnel(self, name: str, peer: PeerAddress, local: Iterable[Network], remote: Iterable[Network],
@@ -150,42 +136,52 @@ class Forwarder:
         self._routes = PrefixTable(entries)
         self._route_entries = entries
         for spi in [spi for spi, (owner, _) in self._inbound.items() if owner is state]:
-            del self._inbound[spi]
+            self.remove_inbound(spi)
         state.outbound = None
         state._asked = True
 
-    def install_outbound(self, tunnel: str, sa: OutboundSa) -> None:
+    def install_outbound(self, tunnel: str, sa: OutboundSa, limits: VolumeLimits | None = None) -> None:
+        """limits: when to report VolumeLimit events for this SA (none: only sequence-number exhaustion)."""
         state = self.tunnels[tunnel]
         state.outbound = sa
         state._asked = False
+        state.limits = limits or VolumeLimits()
+        state.byte_base = state.counters.tx_bytes
+        state.soft_reported = False
+        state.packet_mark = state.limits.soft_packets
+        state.byte_mark = state.byte_base + state.limits.soft_bytes
 
     def remove_outbound(self, tunnel: str) -> None:
         self.tunnels[tunnel].outbound = None
+
+    def set_peer(self, tunnel: str, peer: PeerAddress) -> None:
+        """Where the tunnel's ESP goes (told by IKE, or by another worker that saw the peer move)."""
+        self.tunnels[tunnel].peer = peer
 
     def install_inbound(self, tunnel: str, sa: InboundSa) -> None:
         if sa.spi in self._inbound:
             raise ValueError(f"inbound SPI {sa.spi:#010x} is in use")
         self._inbound[sa.spi] = (self.tunnels[tunnel], sa)
+        self._unused.add(sa.spi)
 
     def remove_inbound(self, spi: int) -> None:
         self._inbound.pop(spi, None)
+        self._unused.discard(spi)
 
     def inbound_tunnel(self, spi: int) -> str | None:
         """The tunnel an inbound SPI belongs to, if any."""
         entry = self._inbound.get(spi)
         return None if entry is None else entry[0].name
 
-    def used_inbound_spis(self) -> list[int]:
-        """Inbound SAs on which an authenticated packet has arrived."""
-        return [spi for spi, (_, sa) in self._inbound.items() if sa.window.highest > 0]
-
-    def inbound_used(self, spi: int) -> bool:
-        """Whether an authenticated packet has arrived on this inbound SA (the peer sends on it)."""
-        entry = self._inbound.get(spi)
-        return entry is not None and entry[1].window.highest > 0
-
-    def next_event(self) -> NeedSa | None:
-        return self._events.popleft() if self._events else None
+    def take_events(self) -> list[DataEvent]:
+        """Everything to report upward since the last take, oldest first (see events.py)."""
+        events, self._events = self._events, []
+        self.ike_pending = False
+        self._unknown_hosts.clear()
+        for tunnel in self._alive:
+            tunnel._alive = False
+        self._alive.clear()
+        return events
 
     # -- packet path ---------------------------------------------------------------------------------
     def outbound(self, packet: bytes) -> tuple[PeerAddress, bytes] | None:
@@ -294,6 +290,8 @@ class Forwarder:
             return
         counters.tx_packets += 1
         counters.tx_bytes += len(packet)
+        if sa.seq >= tunnel.packet_mark or counters.tx_bytes >= tunnel.byte_mark:
+            self._volume(tunnel, sa)
         # RFC 2983 uniform model (copy the inner DSCP) or pipe model (the tunnel's own); RFC 6040 §4.1:
         # the ECN field is copied either way.
         tos = packet[1] if version == 4 else ((first & 0x0F) << 4) | (packet[1] >> 4)
@@ -307,10 +305,11 @@ class Forwarder:
         kind = classify(datagram)
         if kind is not Kind.ESP:
             return self._not_esp(kind, datagram, peer)
-        entry = self._inbound.get(int.from_bytes(datagram[:4], "big"))
+        spi = int.from_bytes(datagram[:4], "big")
+        entry = self._inbound.get(spi)
         if entry is None:
             self.counters.drop(DropReason.UNKNOWN_SPI)
-            self.unknown_spi_peers.add(peer[0])  # a restarted peer still using old SAs: ask for a new one
+            self._unknown_spi(peer[0])  # a restarted peer still using old SAs: ask for a new one
             return None
         tunnel, sa = entry
         counters = tunnel.counters
@@ -349,8 +348,16 @@ class Forwarder:
         known = tunnel.peer
         if peer[0] != known[0] or peer[1] != known[1]:
             # RFC 3948 §3.1 / RFC 7296 §2.23: behind a NAT, reply to where authenticated ESP comes from.
-            tunnel.peer = peer[:2]
+            tunnel.peer = (peer[0], peer[1])
             tunnel.peer_changes += 1
+            self._events.append(PeerMoved(tunnel.name, tunnel.peer))
+        if not tunnel._alive:
+            tunnel._alive = True
+            self._alive.append(tunnel)
+            self._events.append(PeerAlive(tunnel.name))
+        if self._unused and spi in self._unused:
+            self._unused.discard(spi)
+            self._events.append(SaInUse(tunnel.name, spi))
         return inner
 
     def _not_esp(self, kind: Kind, datagram: bytes, peer: PeerAddress) -> None:
@@ -358,7 +365,8 @@ class Forwarder:
             self.counters.keepalives += 1
         elif kind is Kind.IKE:
             if self.accept_ike:
-                self.ike_inbox.append((ike_payload(datagram), peer))
+                self._events.append(IkeMessage(ike_payload(datagram), (peer[0], peer[1])))
+                self.ike_pending = True
             else:
                 self.counters.drop(DropReason.IKE_UNHANDLED)
         else:
@@ -369,6 +377,23 @@ class Forwarder:
         if not tunnel._asked:
             tunnel._asked = True
             self._events.append(NeedSa(tunnel.name, reason))
+
+    def _unknown_spi(self, host: str) -> None:
+        hosts = self._unknown_hosts
+        if host not in hosts and len(hosts) < MAX_UNKNOWN_SPI_HOSTS:
+            hosts.add(host)
+            self._events.append(UnknownSpi(host))
+
+    def _volume(self, tunnel: TunnelState, sa: OutboundSa) -> None:
+        """The outbound SA reached its mark: report the soft limit, then the hard one, once each."""
+        hard = tunnel.soft_reported
+        if hard:
+            tunnel.packet_mark = tunnel.byte_mark = NEVER
+        else:
+            tunnel.soft_reported = True
+            tunnel.packet_mark = tunnel.limits.hard_packets
+            tunnel.byte_mark = tunnel.byte_base + tunnel.limits.hard_bytes
+        self._events.append(VolumeLimit(tunnel.name, sa.spi, hard))
 
 
 def _link_scope(version: int, dst: int) -> bool:

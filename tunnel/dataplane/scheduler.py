@@ -44,10 +44,23 @@ class ClassStats:
         self.sojourn_sum = 0.0
         self.sojourn_buckets = [0] * (len(SOJOURN_BOUNDS) + 1)  # the last one is +Inf
 
+    FIELDS = ("enqueued", "dequeued", "dropped", "bytes", "demoted", "sojourn_sum")
+
     def as_dict(self) -> dict[str, Any]:
         return {"enqueued": self.enqueued, "dequeued": self.dequeued, "dropped": self.dropped,
                 "bytes": self.bytes, "demoted": self.demoted, "sojourn_sum": self.sojourn_sum,
                 "sojourn_buckets": list(self.sojourn_buckets)}
+
+    def values(self) -> tuple[Any, ...]:
+        """Plain values, as a worker reports them (add_values sums them)."""
+        return (*(getattr(self, f) for f in self.FIELDS), list(self.sojourn_buckets))
+
+    def add_values(self, values: tuple[Any, ...]) -> None:
+        """Sum reported statistics of the same class into these (the gateway's totals over its workers)."""
+        for name, value in zip(self.FIELDS, values):
+            setattr(self, name, getattr(self, name) + value)
+        for i, n in enumerate(values[-1]):
+            self.sojourn_buckets[i] += n
 
 
 class PriorityScheduler:

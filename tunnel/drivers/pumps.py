@@ -46,18 +46,19 @@ def tun_to_udp(forwarder: Forwarder, tun: TunDevice, sender: udp.SegmentingSende
 
 
 def udp_to_tun(forwarder: Forwarder, sock: socket.socket, tun: TunDevice,
-               on_ike: Callable[[], None] | None = None) -> None:
+               on_events: Callable[[], None] | None = None) -> None:
     """ESP-in-UDP from the socket, opened; delivered with one write per run of TCP segments or UDP
-    datagrams of a flow (GSO). on_ike runs when an IKE message arrived, before the ESP behind it in
-    the same batch is opened: a CREATE_CHILD_SA response must install its SAs first (make-before-break)."""
-    inbound, inbox, delivered = forwarder.inbound, forwarder.ike_inbox, []
+    datagrams of a flow (GSO). on_events takes the forwarder's events as soon as an IKE message is among
+    them, before the ESP behind it in the same batch is opened: a CREATE_CHILD_SA response must install
+    its SAs first (make-before-break). The caller takes the rest after the batch."""
+    inbound, delivered = forwarder.inbound, []
     deliver = delivered.append
     for datagram, peer, tos in udp.recv_gro_batch(sock, BATCH):
         inner = inbound(datagram, peer, tos)
         if inner is not None:
             deliver(inner)
-        elif inbox and on_ike is not None:
-            on_ike()
+        elif forwarder.ike_pending and on_events is not None:
+            on_events()
     failed = tun.write_batch(delivered) if delivered else 0
     if failed:
         forwarder.counters.drops[DropReason.SEND_FAILED] += failed
@@ -91,7 +92,7 @@ class QosPump:
         """When the shaper lets the egress queue go on, if it holds it back."""
         return self.egress.ready_at(now)
 
-    def service(self, clock: Callable[[], float], on_ike: Callable[[], None] | None = None) -> None:
+    def service(self, clock: Callable[[], float], on_events: Callable[[], None] | None = None) -> None:
         """Up to ROUNDS rounds of: drain both kernel queues a little, serve a chunk each way. Ends early
         when everything is empty; the caller comes back while pending() says there is work left."""
         for _ in range(ROUNDS):
@@ -102,7 +103,7 @@ class QosPump:
             if self.egress.sendable(now):
                 self.push_egress(now)
             if self.ingress.length:
-                self.push_ingress(now, on_ike)
+                self.push_ingress(now, on_events)
 
     def pull_tun(self, now: float) -> int:
         packets = self.tun.read_batch(PULL)
@@ -141,16 +142,16 @@ class QosPump:
         if failed:
             self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
 
-    def push_ingress(self, now: float, on_ike: Callable[[], None] | None = None) -> None:
+    def push_ingress(self, now: float, on_events: Callable[[], None] | None = None) -> None:
         forwarder = self.forwarder
-        inbound, inbox, delivered = forwarder.inbound, forwarder.ike_inbox, []
+        inbound, delivered = forwarder.inbound, []
         deliver = delivered.append
         for datagram, peer, tos in self.ingress.dequeue(CHUNK, now):
             inner = inbound(datagram, peer, tos)
             if inner is not None:
                 deliver(inner)
-            elif inbox and on_ike is not None:
-                on_ike()
+            elif forwarder.ike_pending and on_events is not None:
+                on_events()
         failed = self.tun.write_batch(delivered) if delivered else 0
         if failed:
             forwarder.counters.drops[DropReason.SEND_FAILED] += failed

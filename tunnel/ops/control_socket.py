@@ -118,7 +118,7 @@ class ControlServer:
             return {"ok": False, "error": f"unknown command {command!r}; one of {', '.join(COMMANDS)}"}
         if command == "status":
             return {"ok": True, "status": snapshot(gateway, now)}
-        control = gateway.control
+        control = gateway.keying
         if control is None or tunnel not in control.tunnels:
             known = sorted(control.tunnels) if control is not None else []
             return {"ok": False, "error": f"no IKE tunnel {tunnel!r}; IKE tunnels: {', '.join(known) or 'none'}"}

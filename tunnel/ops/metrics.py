@@ -70,7 +70,7 @@ class GatewayCollector(Collector):
         yield from (packets, octets, drops, events, keepalives)
 
     def _ike(self) -> Iterator[Metric]:
-        control = self.gateway.control
+        control = self.gateway.keying
         up = GaugeMetricFamily(f"{PREFIX}_tunnel_up", "1 when the tunnel has an outbound SA (traffic can flow)",
                                labels=["tunnel"])
         since = GaugeMetricFamily(f"{PREFIX}_tunnel_up_since_seconds", "Unix time the tunnel's current Child SA "

@@ -25,7 +25,7 @@ def _in(deadline: float | None, now: float) -> float | None:
 def snapshot(gateway: "Gateway", now: float) -> dict[str, Any]:
     """now: the monotonic clock the cores run on."""
     totals = gateway.tunnel_totals()
-    control = gateway.control
+    control = gateway.keying
     tunnels = []
     for name, state in gateway.forwarder.tunnels.items():
         counters = totals[name]

@@ -1,4 +1,4 @@
-"""The control plane between IKE events and the forwarder, two sites back to back without sockets: real
+"""Keying between IKE events and the forwarder, two sites back to back without sockets: real
 IKE messages between two ControlPlanes, real ESP between their Forwarders, a hand-driven clock.
 
 The point is make-before-break across a rekey when the rekey's answer is lost: the side that answered
@@ -15,8 +15,8 @@ import pytest
 from tests.unit.test_config_ike import write_file
 from tests.unit.test_config_loader import write
 from tunnel.config.loader import load_config
-from tunnel.app.keying import ControlPlane, LocalPlane
-from tunnel.dataplane.forwarder import Forwarder
+from tunnel.app.keying import VOLUME_GRACE, Keying, LocalPlane
+from tunnel.app.assemble import build_forwarder
 from tunnel.ike.constants import ExchangeType
 from tunnel.ike.message import parse_header
 
@@ -57,13 +57,10 @@ class Site:
                                               extra=extra, dpd=dpd))
         config = load_config(path)
         self.name, self.peer = me, peer
-        self.forwarders = [Forwarder() for _ in range(workers)]
-        for forwarder in self.forwarders:
-            for t in config.tunnels:
-                forwarder.add_tunnel(t.name, (str(t.peer.address), t.peer.port), t.local_subnets, t.remote_subnets)
+        self.forwarders = [build_forwarder(config) for _ in range(workers)]
         self.forwarder = self.forwarders[0]
         planes = [LocalPlane(f) for f in self.forwarders]
-        self.control = ControlPlane(config, self.forwarder if workers == 1 else planes, os.urandom)
+        self.keying = Keying(config, self.forwarder if workers == 1 else planes, os.urandom)
 
     def packet(self, n: int) -> bytes:
         """A minimal IPv4/UDP packet from our host .1 to the peer's host .1, n in the payload."""
@@ -88,20 +85,20 @@ class Link:
         for _ in range(20):
             moved = False
             for addr, site in self.sites.items():
-                site.control.process_events(self.now)
-                for data, remote, local_port in site.control.dispatcher.datagrams_to_send(self.now):
+                site.keying.process_events(self.now)
+                for data, remote, local_port in site.keying.dispatcher.datagrams_to_send(self.now):
                     moved = True
                     h = parse_header(data)
                     self.ike_log.append((site.name, h.exchange, h.is_response))
                     if not self.lose_ike(site.name, data):
-                        self.sites[remote[0]].control.dispatcher.receive_datagram(data, (addr, local_port), remote[1], self.now)
+                        self.sites[remote[0]].keying.dispatcher.receive_datagram(data, (addr, local_port), remote[1], self.now)
             if not moved:
                 return
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
         for site in self.sites.values():
-            site.control.handle_timer(self.now)
+            site.keying.handle_timer(self.now)
         self.pump()
 
     def send(self, sender: Site, n: int, worker: int = 0) -> bool:
@@ -113,13 +110,15 @@ class Link:
             return False
         steer = int.from_bytes(out[1][:4], "big") % len(receiver.forwarders)
         inner = receiver.forwarders[steer].inbound(out[1], (ADDR[sender.name], 4500))
-        receiver.control.note_esp_received(self.now)
+        for site in (sender, receiver):  # what the gateway does after each batch
+            for forwarder in site.forwarders:
+                site.keying.on_data_events(forwarder.take_events(), self.now)
         self.pump()
         return inner == sender.packet(n)
 
 
 def _up(link: Link) -> Link:
-    link.hq.control.start(link.now)
+    link.hq.keying.start(link.now)
     link.pump()
     assert link.send(link.hq, 0) and link.send(link.br, 0)
     return link
@@ -150,7 +149,7 @@ def test_rekey_responder_keeps_the_old_sa_until_the_peer_has_the_new_one(link: L
     old = _spi_out(link.br), _spi_out(link.hq)
     link.lose_ike = (_lose_once("branch1", ExchangeType.CREATE_CHILD_SA) if lost == "answer"
                      else _lose_once("hq", ExchangeType.INFORMATIONAL))
-    link.hq.control.dispatcher.rekey_child("branch1", link.now)
+    link.hq.keying.dispatcher.rekey_child("branch1", link.now)
     link.pump()
     # branch answered and has the new SA, but keeps sending on the old one: hq may not have it
     assert _spi_out(link.br) == old[0]
@@ -162,7 +161,7 @@ def test_rekey_responder_keeps_the_old_sa_until_the_peer_has_the_new_one(link: L
         if n > 5:
             assert link.send(link.hq, n), n
     assert _spi_out(link.br) != old[0] and _spi_out(link.hq) != old[1]
-    assert _spi_out(link.br) == link.hq.control.tunnels["branch1"].inbound_spis[-1]
+    assert _spi_out(link.br) == link.hq.keying.tunnels["branch1"].inbound_spis[-1]
     for site in (link.hq, link.br):
         assert site.forwarder.tunnels[site.peer].counters.drops_by_reason() == {}
 
@@ -170,17 +169,17 @@ def test_rekey_responder_keeps_the_old_sa_until_the_peer_has_the_new_one(link: L
 def test_rekey_responder_switches_on_esp_from_the_new_sa(link: Link) -> None:
     old = _spi_out(link.br)
     link.lose_ike = lambda sender, data: sender == "hq" and parse_header(data).exchange == ExchangeType.INFORMATIONAL
-    link.hq.control.dispatcher.rekey_child("branch1", link.now)
+    link.hq.keying.dispatcher.rekey_child("branch1", link.now)
     link.pump()  # hq has switched; its DELETE of the old SA is lost (and stays lost)
     assert _spi_out(link.br) == old
     assert link.send(link.hq, 1)
-    assert _spi_out(link.br) == link.hq.control.tunnels["branch1"].inbound_spis[-1] != old
+    assert _spi_out(link.br) == link.hq.keying.tunnels["branch1"].inbound_spis[-1] != old
     assert link.send(link.br, 2)
 
 
 def test_rekey_responder_switches_when_the_old_sa_is_deleted_without_traffic(link: Link) -> None:
     old = _spi_out(link.br)
-    link.hq.control.dispatcher.rekey_child("branch1", link.now)
+    link.hq.keying.dispatcher.rekey_child("branch1", link.now)
     link.pump()  # answer, then hq's DELETE of the old SA, all delivered; no ESP from hq meanwhile
     assert (ExchangeType.INFORMATIONAL, False) in [(e, r) for s, e, r in link.ike_log if s == "hq"]
     assert _spi_out(link.br) != old
@@ -189,7 +188,7 @@ def test_rekey_responder_switches_when_the_old_sa_is_deleted_without_traffic(lin
 
 def test_initiator_switches_outbound_at_once(link: Link) -> None:
     old = _spi_out(link.br)
-    link.br.control.dispatcher.rekey_child("hq", link.now)
+    link.br.keying.dispatcher.rekey_child("hq", link.now)
     link.lose_ike = lambda sender, data: parse_header(data).exchange == ExchangeType.INFORMATIONAL
     link.pump()
     assert _spi_out(link.br) != old
@@ -205,13 +204,13 @@ def test_dpd_action_after_the_ike_sa_dies(tmp_path: Path, hq_action: str, br_act
     link = _up(Link(tmp_path, hq_action, br_action))
     link.lose_ike = lambda sender, data: True  # the peer is unreachable: DPD-like death by retransmission
     for site in (link.hq, link.br):
-        site.control.dispatcher.rekey_child(site.peer, link.now)  # a request that will never be answered
+        site.keying.dispatcher.rekey_child(site.peer, link.now)  # a request that will never be answered
     link.pump()
     for _ in range(70):
         link.advance(1.0)
     for site in (link.hq, link.br):  # dead peer: its SAs are gone, traffic fails closed
         assert site.forwarder.tunnels[site.peer].outbound is None
-        assert not any(s.established for s in site.control.dispatcher.sessions_for(site.peer))
+        assert not any(s.established for s in site.keying.dispatcher.sessions_for(site.peer))
     link.lose_ike = lambda sender, data: False
     link.ike_log.clear()
     for _ in range(70):
@@ -225,7 +224,7 @@ def test_dpd_action_after_the_ike_sa_dies(tmp_path: Path, hq_action: str, br_act
 @pytest.mark.parametrize("workers", [(2, 2), (3, 1), (1, 2)])
 def test_every_worker_sends_and_receives_on_child_sas_of_its_own(tmp_path: Path, workers) -> None:
     link = Link(tmp_path, workers=workers)  # rekey_time 100, lifetime 150
-    link.hq.control.start(link.now)
+    link.hq.keying.start(link.now)
     link.pump()
     link.advance(1.5)  # the extra Child SAs
     for second in range(330):  # across three rekeys of every Child SA
@@ -246,16 +245,44 @@ def test_every_worker_sends_and_receives_on_child_sas_of_its_own(tmp_path: Path,
 def test_terminated_tunnel_stays_down_until_initiated(link: Link) -> None:
     """`sitelink terminate`: no restart policy, no on-demand initiation by traffic, until `initiate`."""
     hq = link.hq
-    assert hq.control.terminate("branch1", link.now) == 1
+    assert hq.keying.terminate("branch1", link.now) == 1
     link.pump()
-    assert hq.forwarder.tunnels["branch1"].outbound is None and not hq.control.dispatcher.sessions_for("branch1")
+    assert hq.forwarder.tunnels["branch1"].outbound is None and not hq.keying.dispatcher.sessions_for("branch1")
     link.ike_log.clear()
     assert not link.send(hq, 1)  # fails closed; the NeedSa it raises must not start IKE
-    hq.control.on_need_sa("branch1", link.now)
+    hq.keying.on_need_sa("branch1", link.now)
     for _ in range(30):
         link.advance(1.0)
     assert link.ike_log == [] and hq.forwarder.tunnels["branch1"].outbound is None
-    hq.control.initiate("branch1", link.now, operator=True)
+    hq.keying.initiate("branch1", link.now, operator=True)
     link.pump()
     assert link.send(hq, 2) and link.send(link.br, 2)
-    assert hq.control.tunnels["branch1"].stats.handshakes_ok == 2 and hq.control.tunnels["branch1"].stats.children == 2
+    assert hq.keying.tunnels["branch1"].stats.handshakes_ok == 2 and hq.keying.tunnels["branch1"].stats.children == 2
+
+
+def test_volume_limit_rekeys_at_once(tmp_path: Path) -> None:
+    """rekey_packets: the forwarder reports the soft limit with the packet that reaches it, and keying
+    asks IKE for a rekey there and then (no polling)."""
+    link = _up(Link(tmp_path, "      rekey_packets: 20\n"))
+    old = _spi_out(link.hq)
+    sent = 1  # _up sent one
+    while _spi_out(link.hq) == old and sent < 40:
+        assert link.send(link.hq, sent)
+        sent += 1
+    assert sent == 20 and link.hq.keying.tunnels["branch1"].stats.child_rekeys == 1
+
+
+def test_past_the_hard_volume_limit_the_sa_goes_after_a_grace(tmp_path: Path) -> None:
+    """The rekey asked for at the soft limit gets nowhere (IKE is lost): past the hard limit (1.1 x) the
+    outbound SA is still used until VOLUME_GRACE after the rekey was asked for, then dropped: fail
+    closed, never on past its limits."""
+    link = _up(Link(tmp_path, "      rekey_packets: 20\n"))
+    link.lose_ike = lambda sender, data: True
+    for n in range(1, 22):  # sequence numbers 2..22: the soft limit (20), then the hard one (22)
+        assert link.send(link.hq, n)
+    lane = link.hq.keying.tunnels["branch1"].lanes[0]
+    assert lane.volume_rekey_spi == lane.outbound_spi and lane.drop_at == lane.volume_rekey_at + VOLUME_GRACE
+    link.advance(VOLUME_GRACE - 1.0)
+    assert link.send(link.hq, 100)
+    link.advance(1.0)
+    assert link.hq.forwarder.tunnels["branch1"].outbound is None and not link.send(link.hq, 101)
