@@ -31,3 +31,13 @@ class KeyFileError(ConfigError):
 
 class DriverError(SitelinkError):
     """An OS resource (TUN device, socket, route) could not be set up."""
+
+
+class ReloadRefused(SitelinkError):
+    """A reload's new configuration changes settings only a restart can apply; nothing was changed."""
+
+    exit_status = 2
+
+
+class ReloadFailed(SitelinkError):
+    """A reload went wrong after it began changing the gateway (a bug or an OS failure, not the config)."""

@@ -27,7 +27,8 @@ def manual_gateway(tmp_path: Path) -> Gateway:
 
 
 def test_commands_answer_or_refuse_in_one_line(tmp_path: Path) -> None:
-    server = ControlServer(manual_gateway(tmp_path), tmp_path / "c.sock")
+    gateway = manual_gateway(tmp_path)
+    server = ControlServer(gateway.readout, gateway, tmp_path / "c.sock")
     status = server.handle({"command": "status"})
     assert status["ok"] and status["status"]["tunnels"][0]["name"] == "branch1"
     assert status["status"]["tunnels"][0]["state"] == "up" and status["status"]["tunnels"][0]["keying"] == "manual"
@@ -41,7 +42,8 @@ def test_commands_answer_or_refuse_in_one_line(tmp_path: Path) -> None:
 
 
 def test_socket_round_trip_and_garbage(tmp_path: Path) -> None:
-    server = ControlServer(manual_gateway(tmp_path), tmp_path / "run" / "c.sock")
+    gateway = manual_gateway(tmp_path)
+    server = ControlServer(gateway.readout, gateway, tmp_path / "run" / "c.sock")
 
     async def main() -> None:
         await server.start()
@@ -61,7 +63,8 @@ def test_socket_round_trip_and_garbage(tmp_path: Path) -> None:
 
 def test_unusable_socket_path_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    server = ControlServer(manual_gateway(tmp_path), tmp_path / "file" / "c.sock")  # parent is a file
+    gateway = manual_gateway(tmp_path)
+    server = ControlServer(gateway.readout, gateway, tmp_path / "file" / "c.sock")  # parent is a file
     with pytest.raises(DriverError, match="cannot open the control socket .* \\(set gateway.control_socket\\)"):
         asyncio.run(server.start())
 
@@ -74,7 +77,7 @@ def test_reload_over_the_socket_answers_with_the_problems(tmp_path: Path) -> Non
     from tunnel.app.keying import Keying
 
     gateway.keying = Keying(gateway.config, gateway.forwarder, lambda n: bytes(n))
-    server = ControlServer(gateway, tmp_path / "c.sock")
+    server = ControlServer(gateway.readout, gateway, tmp_path / "c.sock")
     path = gateway.config.path
     path.write_text(path.read_text().replace("10.2.0.0/24", "10.2.0.0/40"))
     running = gateway.config
@@ -102,7 +105,7 @@ def test_a_command_that_fails_unexpectedly_is_answered(tmp_path: Path) -> None:
         raise RuntimeError("netlink went away")
 
     gateway.reload = broken  # type: ignore[method-assign]
-    server = ControlServer(gateway, tmp_path / "c.sock")
+    server = ControlServer(gateway.readout, gateway, tmp_path / "c.sock")
 
     async def main() -> None:
         await server.start()

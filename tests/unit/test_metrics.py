@@ -13,13 +13,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from policy.qos import QosClass
 from tests.unit.test_config_loader import GOOD, SECOND_TUNNEL, make_keys, write
-from tests.unit.test_keying import Link
+from tests.unit.test_keying import ADDR, Link, _up
 from tunnel.config.loader import load_config
 from tunnel.dataplane.forwarder import Forwarder
 from tunnel.esp.drops import DropReason
 from tunnel.app.assemble import install_manual_keys
 from tunnel.app.gateway import Gateway
+from tunnel.ike.constants import ExchangeType
+from tunnel.ike.message import IkeHeader, encode_message, encode_sk_message
 from tunnel.ops.metrics import GatewayCollector
+from tunnel.ops.status import render, snapshot
 from tunnel.drivers.pumps import QosPump
 from tunnel.dataplane.scheduler import PriorityScheduler
 from tunnel.app.workers import WorkerProxy, _report
@@ -27,7 +30,7 @@ from tunnel.app.workers import WorkerProxy, _report
 
 def scrape(gateway: Gateway) -> tuple[str, dict[tuple[str, tuple], float]]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(gateway))
+    registry.register(GatewayCollector(gateway.readout))
     text = generate_latest(registry).decode()
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -42,7 +45,7 @@ def test_scrape_reads_the_counters_of_the_moment(tmp_path: Path) -> None:
     for tunnel in gateway.config.tunnels:
         install_manual_keys(gateway.forwarder, tunnel)  # manual keys: SAs installed, no I/O
     egress, ingress = PriorityScheduler(10**9), PriorityScheduler(10**9)
-    gateway._qos = QosPump(gateway.forwarder, None, None, None, egress, ingress)  # type: ignore[arg-type]
+    gateway.qos_pump = QosPump(gateway.forwarder, None, None, None, egress, ingress)  # type: ignore[arg-type]
 
     counters = gateway.forwarder.tunnels["branch1"].counters
     counters.tx_packets, counters.tx_bytes, counters.rx_bytes = 7, 7000, 123
@@ -99,7 +102,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         with pytest.raises(DriverError, match="cannot serve metrics on 127.0.0.1 port"):
-            MetricsServer(gateway, "127.0.0.1", taken.getsockname()[1])
+            MetricsServer(gateway.readout, "127.0.0.1", taken.getsockname()[1])
 
 
 def test_ike_timings_come_from_the_sessions(tmp_path: Path) -> None:
@@ -139,10 +142,10 @@ def test_queue_metrics_sum_every_worker(tmp_path: Path) -> None:
     gateway = Gateway(load_config(write(tmp_path, GOOD)))
     for tunnel in gateway.config.tunnels:
         install_manual_keys(gateway.forwarder, tunnel)
-    gateway._qos = QosPump(gateway.forwarder, None, None, None, PriorityScheduler(10**9), PriorityScheduler(10**9))  # type: ignore[arg-type]
+    gateway.qos_pump = QosPump(gateway.forwarder, None, None, None, PriorityScheduler(10**9), PriorityScheduler(10**9))  # type: ignore[arg-type]
     worker_qos = QosPump(Forwarder(), None, None, None, PriorityScheduler(10**9, {QosClass.BULK: 1}),  # type: ignore[arg-type]
                          PriorityScheduler(10**9))
-    gateway._qos.egress.enqueue(QosClass.BULK, "a", 1000, 0.0)
+    gateway.qos_pump.egress.enqueue(QosClass.BULK, "a", 1000, 0.0)
     worker_qos.egress.enqueue(QosClass.BULK, "b", 1000, 0.0)
     worker_qos.egress.enqueue(QosClass.BULK, "c", 1000, 0.0)  # over the worker's limit of 1: dropped
     worker_qos.egress.enqueue(QosClass.REALTIME_AUDIO, "d", 200, 0.0)
@@ -152,10 +155,10 @@ def test_queue_metrics_sum_every_worker(tmp_path: Path) -> None:
         proxy = WorkerProxy(1, main_end, os.getpid(), ["branch1"])
         _report(Forwarder(), worker_end, 0, worker_qos, [])
         assert proxy.receive()
-        gateway._workers = [proxy]
+        gateway.worker_proxies = [proxy]
         _, s = scrape(gateway)
     finally:
-        gateway._workers = []
+        gateway.worker_proxies = []
         main_end.close()
         worker_end.close()
     bulk, ef = (("class", "bulk"), ("direction", "egress")), (("class", "realtime-audio"), ("direction", "egress"))
@@ -163,3 +166,25 @@ def test_queue_metrics_sum_every_worker(tmp_path: Path) -> None:
     assert s[("sitelink_qos_drops_total", bulk)] == 1
     assert s[("sitelink_qos_sojourn_seconds_count", ef)] == 1
     assert abs(s[("sitelink_qos_sojourn_seconds_sum", ef)] - 0.002) < 1e-9
+
+
+def test_ike_drops_are_exported_and_shown_per_tunnel(tmp_path: Path) -> None:
+    """IKE refusals are counted like the data plane's: per tunnel where a tunnel's IKE SA dropped the
+    message, under (none) where no tunnel can be blamed; `sitelink status` shows both."""
+    link = _up(Link(tmp_path))
+    gateway = Gateway(link.hq.keying.config)
+    gateway.forwarder, gateway.keying = link.hq.forwarder, link.hq.keying
+    session = link.hq.keying.current_ike("branch1")
+    request = session.header(ExchangeType.INFORMATIONAL, session.responses.expected, False)
+    forged = bytearray(encode_sk_message(request, [], session.crypto.sk_in.seal))  # the SA's SPIs and next ID
+    forged[-1] ^= 1  # a broken ICV
+    for _ in range(2):
+        link.hq.keying.dispatcher.receive_datagram(bytes(forged), (ADDR["branch1"], 4500), 4500, link.now)
+    stray = encode_message(IkeHeader(b"\x01" * 8, b"\x02" * 8, ExchangeType.INFORMATIONAL, 0x20, 0), [])
+    link.hq.keying.dispatcher.receive_datagram(stray, ("203.0.113.9", 500), 500, link.now)  # no such SA
+    _, s = scrape(gateway)
+    assert s[("sitelink_ike_drops_total", (("reason", "integrity"), ("tunnel", "branch1")))] == 2
+    assert s[("sitelink_ike_drops_total", (("reason", "malformed"), ("tunnel", "branch1")))] == 0
+    assert s[("sitelink_ike_drops_total", (("reason", "unknown_spi"), ("tunnel", "(none)")))] == 1
+    text = render(snapshot(gateway.readout, link.now))
+    assert "  IKE drops integrity 2" in text and "IKE drops outside any tunnel: unknown_spi 1" in text

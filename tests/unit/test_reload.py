@@ -24,7 +24,8 @@ from tunnel.app.gateway import Gateway
 from tunnel.ike.constants import ExchangeType
 from tunnel.ike.message import parse_header
 from tunnel.app.assemble import install_manual_keys, reconfigure_forwarder
-from tunnel.app.reload import LIVE_FIELDS, RESTART_FIELDS, ReloadRefused, plan_reload
+from tunnel.app.reload import LIVE_FIELDS, RESTART_FIELDS, plan_reload
+from tunnel.errors import ReloadRefused
 from tunnel.app.workers import WorkerProxy, _commands, _report
 
 FIREWALL = """\

@@ -24,18 +24,19 @@ from policy.qos import QosClass
 from tunnel.ops.control_socket import ControlServer, default_path
 from tunnel.ops.metrics import MetricsServer
 from tunnel.app.assemble import build_forwarder, install_manual_keys, make_schedulers, reconfigure_forwarder
-from tunnel.app.reload import ReloadFailed, ReloadPlan, ReloadRefused, plan_reload
+from tunnel.app.reload import ReloadPlan, plan_reload
 from tunnel.dataplane.scheduler import ClassStats
 from tunnel.config.loader import load_config
 from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.app.keying import KEEPALIVE_INTERVAL, Keying, LocalPlane
+from tunnel.app.readout import GatewayReadout
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.events import DataEvent
 from tunnel.drivers import udp
 from tunnel.drivers.netlink import Netlink
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.encap import NAT_KEEPALIVE, frame_ike
-from tunnel.errors import ConfigError, DriverError, SitelinkError
+from tunnel.errors import ConfigError, DriverError, ReloadFailed, ReloadRefused, SitelinkError
 from tunnel.ike.constants import NAT_T_PORT
 from tunnel.ops.keylog import EspKeyLog, IkeKeyLog
 
@@ -70,11 +71,11 @@ class Gateway:
         self._sock: socket.socket | None = None  # ESP-in-UDP and IKE after IKE_SA_INIT (listen.port)
         self._ike_sock: socket.socket | None = None  # IKE_SA_INIT (ike_port)
         self._sender: udp.SegmentingSender | None = None
-        self._qos: pumps.QosPump | None = None  # per-class queues (gateway.qos.scheduler: priority)
+        self.qos_pump: pumps.QosPump | None = None  # per-class queues (gateway.qos.scheduler: priority)
         self._qos_flush: asyncio.Handle | None = None
         self._metrics: MetricsServer | None = None
         self._control_server: ControlServer | None = None
-        self._workers: list[workers.WorkerProxy] = []
+        self.worker_proxies: list[workers.WorkerProxy] = []
         self._worker_failed: str | None = None
         self._stopping: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -82,6 +83,7 @@ class Gateway:
         self._esp_key_log = esp_key_log or config.key_log.esp_sa
         self._ike_key_log = ike_key_log or config.key_log.ikev2_decryption_table
         self.keying: Keying | None = None
+        self.readout = GatewayReadout(self)  # what operations (status, metrics, logs) read
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task] = set()  # SIGHUP reloads in progress (a reference keeps them alive)
 
@@ -109,16 +111,16 @@ class Gateway:
             self._sender = udp.SegmentingSender(self._sock)
             schedulers = make_schedulers(self.config)
             if schedulers is not None:
-                self._qos = pumps.QosPump(self.forwarder, self._tun, self._sock, self._sender, *schedulers)
+                self.qos_pump = pumps.QosPump(self.forwarder, self._tun, self._sock, self._sender, *schedulers)
             if any(t.ike is not None for t in self.config.tunnels):
                 self._ike_sock = udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20)
             if n > 1:
                 self._spawn_workers(n)
-            planes = [LocalPlane(self.forwarder), *self._workers] if self._workers else self.forwarder
+            planes = [LocalPlane(self.forwarder), *self.worker_proxies] if self.worker_proxies else self.forwarder
             self.keying = Keying(self.config, planes, os.urandom, key_log, ike_key_log)
             metrics = self.config.metrics
             if metrics.enabled:  # a thread: only after the workers were forked
-                self._metrics = MetricsServer(self, str(metrics.address), metrics.port)
+                self._metrics = MetricsServer(self.readout, str(metrics.address), metrics.port)
         except BaseException:
             self.close()
             raise
@@ -139,20 +141,20 @@ class Gateway:
         for k, (tun, sock) in enumerate(extra, start=1):
             others = [self._tun, self._sock, *(r for r in (self._ike_sock,) if r is not None),
                       *(r for j, pair in enumerate(extra, start=1) if j != k for r in pair),
-                      *(w.conn for w in self._workers)]
-            self._workers.append(workers.spawn(self.config, k, tun, sock, others))
+                      *(w.conn for w in self.worker_proxies)]
+            self.worker_proxies.append(workers.spawn(self.config, k, tun, sock, others))
             tun.close()  # the worker holds its queue and socket now
             sock.close()
-        log.info("%d data-plane workers: this process and pids %s", n, ",".join(str(w.pid) for w in self._workers))
+        log.info("%d data-plane workers: this process and pids %s", n, ",".join(str(w.pid) for w in self.worker_proxies))
 
     def close(self) -> None:
         """Stop the workers, remove the TUN device (and with it its routes), close the sockets. Idempotent."""
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
-        for worker in self._workers:
+        for worker in self.worker_proxies:
             worker.stop()
-        self._workers = []
+        self.worker_proxies = []
         for sock in (self._sock, self._ike_sock):
             if sock is not None:
                 sock.close()
@@ -179,9 +181,10 @@ class Gateway:
         loop.add_reader(self._sock.fileno(), self._on_udp_readable)
         if self._ike_sock is not None:
             loop.add_reader(self._ike_sock.fileno(), self._on_ike_readable)
-        for worker in self._workers:
+        for worker in self.worker_proxies:
             loop.add_reader(worker.conn.fileno(), self._on_worker_report, worker)
-        self._control_server = ControlServer(self, self.config.control_socket or default_path(self.config.name))
+        self._control_server = ControlServer(self.readout, self,
+                                             self.config.control_socket or default_path(self.config.name))
         await self._control_server.start()
         self.keying.start(time.monotonic())
         self._after_ike()
@@ -194,7 +197,7 @@ class Gateway:
             loop.remove_reader(self._sock.fileno())
             if self._ike_sock is not None:
                 loop.remove_reader(self._ike_sock.fileno())
-            for worker in self._workers:
+            for worker in self.worker_proxies:
                 loop.remove_reader(worker.conn.fileno())
             if self._timer is not None:
                 self._timer.cancel()
@@ -260,7 +263,7 @@ class Gateway:
     def _apply_reload(self, new: GatewayConfig, plan: ReloadPlan, ike_configs: list) -> None:
         self.keying.reconfigure(new, plan, time.monotonic(), ike_configs)
         reconfigure_forwarder(self.forwarder, new, plan.gone)
-        for worker in self._workers:
+        for worker in self.worker_proxies:
             worker.reconfigure(new, plan.gone)
         for tunnel in plan.new:
             self._log_tunnel(tunnel)
@@ -298,9 +301,28 @@ class Gateway:
         except Exception as exc:  # noqa: BLE001 - ReloadFailed (logged with its traceback) or a DriverError
             log.error("%s", exc)
 
-    def after_command(self) -> None:
-        """A control-socket command changed IKE state: send what it wants sent, re-arm the timer."""
+    # -- operator commands (tunnel.ops.control_socket.Commands) -------------------------------------------
+    def ike_tunnels(self) -> list[str]:
+        return list(self.keying.tunnels) if self.keying is not None else []
+
+    def initiate(self, tunnel: str) -> str:
+        self._keying().initiate(tunnel, time.monotonic(), operator=True)
         self._after_ike()
+        return f"initiating {tunnel}"
+
+    def terminate(self, tunnel: str) -> str:
+        count = self._keying().terminate(tunnel, time.monotonic())
+        self._after_ike()
+        return f"terminating {count} IKE SA(s) of {tunnel}"
+
+    def rekey(self, tunnel: str, kind: str) -> str:
+        count = self._keying().rekey(tunnel, kind, time.monotonic())
+        self._after_ike()
+        return f"{kind} rekey of {tunnel} started on {count} IKE SA(s)"
+
+    def _keying(self) -> Keying:
+        assert self.keying is not None, "commands arrive once the gateway serves"
+        return self.keying
 
     def _on_worker_report(self, worker: workers.WorkerProxy) -> None:
         if not worker.receive():
@@ -324,67 +346,28 @@ class Gateway:
         log.info("received %s, shutting down", signal.Signals(sig).name)
         self._stopping.set()
 
-    def tunnel_totals(self) -> dict[str, Counters]:
-        """Each tunnel's counters summed over every worker, and "" for drops no tunnel owns (read by the
-        metrics collector from its thread: plain integer reads, no locks needed)."""
-        totals: dict[str, Counters] = {}
-        for name, state in list(self.forwarder.tunnels.items()):
-            total = Counters()
-            for part in [state.counters, *(w.counters.get(name) for w in self._workers)]:
-                if part is not None:  # None: a worker not told of a tunnel a reload is adding
-                    total.add(part)
-            totals[name] = total
-        total = Counters()
-        for part in [self.forwarder.counters, *(w.global_counters for w in self._workers)]:
-            total.add(part)
-        totals[""] = total
-        return totals
-
-    def tunnel_is_up(self, name: str) -> bool:
-        """An outbound SA is installed (with workers: worker 0's, which the control plane tracks)."""
-        runtime = self.keying.tunnels.get(name) if self.keying is not None else None
-        if runtime is not None:
-            return runtime.outbound_spi is not None
-        state = self.forwarder.tunnels.get(name)  # None: removed by a reload since the caller looked
-        return state is not None and state.outbound is not None
-
-    def queue_totals(self) -> dict[str, list[tuple[int, ClassStats]]]:
-        """Per direction, each QoS class's (queue depth, statistics) summed over every worker (each has
-        queues of its own); empty with the FIFO scheduler. Workers' figures are as of their last report."""
-        if self._qos is None:
-            return {}
-        totals = {}
-        for direction, scheduler in (("egress", self._qos.egress), ("ingress", self._qos.ingress)):
-            rows = []
-            for cls, stats in zip(QosClass, scheduler.stats):
-                total, depth = ClassStats(), scheduler.depth(cls)
-                total.add_values(stats.values())
-                for worker in self._workers:
-                    reported = worker.queues.get(direction)
-                    if reported:
-                        depth += reported[cls][0]
-                        total.add_values(reported[cls][1])
-                rows.append((depth, total))
-            totals[direction] = rows
-        return totals
-
     def log_counters(self) -> None:
-        """One line per tunnel (and one for drops no tunnel owns), summed over every worker."""
-        for name, total in self.tunnel_totals().items():
-            log.info("counters %s", format_counters(name or "(none)", total))
-        if self._workers:
+        """SIGUSR1: one line per tunnel (and one for drops no tunnel owns) summed over every worker, each
+        worker's own lines, the queues and IKE."""
+        tunnels = self.readout.tunnels()
+        for view in tunnels:
+            log.info("counters %s", format_counters(view.name, view.counters))
+        log.info("counters %s", format_counters("(none)", self.readout.unowned()))
+        if self.worker_proxies:
             for name, state in self.forwarder.tunnels.items():
                 log.info("worker 0: %s", format_counters(name, state.counters))
-            for worker in self._workers:
+            for worker in self.worker_proxies:
                 for name, counters in worker.counters.items():
                     log.info("worker %d: %s", worker.index, format_counters(name, counters))
-        for direction, rows in self.queue_totals().items():
+        for direction, rows in self.readout.queues().items():
             log.info("queues %s %s", direction, format_queues(rows))
         if self.keying is not None and self.keying.tunnels:
-            drops = self.keying.dispatcher.drops
-            sessions = self.keying.dispatcher.sessions.values()
+            sessions = list(self.keying.dispatcher.sessions.values())
+            drops = {k: v for view in tunnels for k, v in view.ike_drops.items()}
+            for reason, count in self.readout.unowned_ike_drops().items():
+                drops[reason] = drops.get(reason, 0) + count
             log.info("ike sessions=%d established=%d drops=%s", len(sessions), sum(s.established for s in sessions),
-                     ",".join(f"{k}:{v}" for k, v in sorted(drops.by_reason().items())) or "none")
+                     ",".join(f"{k}:{v}" for k, v in sorted(drops.items())) or "none")
 
     # -- set-up helpers -------------------------------------------------------------------------------
     @staticmethod
@@ -417,14 +400,14 @@ class Gateway:
 
     # -- data path --------------------------------------------------------------------------------------
     def _on_tun_readable(self) -> None:
-        if self._qos is not None:
+        if self.qos_pump is not None:
             self._serve_queues()
             return
         pumps.tun_to_udp(self.forwarder, self._tun, self._sender)
         self._take_events()
 
     def _on_udp_readable(self) -> None:
-        if self._qos is not None:
+        if self.qos_pump is not None:
             self._serve_queues()
             return
         pumps.udp_to_tun(self.forwarder, self._sock, self._tun, self._take_events)
@@ -436,11 +419,11 @@ class Gateway:
         if self._qos_flush is not None:
             self._qos_flush.cancel()
             self._qos_flush = None
-        self._qos.service(time.monotonic, self._take_events)
+        self.qos_pump.service(time.monotonic, self._take_events)
         loop = asyncio.get_running_loop()
-        if self._qos.pending(time.monotonic()):
+        if self.qos_pump.pending(time.monotonic()):
             self._qos_flush = loop.call_soon(self._serve_queues)
-        elif (wake := self._qos.wake_at(time.monotonic())) is not None:
+        elif (wake := self.qos_pump.wake_at(time.monotonic())) is not None:
             self._qos_flush = loop.call_at(wake, self._serve_queues)  # the shaper's next send
         self._take_events()
 

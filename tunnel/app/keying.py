@@ -10,7 +10,6 @@ are reached through a DataPlane proxy (app/workers.py).
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from tunnel.ike.events import (
 )
 from tunnel.ike.keys import IkeKeys
 from tunnel.ike.session import IkeSession
+from tunnel.ops.readout import IkeStats
 
 log = logging.getLogger("sitelink.ike")
 
@@ -91,31 +91,6 @@ class Lane:
     # The new SA of a rekey the peer asked for: (its inbound SPI, its outbound SPI and key, the outbound
     # SPI it replaces). Outbound switches when the peer deletes the old SA or sends on the new one.
     pending_out: tuple[int, int, bytes, int] | None = field(default=None, repr=False)
-
-
-# Upper bounds (seconds) of the IKE handshake-duration histogram: a LAN-speed exchange takes a few ms,
-# a lost message adds the 1 s retransmission timeout, a dead or refusing peer ends as a failure instead.
-HANDSHAKE_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-@dataclass
-class IkeStats:
-    """Plain tallies for the metrics exporter, kept where the events are applied."""
-
-    handshakes_ok: int = 0
-    # IKE_SA_INIT to IKE_AUTH done, per established IKE SA: counts per HANDSHAKE_BOUNDS bucket (+Inf last)
-    handshake_buckets: list[int] = field(default_factory=lambda: [0] * (len(HANDSHAKE_BOUNDS) + 1))
-    handshake_seconds: float = 0.0
-    # IKE SAs that failed (set-up refused or timed out, or a dead peer), by the IKE notify that said why
-    # (lower-case name), "none" when none did (timeouts)
-    handshakes_failed: dict[str, int] = field(default_factory=dict)
-    children: int = 0  # Child SAs installed
-    child_rekeys: int = 0  # ... of which replaced one of ours
-    ike_rekeys: int = 0
-
-    def observe_handshake(self, seconds: float) -> None:
-        self.handshake_buckets[bisect.bisect_left(HANDSHAKE_BOUNDS, seconds)] += 1
-        self.handshake_seconds += seconds
 
 
 @dataclass

@@ -15,23 +15,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from tunnel.config.model import GatewayConfig, Tunnel, TunnelQos
-from tunnel.errors import SitelinkError
+from tunnel.errors import ReloadRefused
 
 # GatewayConfig fields a running gateway cannot change; every other field is applied by a reload
 # (tunnels, services, pki for the next IKE SAs, log_level).
 RESTART_FIELDS = ("name", "listen", "tun", "socket_buffer_bytes", "log_format", "ike_port", "workers", "qos",
                   "metrics", "control_socket", "key_log")
 LIVE_FIELDS = ("path", "tunnels", "services", "pki", "log_level")
-
-
-class ReloadRefused(SitelinkError):
-    """The new configuration changes settings only a restart can apply; nothing was changed."""
-
-    exit_status = 2
-
-
-class ReloadFailed(SitelinkError):
-    """A reload went wrong after it began changing the gateway (a bug or an OS failure, not the config)."""
 
 
 @dataclass(frozen=True)

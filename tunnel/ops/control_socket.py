@@ -1,6 +1,7 @@
-"""The control socket: a root-only unix socket on which `sitelink status|initiate|terminate|rekey` talk
-to a running gateway, one JSON line each way. It runs on the gateway's event loop, so commands see and
-change the same state the data path and IKE use, between their callbacks."""
+"""The control socket: a root-only unix socket on which `sitelink status|initiate|terminate|rekey|reload`
+talk to a running gateway, one JSON line each way. It runs on the gateway's event loop, so commands see
+and change the same state the data path and IKE use, between their callbacks. It knows the gateway only
+as a Readout (for status) and as the Commands below."""
 
 from __future__ import annotations
 
@@ -11,13 +12,11 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from tunnel.errors import ConfigError, DriverError, SitelinkError
+from tunnel.errors import ConfigError, DriverError, ReloadRefused, SitelinkError
+from tunnel.ops.readout import Readout
 from tunnel.ops.status import snapshot
-
-if TYPE_CHECKING:
-    from tunnel.app.gateway import Gateway
 
 log = logging.getLogger("sitelink.control")
 MAX_REQUEST = 4096
@@ -34,13 +33,24 @@ class ControlError(SitelinkError):
         self.exit_status = exit_status
 
 
+class Commands(Protocol):
+    """What an operator may ask of a running gateway (the gateway implements it)."""
+
+    def ike_tunnels(self) -> list[str]: ...
+    def initiate(self, tunnel: str) -> str: ...
+    def terminate(self, tunnel: str) -> str: ...
+    def rekey(self, tunnel: str, kind: str) -> str: ...
+    async def reload(self) -> str:
+        """Re-read the configuration; ConfigError or ReloadRefused (nothing changed), or ReloadFailed."""
+
+
 def default_path(gateway_name: str) -> Path:
     return Path("/run/sitelink") / f"{gateway_name}.sock"
 
 
 class ControlServer:
-    def __init__(self, gateway: "Gateway", path: Path) -> None:
-        self.gateway = gateway
+    def __init__(self, readout: Readout, commands: Commands, path: Path) -> None:
+        self.readout, self.commands = readout, commands
         self.path = path
         self._server: asyncio.AbstractServer | None = None
 
@@ -94,10 +104,8 @@ class ControlServer:
             writer.close()
 
     async def reload(self) -> dict[str, Any]:
-        from tunnel.app.reload import ReloadRefused
-
         try:
-            return {"ok": True, "message": f"reloaded: {await self.gateway.reload()}"}
+            return {"ok": True, "message": f"reloaded: {await self.commands.reload()}"}
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload: %s", problem)
@@ -113,26 +121,22 @@ class ControlServer:
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         command, tunnel = request.get("command"), request.get("tunnel")
-        gateway, now = self.gateway, time.monotonic()
         if command not in COMMANDS:
             return {"ok": False, "error": f"unknown command {command!r}; one of {', '.join(COMMANDS)}"}
         if command == "status":
-            return {"ok": True, "status": snapshot(gateway, now)}
-        control = gateway.keying
-        if control is None or tunnel not in control.tunnels:
-            known = sorted(control.tunnels) if control is not None else []
-            return {"ok": False, "error": f"no IKE tunnel {tunnel!r}; IKE tunnels: {', '.join(known) or 'none'}"}
+            return {"ok": True, "status": snapshot(self.readout, time.monotonic())}
+        known = self.commands.ike_tunnels()
+        if not isinstance(tunnel, str) or tunnel not in known:
+            return {"ok": False, "error": f"no IKE tunnel {tunnel!r}; IKE tunnels: {', '.join(sorted(known)) or 'none'}"}
         if command == "initiate":
-            control.initiate(tunnel, now, operator=True)
-            message = f"initiating {tunnel}"
+            message = self.commands.initiate(tunnel)
         elif command == "terminate":
-            message = f"terminating {control.terminate(tunnel, now)} IKE SA(s) of {tunnel}"
+            message = self.commands.terminate(tunnel)
         else:
             kind = request.get("kind", "child")
             if kind not in ("child", "ike"):
                 return {"ok": False, "error": "rekey kind must be child or ike"}
-            message = f"{kind} rekey of {tunnel} started on {control.rekey(tunnel, kind, now)} IKE SA(s)"
-        gateway.after_command()
+            message = self.commands.rekey(tunnel, kind)
         return {"ok": True, "message": message}
 
 

@@ -1,9 +1,9 @@
 """Prometheus exporter: a custom collector that reads the gateway's plain counters when scraped.
 
 Nothing on the packet path calls prometheus_client; the data path only increments integers (the
-forwarder's Counters, the schedulers' ClassStats, the control plane's IKE tallies) and this collector turns
-them into metric families at scrape time, in its own registry, served by prometheus_client's HTTP server
-in a thread. Labels stay bounded: tunnel names (from the config), drop reasons and QoS classes (enums),
+forwarder's Counters, the schedulers' ClassStats, keying's IKE tallies, the IKE drop counters) and this
+collector turns them into metric families at scrape time, through the gateway's Readout (ops/readout.py),
+in its own registry, served by prometheus_client's HTTP server in a thread. Labels stay bounded: tunnel names (from the config), drop reasons and QoS classes (enums),
 directions; never addresses, ports or flows.
 """
 
@@ -13,40 +13,39 @@ import logging
 import time
 from collections.abc import Iterator
 from importlib import metadata
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from policy.qos import QosClass
-from tunnel.app.keying import HANDSHAKE_BOUNDS
+from tunnel.dataplane.counters import Counters
+from tunnel.dataplane.scheduler import SOJOURN_BOUNDS
 from tunnel.errors import DriverError
 from tunnel.esp.drops import DropReason
-from tunnel.dataplane.scheduler import SOJOURN_BOUNDS
-
-if TYPE_CHECKING:
-    from tunnel.app.gateway import Gateway
+from tunnel.ike.drops import IkeDrop
+from tunnel.ops.readout import HANDSHAKE_BOUNDS, Readout, TunnelView
 
 log = logging.getLogger("sitelink.metrics")
 PREFIX = "sitelink"
 
 
 class GatewayCollector(Collector):
-    def __init__(self, gateway: "Gateway") -> None:
-        self.gateway = gateway
+    def __init__(self, readout: Readout) -> None:
+        self.readout = readout
 
     def collect(self) -> Iterator[Metric]:
-        gateway = self.gateway
         info = GaugeMetricFamily(f"{PREFIX}_build_info", "sitelink version; always 1", labels=["version", "gateway"])
-        info.add_metric([_version(), gateway.config.name], 1)
+        info.add_metric([_version(), self.readout.gateway_name], 1)
         yield info
-        yield from self._tunnels()
-        yield from self._ike()
+        tunnels = self.readout.tunnels()
+        yield from self._data_plane(tunnels)
+        yield from self._ike(tunnels)
         yield from self._queues()
 
-    def _tunnels(self) -> Iterator[Metric]:
-        totals = self.gateway.tunnel_totals()
+    def _data_plane(self, tunnels: list[TunnelView]) -> Iterator[Metric]:
+        totals: dict[str, Counters] = {t.name: t.counters for t in tunnels}
+        totals["(none)"] = self.readout.unowned()
         packets = CounterMetricFamily(f"{PREFIX}_esp_packets", "ESP packets sent (tx) and accepted (rx)",
                                       labels=["tunnel", "direction"])
         octets = CounterMetricFamily(f"{PREFIX}_esp_bytes", "Inner bytes carried in ESP, sent (tx) and accepted (rx)",
@@ -56,8 +55,7 @@ class GatewayCollector(Collector):
                                      "errors sent, TCP SYNs with their MSS clamped", labels=["tunnel", "event"])
         keepalives = CounterMetricFamily(f"{PREFIX}_nat_keepalives_received", "NAT keepalives received",
                                          labels=["tunnel"])
-        for name, counters in totals.items():
-            label = name or "(none)"
+        for label, counters in totals.items():
             packets.add_metric([label, "tx"], counters.tx_packets)
             packets.add_metric([label, "rx"], counters.rx_packets)
             octets.add_metric([label, "tx"], counters.tx_bytes)
@@ -69,8 +67,7 @@ class GatewayCollector(Collector):
             keepalives.add_metric([label], counters.keepalives)
         yield from (packets, octets, drops, events, keepalives)
 
-    def _ike(self) -> Iterator[Metric]:
-        control = self.gateway.keying
+    def _ike(self, tunnels: list[TunnelView]) -> Iterator[Metric]:
         up = GaugeMetricFamily(f"{PREFIX}_tunnel_up", "1 when the tunnel has an outbound SA (traffic can flow)",
                                labels=["tunnel"])
         since = GaugeMetricFamily(f"{PREFIX}_tunnel_up_since_seconds", "Unix time the tunnel's current Child SA "
@@ -94,16 +91,18 @@ class GatewayCollector(Collector):
                                     "check (RFC 7296 §2.4); absent until one was made", labels=["tunnel"])
         last_seen = GaugeMetricFamily(f"{PREFIX}_peer_last_seen_seconds", "Unix time the peer was last heard from "
                                       "(an authenticated IKE message or ESP packet)", labels=["tunnel"])
+        ike_drops = CounterMetricFamily(f"{PREFIX}_ike_drops", "IKE messages dropped or refused, by reason (the "
+                                        "IKE sibling of sitelink_drops_total)", labels=["tunnel", "reason"])
         now, wall = time.monotonic(), time.time()
-        for name in list(self.gateway.forwarder.tunnels):  # a copy: a reload may change the dict meanwhile
-            runtime = control.tunnels.get(name) if control is not None else None
-            is_up = self.gateway.tunnel_is_up(name)
-            up.add_metric([name], 1 if is_up else 0)
-            established = runtime.established_at if runtime is not None else None
-            since.add_metric([name], wall - (now - established) if is_up and established is not None else 0)
-            if runtime is None:
+        for t in tunnels:
+            name = t.name
+            up.add_metric([name], 1 if t.up else 0)
+            established = t.established_at
+            since.add_metric([name], wall - (now - established) if t.up and established is not None else 0)
+            if t.stats is None:
                 continue
-            stats = runtime.stats
+            _ike_drops(ike_drops, name, t.ike_drops)
+            stats = t.stats
             handshakes.add_metric([name, "success", ""], stats.handshakes_ok)
             for notify, count in sorted(stats.handshakes_failed.items()):
                 handshakes.add_metric([name, "failure", notify], count)
@@ -111,22 +110,22 @@ class GatewayCollector(Collector):
             rekeys.add_metric([name, "ike"], stats.ike_rekeys)
             children.add_metric([name], stats.children)
             duration.add_metric([name], _buckets(HANDSHAKE_BOUNDS, stats.handshake_buckets), stats.handshake_seconds)
-            ike = control.current_ike(name)
+            ike = t.ike
             if ike is None:
                 continue
-            live = [c for c in ike.children if c.active
-                    and c.installed_at is not None and c.expire_at is not None]
+            live = [c for c in ike.children if c.active and c.installed_at is not None and c.expire_at is not None]
             if live:
-                age.add_metric([name], now - max(c.installed_at for c in live))
-                remaining.add_metric([name], min(c.expire_at for c in live) - now)
+                age.add_metric([name], now - max(c.installed_at for c in live if c.installed_at is not None))
+                remaining.add_metric([name], min(c.expire_at for c in live if c.expire_at is not None) - now)
             if ike.dpd_rtt is not None:
                 dpd_rtt.add_metric([name], ike.dpd_rtt)
             if ike.last_received is not None:
                 last_seen.add_metric([name], wall - (now - ike.last_received))
-        yield from (up, since, handshakes, rekeys, children, duration, age, remaining, dpd_rtt, last_seen)
+        _ike_drops(ike_drops, "(none)", self.readout.unowned_ike_drops())
+        yield from (up, since, handshakes, rekeys, children, duration, age, remaining, dpd_rtt, last_seen, ike_drops)
 
     def _queues(self) -> Iterator[Metric]:
-        totals = self.gateway.queue_totals()
+        totals = self.readout.queues()
         if not totals:
             return
         depth = GaugeMetricFamily(f"{PREFIX}_qos_queue_depth", "Packets waiting in the gateway's queue",
@@ -142,6 +141,12 @@ class GatewayCollector(Collector):
                 dropped.add_metric(labels, stats.dropped)
                 sojourn.add_metric(labels, _buckets(SOJOURN_BOUNDS, stats.sojourn_buckets), stats.sojourn_sum)
         yield from (depth, dropped, sojourn)
+
+
+def _ike_drops(family: CounterMetricFamily, tunnel: str, counts: dict[str, int]) -> None:
+    """Every reason, zeros included, so a rate() over a reason that starts counting sees it from 0."""
+    for reason in IkeDrop:
+        family.add_metric([tunnel, reason.label], counts.get(reason.label, 0))
 
 
 def _buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
@@ -163,9 +168,9 @@ def _version() -> str:
 class MetricsServer:
     """The exporter's HTTP endpoint (GET /metrics), in a thread of its own."""
 
-    def __init__(self, gateway: "Gateway", address: str, port: int) -> None:
+    def __init__(self, readout: Readout, address: str, port: int) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(GatewayCollector(gateway))
+        self.registry.register(GatewayCollector(readout))
         try:
             self.server, self.thread = start_http_server(port, address, registry=self.registry)
         except OSError as exc:  # e.g. another gateway on this host already serves the default port

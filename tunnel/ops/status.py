@@ -5,68 +5,58 @@ Never key material: SPIs, algorithms, counters and times only (a test greps the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from policy.qos import QosClass
-
-if TYPE_CHECKING:
-    from tunnel.app.gateway import Gateway
-
-
-def _suite(suite: Any) -> str:
-    name = getattr(suite, "name", None)
-    return name() if callable(name) else str(name or suite)
+from tunnel.ops.readout import Readout, TunnelView
 
 
 def _in(deadline: float | None, now: float) -> float | None:
     return None if deadline is None else round(deadline - now, 1)
 
 
-def snapshot(gateway: "Gateway", now: float) -> dict[str, Any]:
+def snapshot(readout: Readout, now: float) -> dict[str, Any]:
     """now: the monotonic clock the cores run on."""
-    totals = gateway.tunnel_totals()
-    control = gateway.keying
-    tunnels = []
-    for name, state in gateway.forwarder.tunnels.items():
-        counters = totals[name]
-        runtime = control.tunnels.get(name) if control is not None else None
-        sessions = control.dispatcher.sessions_for(name) if runtime is not None else []
-        ike = control.current_ike(name) if runtime is not None else None
-        entry: dict[str, Any] = {
-            "name": name,
-            "peer": f"{state.peer[0]}:{state.peer[1]}",
-            "state": "up" if gateway.tunnel_is_up(name) else ("connecting" if sessions else "down"),
-            "keying": "ike" if runtime is not None else "manual",
-            "tx_packets": counters.tx_packets, "tx_bytes": counters.tx_bytes,
-            "rx_packets": counters.rx_packets, "rx_bytes": counters.rx_bytes,
-            "drops": counters.drops_by_reason(),
-            "ike": None, "child_sas": [],
-        }
-        if runtime is not None and runtime.established_at is not None:
-            entry["last_handshake_ago_s"] = round(now - runtime.established_at, 1)
-        if ike is not None:
-            entry["ike"] = {
-                "spi_i": ike.spi_i.hex(), "spi_r": ike.spi_r.hex(), "initiator": ike.initiator,
-                "suite": _suite(ike.crypto.suite) if ike.crypto is not None else None,
-                "rekey_in_s": _in(ike.ike_rekey_at, now), "expires_in_s": _in(ike.ike_expire_at, now),
-                "peer_last_seen_ago_s": None if ike.last_received is None else round(now - ike.last_received, 1),
-                "dpd_rtt_ms": None if ike.dpd_rtt is None else round(ike.dpd_rtt * 1000, 2),
-            }
-            entry["child_sas"] = [
-                {"spi_in": f"{c.spi_in:08x}", "spi_out": f"{c.spi_out:08x}", "suite": _suite(c.suite),
-                 "state": c.state.value, "rekey_in_s": _in(c.rekey_at, now), "expires_in_s": _in(c.expire_at, now)}
-                for c in ike.children]
-        elif state.outbound is not None:
-            entry["child_sas"] = [{"spi_out": f"{state.outbound.spi:08x}", "suite": "AES_GCM_16_256", "state": "manual"}]
-        tunnels.append(entry)
     queues = {direction: {cls.label: {"depth": depth, "dropped": stats.dropped, "sent": stats.dequeued}
                           for cls, (depth, stats) in zip(QosClass, rows)}
-              for direction, rows in gateway.queue_totals().items()}
-    return {"gateway": gateway.config.name, "listen": f"{gateway.config.listen.address}:{gateway.config.listen.port}",
-            "tunnels": tunnels, "queues": queues, "unowned_drops": totals[""].drops_by_reason()}
+              for direction, rows in readout.queues().items()}
+    return {"gateway": readout.gateway_name, "listen": readout.listen,
+            "tunnels": [_tunnel(t, now) for t in readout.tunnels()], "queues": queues,
+            "unowned_drops": readout.unowned().drops_by_reason(), "unowned_ike_drops": readout.unowned_ike_drops()}
 
 
-def _size(n: int) -> str:
+def _tunnel(t: TunnelView, now: float) -> dict[str, Any]:
+    counters = t.counters
+    entry: dict[str, Any] = {
+        "name": t.name,
+        "peer": f"{t.peer[0]}:{t.peer[1]}",
+        "state": "up" if t.up else ("connecting" if t.connecting else "down"),
+        "keying": t.keying,
+        "tx_packets": counters.tx_packets, "tx_bytes": counters.tx_bytes,
+        "rx_packets": counters.rx_packets, "rx_bytes": counters.rx_bytes,
+        "drops": counters.drops_by_reason(), "ike_drops": t.ike_drops,
+        "ike": None, "child_sas": [],
+    }
+    if t.established_at is not None:
+        entry["last_handshake_ago_s"] = round(now - t.established_at, 1)
+    ike = t.ike
+    if ike is not None:
+        entry["ike"] = {
+            "spi_i": ike.spi_i.hex(), "spi_r": ike.spi_r.hex(), "initiator": ike.initiator, "suite": ike.suite,
+            "rekey_in_s": _in(ike.rekey_at, now), "expires_in_s": _in(ike.expire_at, now),
+            "peer_last_seen_ago_s": None if ike.last_received is None else round(now - ike.last_received, 1),
+            "dpd_rtt_ms": None if ike.dpd_rtt is None else round(ike.dpd_rtt * 1000, 2),
+        }
+        entry["child_sas"] = [
+            {"spi_in": f"{c.spi_in:08x}", "spi_out": f"{c.spi_out:08x}", "suite": c.suite, "state": c.state,
+             "rekey_in_s": _in(c.rekey_at, now), "expires_in_s": _in(c.expire_at, now)}
+            for c in ike.children]
+    elif t.manual_spi_out is not None:
+        entry["child_sas"] = [{"spi_out": f"{t.manual_spi_out:08x}", "suite": "AES_GCM_16_256", "state": "manual"}]
+    return entry
+
+
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
@@ -79,6 +69,10 @@ def _secs(value: float | None) -> str:
         return "-"
     value = int(value)
     return f"{value // 3600}h{value % 3600 // 60:02d}m" if value >= 3600 else f"{value // 60}m{value % 60:02d}s"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
 
 def render(snap: dict[str, Any]) -> str:
@@ -101,8 +95,9 @@ def render(snap: dict[str, Any]) -> str:
                             if c.get("expires_in_s") is not None else ""))
         lines.append(f"  transfer  sent {_size(t['tx_bytes'])} ({t['tx_packets']} packets), "
                      f"received {_size(t['rx_bytes'])} ({t['rx_packets']} packets)")
-        drops = ", ".join(f"{k} {v}" for k, v in sorted(t["drops"].items())) or "none"
-        lines.append(f"  drops     {drops}")
+        lines.append(f"  drops     {_counts(t['drops'])}")
+        if t["keying"] == "ike":
+            lines.append(f"  IKE drops {_counts(t['ike_drops'])}")
     if snap["queues"]:
         lines.append("")
         lines.append("queues (depth / sent / dropped):")
@@ -111,5 +106,7 @@ def render(snap: dict[str, Any]) -> str:
             lines.append(f"  {direction:8s} {cells}")
     if snap["unowned_drops"]:
         lines.append("")
-        lines.append("drops outside any tunnel: " + ", ".join(f"{k} {v}" for k, v in sorted(snap["unowned_drops"].items())))
+        lines.append("drops outside any tunnel: " + _counts(snap["unowned_drops"]))
+    if snap["unowned_ike_drops"]:
+        lines.append("IKE drops outside any tunnel: " + _counts(snap["unowned_ike_drops"]))
     return "\n".join(lines)

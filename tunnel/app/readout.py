@@ -1,0 +1,102 @@
+"""The gateway as operations read it (ops/readout.py): counters summed over every worker, each tunnel's
+IKE state and tallies, queue statistics. Called from the event loop (status) and from the metrics
+thread (a scrape): every read is a plain attribute or a copy of a dict, so a reload running at the same
+time can make a tunnel appear or vanish between two scrapes, never break one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from policy.qos import QosClass
+from tunnel.dataplane.counters import Counters
+from tunnel.dataplane.forwarder import TunnelState
+from tunnel.dataplane.scheduler import ClassStats
+from tunnel.ike.session import IkeSession
+from tunnel.ops.readout import ChildView, IkeView, QueueRows, TunnelView
+
+if TYPE_CHECKING:
+    from tunnel.app.gateway import Gateway
+
+
+class GatewayReadout:
+    """Implements tunnel.ops.readout.Readout for one Gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    @property
+    def gateway_name(self) -> str:
+        return self._gateway.config.name
+
+    @property
+    def listen(self) -> str:
+        listen = self._gateway.config.listen
+        return f"{listen.address}:{listen.port}"
+
+    def tunnels(self) -> list[TunnelView]:
+        gateway, views = self._gateway, []
+        keying = gateway.keying
+        for name, state in list(gateway.forwarder.tunnels.items()):  # a copy: a reload may change the dict
+            runtime = keying.tunnels.get(name) if keying is not None else None
+            counters = self._counters(name, state)
+            if runtime is None or keying is None:
+                views.append(TunnelView(name, state.peer, "manual", state.outbound is not None, False, counters, {},
+                                        manual_spi_out=state.outbound.spi if state.outbound is not None else None))
+                continue
+            sessions = keying.dispatcher.sessions_for(name)
+            up = runtime.outbound_spi is not None
+            views.append(TunnelView(
+                name, state.peer, "ike", up, not up and bool(sessions), counters,
+                keying.dispatcher.drops_for(name).by_reason(), runtime.established_at, runtime.stats,
+                _ike_view(keying.current_ike(name))))
+        return views
+
+    def unowned(self) -> Counters:
+        gateway, total = self._gateway, Counters()
+        for part in [gateway.forwarder.counters, *(w.global_counters for w in gateway.worker_proxies)]:
+            total.add(part)
+        return total
+
+    def unowned_ike_drops(self) -> dict[str, int]:
+        keying = self._gateway.keying
+        return keying.dispatcher.drops.by_reason() if keying is not None else {}
+
+    def queues(self) -> dict[str, QueueRows]:
+        """Each QoS class's (queue depth, statistics) summed over every worker (each has queues of its
+        own); workers' figures are as of their last report."""
+        gateway = self._gateway
+        if gateway.qos_pump is None:
+            return {}
+        totals = {}
+        for direction, scheduler in (("egress", gateway.qos_pump.egress), ("ingress", gateway.qos_pump.ingress)):
+            rows = []
+            for cls, stats in zip(QosClass, scheduler.stats):
+                total, depth = ClassStats(), scheduler.depth(cls)
+                total.add_values(stats.values())
+                for worker in gateway.worker_proxies:
+                    reported = worker.queues.get(direction)
+                    if reported:
+                        depth += reported[cls][0]
+                        total.add_values(reported[cls][1])
+                rows.append((depth, total))
+            totals[direction] = rows
+        return totals
+
+    def _counters(self, name: str, state: TunnelState) -> Counters:
+        total = Counters()
+        for part in [state.counters, *(w.counters.get(name) for w in self._gateway.worker_proxies)]:
+            if part is not None:  # None: a worker not told of a tunnel a reload is adding
+                total.add(part)
+        return total
+
+
+def _ike_view(session: IkeSession | None) -> IkeView | None:
+    if session is None:
+        return None
+    children = tuple(ChildView(c.spi_in, c.spi_out, c.suite.name, c.state.value, c.active, c.rekey_at, c.expire_at,
+                               c.installed_at) for c in list(session.children))
+    return IkeView(session.spi_i, session.spi_r, session.initiator,
+                   session.crypto.suite.name if session.crypto is not None else None, session.ike_rekey_at,
+                   session.ike_expire_at, session.last_received, session.dpd_rtt, children)
+
