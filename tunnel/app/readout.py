@@ -6,23 +6,34 @@ time can make a tunnel appear or vanish between two scrapes, never break one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from policy.qos import QosClass
+from tunnel.app.keying import Keying
+from tunnel.app.workers import WorkerProxy
+from tunnel.config.model import GatewayConfig
 from tunnel.dataplane.counters import Counters
-from tunnel.dataplane.forwarder import TunnelState
+from tunnel.dataplane.forwarder import Forwarder, TunnelState
 from tunnel.dataplane.scheduler import ClassStats
+from tunnel.drivers.pumps import QosPump
 from tunnel.ike.session import IkeSession
 from tunnel.ops.readout import ChildView, IkeView, QueueRows, TunnelView
 
-if TYPE_CHECKING:
-    from tunnel.app.gateway import Gateway
+
+class Parts(Protocol):
+    """What the readout reads of the gateway (whose keying, workers and queues appear once it opens)."""
+
+    config: GatewayConfig
+    forwarder: Forwarder
+    keying: Keying | None
+    worker_proxies: list[WorkerProxy]
+    qos_pump: QosPump | None
 
 
 class GatewayReadout:
-    """Implements tunnel.ops.readout.Readout for one Gateway."""
+    """Implements tunnel.ops.readout.Readout for one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Parts) -> None:
         self._gateway = gateway
 
     @property
