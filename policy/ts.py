@@ -24,10 +24,10 @@ class TsRange:
     end_port: int = 65535
 
     @classmethod
-    def from_network(cls, network: Network) -> "TsRange":
+    def from_network(cls, network: Network) -> TsRange:
         return cls(network.version, int(network.network_address), int(network.broadcast_address))
 
-    def intersect(self, other: "TsRange") -> "TsRange | None":
+    def intersect(self, other: TsRange) -> TsRange | None:
         if self.version != other.version:
             return None
         if self.protocol and other.protocol and self.protocol != other.protocol:
@@ -38,7 +38,7 @@ class TsRange:
             return None
         return TsRange(self.version, start, end, self.protocol or other.protocol, lo, hi)
 
-    def within(self, other: "TsRange") -> bool:
+    def within(self, other: TsRange) -> bool:
         return self.intersect(other) == self
 
     def networks(self) -> list[Network]:

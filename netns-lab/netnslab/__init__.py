@@ -9,10 +9,18 @@ Put the ``netns-lab`` directory on ``sys.path`` and::
 
 from pathlib import Path
 
-from .lab import (Capture, CommandError, CommandTimeout, Lab, LabBuildError, LabError,
-                  LabTeardownError)
-from .tools import (Iperf3Error, Iperf3Result, PingResult, ToolError, iperf3, parse_ping,
-                    percentile, ping, wait_listening)
+from .lab import Capture, CommandError, CommandTimeout, Lab, LabBuildError, LabError, LabTeardownError
+from .tools import (
+                  Iperf3Error,
+                  Iperf3Result,
+                  PingResult,
+                  ToolError,
+                  iperf3,
+                  parse_ping,
+                  percentile,
+                  ping,
+                  wait_listening,
+)
 from .topology import Site, Topology, TopologyError, load_topology, parse_topology, validate
 
 TOPOLOGIES = Path(__file__).resolve().parent.parent / "topologies"

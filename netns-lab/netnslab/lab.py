@@ -20,10 +20,11 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from pyroute2 import Conntrack, IPRoute, netns
 
@@ -93,7 +94,7 @@ class _Registry:
         self.prev.clear()
         self.labs.clear()
 
-    def add(self, lab: "Lab") -> None:
+    def add(self, lab: Lab) -> None:
         with self.lock:
             if not self.atexit_registered:
                 atexit.register(self.teardown_all)
@@ -102,7 +103,7 @@ class _Registry:
                 self._install_handlers()
             self.labs.add(lab)
 
-    def discard(self, lab: "Lab") -> None:
+    def discard(self, lab: Lab) -> None:
         with self.lock:
             self.labs.discard(lab)
             if not self.labs:
@@ -187,7 +188,7 @@ class Lab:
 
     # ---- context manager / lifecycle ------------------------------------
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         self.build()
         return self
 
@@ -195,7 +196,7 @@ class Lab:
         # Never mask the body's exception with a teardown complaint.
         self.close(raise_errors=exc_type is None)
 
-    def build(self) -> "Lab":
+    def build(self) -> Lab:
         """Create namespaces, links, addresses and routes; tear down on any failure."""
         if self._state != "new":
             raise LabError(f"lab {self.prefix} is {self._state}; build() runs once")

@@ -16,8 +16,9 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .lab import Lab
 from .tools import ToolError, cpu_seconds, wait_listening

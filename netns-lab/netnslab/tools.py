@@ -14,8 +14,8 @@ import statistics
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .lab import Lab, LabError
@@ -265,7 +265,7 @@ class ReplyWatch:
             self.lab.stop(self.proc, timeout=2)
         self._out.close()
 
-    def __enter__(self) -> "ReplyWatch":
+    def __enter__(self) -> ReplyWatch:
         return self
 
     def __exit__(self, *exc: object) -> None:

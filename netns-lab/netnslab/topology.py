@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -159,7 +160,7 @@ def parse_topology(data: Any, source: str = "<topology>") -> Topology:
     return topo
 
 
-def _parse_site(r: "_Reader", raw: Any, where: str) -> Site:
+def _parse_site(r: _Reader, raw: Any, where: str) -> Site:
     site = r.mapping(raw, where, {"name", "lan", "wan", "interfaces"})
     name = r.string(site, where, "name")
     lan = r.mapping(site.get("lan"), f"{where}.lan",

@@ -28,7 +28,8 @@ import socket
 import struct
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 MAGIC = b"SLpr"
 HEADER = struct.Struct("!4sQQ")  # magic, sequence, send time (CLOCK_MONOTONIC ns)

@@ -13,18 +13,16 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from scapy.layers.inet import UDP
 
 from netnslab import TOPOLOGIES, Lab, iperf3, ping
 from netnslab.sitelink import Deployment, identity
 from netnslab.strongswan import StrongSwan, strongswan_installed
-from scapy.layers.inet import UDP
-
 from tests.lab.wan import analyse, sas_from_esp_log
 
 HQ_WAN, BR_WAN = "198.18.1.2", "198.18.2.2"

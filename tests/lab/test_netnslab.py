@@ -14,8 +14,19 @@ from pathlib import Path
 import pytest
 
 import netnslab.lab as lab_module
-from netnslab import (CommandError, CommandTimeout, Lab, LabBuildError, ToolError, TopologyError,
-                      iperf3, load_topology, parse_ping, ping, wait_listening)
+from netnslab import (
+    CommandError,
+    CommandTimeout,
+    Lab,
+    LabBuildError,
+    ToolError,
+    TopologyError,
+    iperf3,
+    load_topology,
+    parse_ping,
+    ping,
+    wait_listening,
+)
 
 from .conftest import LAB_DIR
 

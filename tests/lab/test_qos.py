@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP

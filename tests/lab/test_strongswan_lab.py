@@ -179,7 +179,7 @@ def _cert_material(tmp: Path) -> dict[str, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     tmp.mkdir(parents=True, exist_ok=True)
 
     def name(cn: str) -> x509.Name:

@@ -17,7 +17,7 @@ from scapy.utils import rdpcap
 
 from netnslab import TOPOLOGIES, Lab, iperf3, ping
 from netnslab.sitelink import Deployment
-from tests.lab.wan import analyse, is_lan, sa_for, sas_from_esp_log, sas_from_manual
+from tests.lab.wan import analyse, is_lan, sas_from_esp_log, sas_from_manual
 
 HQ_WAN, BR_WAN = "198.18.1.2", "198.18.2.2"
 GATEWAYS = {HQ_WAN, BR_WAN}

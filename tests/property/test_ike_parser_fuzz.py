@@ -9,6 +9,7 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_ike_message import INIT_BYTES, ToyAead, headers, payload_lists
 from tunnel.errors import MalformedPacket
 from tunnel.ike.constants import PayloadType
 from tunnel.ike.errors import IntegrityError
@@ -25,7 +26,6 @@ from tunnel.ike.message import (
     parse_message,
     parse_payloads,
 )
-from tests.unit.test_ike_message import INIT_BYTES, ToyAead, headers, payload_lists
 
 IV, ICV = 8, 16
 PAYLOAD_TYPES = st.sampled_from([0, *range(33, 49), 53]) | st.integers(0, 255)

@@ -8,13 +8,31 @@ from __future__ import annotations
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_LSRR, IPOption_Router_Alert, IPOption_RR, in4_chksum
-from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
-from scapy.layers.inet6 import IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, in6_chksum
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    in6_chksum,
+)
 from scapy.packet import Raw
 from scapy.utils import checksum
 
-from tunnel.dataplane.ipedit import clamp_mss, decapsulate_tos, dont_fragment, fragment_ipv4, icmp_too_big, outer_tos
-from tunnel.dataplane.ipedit import _checksum, _checksum_replace, set_dscp, tos_of
+from tunnel.dataplane.ipedit import (
+    _checksum,
+    _checksum_replace,
+    clamp_mss,
+    decapsulate_tos,
+    dont_fragment,
+    fragment_ipv4,
+    icmp_too_big,
+    outer_tos,
+    set_dscp,
+    tos_of,
+)
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TCP_OPTIONS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (5, 6)), ("NOP", None), ("WScale", 7), ("SAck", (1, 2))]

@@ -15,6 +15,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_config_loader import problems as loader_problems  # noqa: E402
+from tests.unit.test_config_loader import write
 from tunnel.config.keyfile import write_manual_key_pair
 from tunnel.config.loader import load_config
 from tunnel.config.model import Ike, Pki, StartMode
@@ -23,8 +25,6 @@ from tunnel.errors import ConfigError
 from tunnel.ike.constants import DhGroup, EncrId, Esn, PrfId
 from tunnel.ike.proposal import EspSuite, IkeSuite
 from tunnel.secret import Secret
-
-from tests.unit.test_config_loader import problems as loader_problems, write  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PSK = b"0123456789abcdefSECRETPSKTEXT-xyz"  # 33 bytes; never expected in any message

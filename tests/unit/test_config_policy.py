@@ -11,8 +11,8 @@ import pytest
 from policy.model import Action, PortMatch, PortRange
 from policy.qos import QosClass
 from tests.unit.test_config_loader import GOOD, make_keys, problems, write
-from tunnel.config.loader import load_config
 from tunnel.app.assemble import make_schedulers, tunnel_policy
+from tunnel.config.loader import load_config
 
 TUNNEL_END = "    manual_keys: keys/b1.keys\n"
 

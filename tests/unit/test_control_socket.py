@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_config_loader import GOOD, make_keys, write
-from tunnel.config.loader import load_config
-from tunnel.ops.control_socket import ControlServer, request
-from tunnel.errors import DriverError
 from tunnel.app.assemble import install_manual_keys
 from tunnel.app.gateway import Gateway
+from tunnel.config.loader import load_config
+from tunnel.errors import DriverError
+from tunnel.ops.control_socket import ControlServer, request
 from tunnel.ops.status import render
 
 
@@ -73,8 +73,8 @@ def test_reload_over_the_socket_answers_with_the_problems(tmp_path: Path) -> Non
     """A refused reload comes back as its problems (file:line:col) and exit status 2 at the client; the
     running configuration stays. (A reload that applies needs netlink: tests/lab/test_reload.py.)"""
     gateway = manual_gateway(tmp_path)
-    from tunnel.ops.control_socket import ControlError
     from tunnel.app.keying import Keying
+    from tunnel.ops.control_socket import ControlError
 
     gateway.keying = Keying(gateway.config, gateway.forwarder, lambda n: bytes(n))
     server = ControlServer(gateway.readout, gateway, tmp_path / "c.sock")

@@ -7,7 +7,14 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6
 
 from tunnel.dataplane.events import (
-    IkeMessage, NeedSa, NeedSaReason, PeerAlive, PeerMoved, SaInUse, UnknownSpi, VolumeLimit,
+    IkeMessage,
+    NeedSa,
+    NeedSaReason,
+    PeerAlive,
+    PeerMoved,
+    SaInUse,
+    UnknownSpi,
+    VolumeLimit,
 )
 from tunnel.dataplane.forwarder import MAX_UNKNOWN_SPI_HOSTS, Forwarder, VolumeLimits
 from tunnel.esp.drops import DropReason
@@ -238,11 +245,12 @@ def test_volume_limits_are_reported_soft_then_hard_once_each() -> None:
 
 
 # -- policy on the packet path (issue #6) -------------------------------------------------------------
+from scapy.layers.inet import TCP  # noqa: E402
+from scapy.layers.inet6 import ICMPv6PacketTooBig  # noqa: E402
+
 from policy.match import compile_rules  # noqa: E402
 from policy.model import Action, PortMatch, PortRange, Rule  # noqa: E402
 from policy.qos import QosClass  # noqa: E402
-from scapy.layers.inet import TCP  # noqa: E402
-from scapy.layers.inet6 import ICMPv6PacketTooBig  # noqa: E402
 from tunnel.dataplane.forwarder import TunnelPolicy  # noqa: E402
 
 

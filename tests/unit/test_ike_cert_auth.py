@@ -13,15 +13,15 @@ from cryptography.hazmat.primitives import serialization
 
 from policy.ts import ranges
 from tests.unit.test_ike_session import BR, HQ, Wire, events, rng
+from tunnel.config.pkifiles import create_ca, issue, load_certificate, load_private_key
 from tunnel.ike.certs import CertVerifier, PeerIdentity
 from tunnel.ike.config import CertAuth, IkeConfig
 from tunnel.ike.constants import NotifyType
 from tunnel.ike.dispatcher import IkeDispatcher
 from tunnel.ike.events import ChildSaEstablished, IkeSaFailed
 from tunnel.ike.window import Backoff
-from tunnel.config.pkifiles import create_ca, issue, load_certificate, load_private_key
 
-NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 net = ipaddress.ip_network
 
 

@@ -9,11 +9,17 @@ import random
 import pytest
 
 from tests.unit.test_ike_session import BR, HQ, Wire, child, config, events, pair, rng
-from tunnel.ike.constants import DhGroup, ExchangeType, NotifyType
 from tunnel.ike.child import ChildState
+from tunnel.ike.constants import DhGroup, ExchangeType
 from tunnel.ike.dispatcher import IkeDispatcher
 from tunnel.ike.events import (
-    ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaDeleted, IkeSaEstablished, IkeSaFailed, IkeSaRekeyed,
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    IkeSaRekeyed,
 )
 from tunnel.ike.message import parse_header
 from tunnel.ike.proposal import EspSuite

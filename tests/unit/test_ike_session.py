@@ -13,7 +13,14 @@ from policy.ts import ranges
 from tunnel.ike.config import IkeConfig, PskAuth
 from tunnel.ike.constants import DhGroup, IdType, NotifyType, PrfId
 from tunnel.ike.dispatcher import IkeDispatcher
-from tunnel.ike.events import ChildSaDeleted, ChildSaEstablished, ChildSaFailed, IkeSaDeleted, IkeSaEstablished, IkeSaFailed
+from tunnel.ike.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+)
 from tunnel.ike.message import parse_message
 from tunnel.ike.proposal import EspSuite, IkeSuite
 from tunnel.ike.window import Backoff

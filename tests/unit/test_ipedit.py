@@ -13,7 +13,7 @@ import ipaddress
 import pathlib
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_LSRR, IPOption_RR, IPOption_Router_Alert, defragment
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_LSRR, IPOption_Router_Alert, IPOption_RR, defragment
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
     ICMPv6EchoRequest,

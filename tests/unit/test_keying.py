@@ -14,9 +14,9 @@ import pytest
 
 from tests.unit.test_config_ike import write_file
 from tests.unit.test_config_loader import write
-from tunnel.config.loader import load_config
-from tunnel.app.keying import VOLUME_GRACE, Keying, LocalPlane
 from tunnel.app.assemble import build_forwarder
+from tunnel.app.keying import VOLUME_GRACE, Keying, LocalPlane
+from tunnel.config.loader import load_config
 from tunnel.ike.constants import ExchangeType
 from tunnel.ike.message import parse_header
 

@@ -14,18 +14,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from policy.qos import QosClass
 from tests.unit.test_config_loader import GOOD, SECOND_TUNNEL, make_keys, write
 from tests.unit.test_keying import ADDR, Link, _up
-from tunnel.config.loader import load_config
-from tunnel.dataplane.forwarder import Forwarder
-from tunnel.esp.drops import DropReason
 from tunnel.app.assemble import install_manual_keys
 from tunnel.app.gateway import Gateway
+from tunnel.app.workers import WorkerProxy, _report
+from tunnel.config.loader import load_config
+from tunnel.dataplane.forwarder import Forwarder
+from tunnel.dataplane.scheduler import PriorityScheduler
+from tunnel.drivers.pumps import QosPump
+from tunnel.esp.drops import DropReason
 from tunnel.ike.constants import ExchangeType
 from tunnel.ike.message import IkeHeader, encode_message, encode_sk_message
 from tunnel.ops.metrics import GatewayCollector
 from tunnel.ops.status import render, snapshot
-from tunnel.drivers.pumps import QosPump
-from tunnel.dataplane.scheduler import PriorityScheduler
-from tunnel.app.workers import WorkerProxy, _report
 
 
 def scrape(gateway: Gateway) -> tuple[str, dict[tuple[str, tuple], float]]:

@@ -20,17 +20,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tunnel.cli.pki import add_commands
 from tunnel.config import pkifiles
 from tunnel.errors import ConfigError, KeyFileError, MalformedPacket
 from tunnel.ike.certs import (
-    CertVerifier, InvalidIdentity, InvalidTrustAnchor, PeerIdentity, parse_signature_hash_algorithms,
-    rfc4754_signature, sign_auth, signature_hash_algorithms, verify_auth,
+    CertVerifier,
+    InvalidIdentity,
+    InvalidTrustAnchor,
+    PeerIdentity,
+    parse_signature_hash_algorithms,
+    rfc4754_signature,
+    sign_auth,
+    signature_hash_algorithms,
+    verify_auth,
 )
 from tunnel.ike.constants import AuthMethod, IdType
 from tunnel.ike.errors import AuthenticationFailed
-from tunnel.cli.pki import add_commands
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=UTC)  # issuance time; verification happens a day later
 LATER = NOW + dt.timedelta(days=1)
 DER = serialization.Encoding.DER

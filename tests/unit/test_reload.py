@@ -15,18 +15,17 @@ import pytest
 
 from tests.unit.test_config_loader import GOOD, SECOND_TUNNEL, make_keys, write
 from tests.unit.test_keying import Link, Site, _spi_out, _up
+from tunnel.app.assemble import install_manual_keys, reconfigure_forwarder
+from tunnel.app.gateway import Gateway
+from tunnel.app.reload import LIVE_FIELDS, RESTART_FIELDS, plan_reload
+from tunnel.app.workers import WorkerProxy, _commands, _report
 from tunnel.config.loader import load_config
 from tunnel.config.model import GatewayConfig
 from tunnel.dataplane.forwarder import Forwarder, VolumeLimits
-from tunnel.errors import ConfigError
+from tunnel.errors import ConfigError, ReloadRefused
 from tunnel.esp.sa import InboundSa, OutboundSa
-from tunnel.app.gateway import Gateway
 from tunnel.ike.constants import ExchangeType
 from tunnel.ike.message import parse_header
-from tunnel.app.assemble import install_manual_keys, reconfigure_forwarder
-from tunnel.app.reload import LIVE_FIELDS, RESTART_FIELDS, plan_reload
-from tunnel.errors import ReloadRefused
-from tunnel.app.workers import WorkerProxy, _commands, _report
 
 FIREWALL = """\
     firewall:

@@ -16,8 +16,17 @@ if str(LAB_DIR) not in sys.path:
     sys.path.insert(0, str(LAB_DIR))
 
 from netnslab import udpprobe  # noqa: E402
-from netnslab.udpprobe import (MIN_SIZE, ProbeReceiver, decode, delay_report, encode,  # noqa: E402
-                               parse_hostport, percentile, schedule, sequence_report)
+from netnslab.udpprobe import (  # noqa: E402
+    MIN_SIZE,
+    ProbeReceiver,
+    decode,
+    delay_report,
+    encode,
+    parse_hostport,
+    percentile,
+    schedule,
+    sequence_report,
+)
 
 
 def test_format_round_trip() -> None:

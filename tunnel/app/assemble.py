@@ -5,8 +5,8 @@ volume limits and manual SAs, and the gateway's queues."""
 from __future__ import annotations
 
 import datetime as dt
-import math
 import hashlib
+import math
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import serialization
@@ -140,7 +140,7 @@ def ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) -> 
         esp_suites=ike.esp_proposals,
         local_ts=ranges(tunnel.local_subnets),
         remote_ts=ranges(tunnel.remote_subnets),
-        wall_clock=lambda: dt.datetime.now(dt.timezone.utc),
+        wall_clock=lambda: dt.datetime.now(dt.UTC),
         child_rekey_time=float(ike.rekey_time),
         child_lifetime=float(ike.lifetime) if ike.lifetime else None,
         ike_rekey_time=float(ike.ike_rekey_time),

@@ -18,27 +18,26 @@ import socket
 import time
 from pathlib import Path
 
-from tunnel.app import workers
-from tunnel.drivers import pumps
 from policy.qos import QosClass
-from tunnel.ops.control_socket import ControlServer, default_path
-from tunnel.ops.metrics import MetricsServer
+from tunnel.app import workers
 from tunnel.app.assemble import build_forwarder, install_manual_keys, make_schedulers, reconfigure_forwarder
-from tunnel.app.reload import ReloadPlan, plan_reload
-from tunnel.dataplane.scheduler import ClassStats
-from tunnel.config.loader import load_config
-from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.app.keying import KEEPALIVE_INTERVAL, Keying, LocalPlane
 from tunnel.app.readout import GatewayReadout
+from tunnel.app.reload import ReloadPlan, plan_reload
+from tunnel.config.loader import load_config
+from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.events import DataEvent
-from tunnel.drivers import udp
+from tunnel.dataplane.scheduler import ClassStats
+from tunnel.drivers import pumps, udp
 from tunnel.drivers.netlink import Netlink
 from tunnel.drivers.tun import TunDevice
-from tunnel.esp.encap import NAT_KEEPALIVE, frame_ike
 from tunnel.errors import ConfigError, DriverError, ReloadFailed, ReloadRefused, SitelinkError
+from tunnel.esp.encap import NAT_KEEPALIVE, frame_ike
 from tunnel.ike.constants import NAT_T_PORT
+from tunnel.ops.control_socket import ControlServer, default_path
 from tunnel.ops.keylog import EspKeyLog, IkeKeyLog
+from tunnel.ops.metrics import MetricsServer
 
 log = logging.getLogger("sitelink.gateway")
 

@@ -18,14 +18,29 @@ from typing import Protocol
 from tunnel.app.assemble import ike_configs, volume_limits
 from tunnel.app.reload import ReloadPlan
 from tunnel.config.model import GatewayConfig, StartMode, Tunnel
-from tunnel.dataplane.events import DataEvent, IkeMessage, NeedSa, PeerAlive, PeerMoved, SaInUse, UnknownSpi, VolumeLimit
+from tunnel.dataplane.events import (
+    DataEvent,
+    IkeMessage,
+    NeedSa,
+    PeerAlive,
+    PeerMoved,
+    SaInUse,
+    UnknownSpi,
+    VolumeLimit,
+)
 from tunnel.dataplane.forwarder import Forwarder, VolumeLimits
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.ike.config import IkeConfig
 from tunnel.ike.constants import NAT_T_PORT, NotifyType
 from tunnel.ike.dispatcher import IkeDispatcher
 from tunnel.ike.events import (
-    ChildSaDeleted, ChildSaEstablished, ChildSaFailed, Event, IkeSaDeleted, IkeSaEstablished, IkeSaFailed,
+    ChildSaDeleted,
+    ChildSaEstablished,
+    ChildSaFailed,
+    Event,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
     IkeSaRekeyed,
 )
 from tunnel.ike.keys import IkeKeys

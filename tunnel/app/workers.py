@@ -17,7 +17,6 @@ import selectors
 import signal
 import socket
 import time
-
 from typing import Any
 
 from policy.qos import QosClass

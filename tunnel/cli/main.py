@@ -127,8 +127,8 @@ def _cmd_reload(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from tunnel.config.loader import load_config
     from tunnel.app.gateway import run
+    from tunnel.config.loader import load_config
 
     config = load_config(args.config)
     _setup_logging(config.log_level, config.log_format)

@@ -14,14 +14,21 @@ import os
 import re
 import shlex
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from yaml.nodes import Node
 
 from tunnel.config.model import ManualKeys, ManualSa
 from tunnel.config.yamlnodes import (
-    INT, STR, Doc, FileProblem, Problem, Problems, parse_document, read_regular_file,
+    INT,
+    STR,
+    Doc,
+    FileProblem,
+    Problem,
+    Problems,
+    parse_document,
+    read_regular_file,
 )
 from tunnel.errors import KeyFileError
 from tunnel.secret import Secret

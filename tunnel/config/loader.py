@@ -10,21 +10,46 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from yaml.nodes import Node
 
 from tunnel.config.keyfile import read_manual_keys, read_psk, read_secret_file
 from tunnel.config.model import (
-    DEFAULT_REPLAY_WINDOW, Endpoint, GatewayConfig, GatewayQos, Ike, KeyLog, Metrics, IPAddress, IPInterface, IPNetwork, ManualKeys, Pki,
-    StartMode, TunDevice, Tunnel, TunnelQos,
+    DEFAULT_REPLAY_WINDOW,
+    Endpoint,
+    GatewayConfig,
+    GatewayQos,
+    Ike,
+    IPAddress,
+    IPInterface,
+    IPNetwork,
+    KeyLog,
+    ManualKeys,
+    Metrics,
+    Pki,
+    StartMode,
+    TunDevice,
+    Tunnel,
+    TunnelQos,
 )
 from tunnel.config.policy_config import parse_firewall, parse_gateway_qos, parse_services, parse_tunnel_qos
 from tunnel.config.proposals import parse_esp_proposal, parse_ike_proposal
 from tunnel.config.validate import IkeParts, TunnelParts, cross_check, queues_fit_replay_window
-from tunnel.config.yamlnodes import INT, STR, Doc, FileProblem, Problem, Problems, key_path, parse_document, quote
-from tunnel.config.yamlnodes import read_regular_file
+from tunnel.config.yamlnodes import (
+    INT,
+    STR,
+    Doc,
+    FileProblem,
+    Problem,
+    Problems,
+    key_path,
+    parse_document,
+    quote,
+    read_regular_file,
+)
 from tunnel.errors import ConfigError
 from tunnel.ike.certs import InvalidIdentity, PeerIdentity
 from tunnel.ike.constants import IKE_PORT

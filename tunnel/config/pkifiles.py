@@ -14,8 +14,9 @@ import datetime as dt
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -267,8 +268,8 @@ def _check_days(days: int) -> None:
 
 def _now(now: dt.datetime | None) -> dt.datetime:
     if now is None:
-        return dt.datetime.now(dt.timezone.utc)
-    return now.replace(tzinfo=dt.timezone.utc) if now.tzinfo is None else now.astimezone(dt.timezone.utc)
+        return dt.datetime.now(dt.UTC)
+    return now.replace(tzinfo=dt.UTC) if now.tzinfo is None else now.astimezone(dt.UTC)
 
 
 def _make_directory(directory: Path) -> None:

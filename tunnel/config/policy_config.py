@@ -5,14 +5,28 @@ never match (an earlier one covers it) and an unknown service name are errors at
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from yaml.nodes import Node
 
 from policy.check import find_conflicts, find_unmatchable
-from policy.model import ALL_PORTS, ANY_PROTOCOL, ICMP, ICMPV6, PORT_PROTOCOLS, SCTP, TCP, UDP, UDPLITE, Action
-from policy.model import PortMatch, PortRange, Rule, Service
+from policy.model import (
+    ALL_PORTS,
+    ANY_PROTOCOL,
+    ICMP,
+    ICMPV6,
+    PORT_PROTOCOLS,
+    SCTP,
+    TCP,
+    UDP,
+    UDPLITE,
+    Action,
+    PortMatch,
+    PortRange,
+    Rule,
+    Service,
+)
 from policy.qos import QosClass, dscp_from_label
 from policy.services import UnknownService, resolve
 from tunnel.config.model import Firewall, GatewayQos, IPNetwork, TunnelQos

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from tunnel.config.model import Endpoint, Firewall, GatewayQos, Ike, IPNetwork, ManualKeys, TunDevice, TunnelQos
 from tunnel.config.yamlnodes import Doc, quote
-from tunnel.esp.overhead import inner_mtu
 from tunnel.dataplane.scheduler import DEFAULT_LIMITS
+from tunnel.esp.overhead import inner_mtu
 from tunnel.ike.certs import PeerIdentity
 
 IPV6_MIN_MTU = 1280  # RFC 8200 §5

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Callable, Iterable
 
 import yaml
 from yaml.events import AliasEvent

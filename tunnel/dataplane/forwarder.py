@@ -15,12 +15,21 @@ from dataclasses import dataclass
 from policy.flow import addresses, flow_key
 from policy.match import Matcher
 from policy.model import Action
-from policy.qos import DSCP_CLASS, QosClass, dscp_of_class
 from policy.prefixes import Network, PrefixTable, SubnetSet
+from policy.qos import DSCP_CLASS, QosClass, dscp_of_class
 from tunnel.dataplane import ipedit
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.events import (
-    DataEvent, IkeMessage, NeedSa, NeedSaReason, PeerAddress, PeerAlive, PeerMoved, SaInUse, UnknownSpi, VolumeLimit,
+    DataEvent,
+    IkeMessage,
+    NeedSa,
+    NeedSaReason,
+    PeerAddress,
+    PeerAlive,
+    PeerMoved,
+    SaInUse,
+    UnknownSpi,
+    VolumeLimit,
 )
 from tunnel.esp.drops import DropReason
 from tunnel.esp.encap import Kind, classify, ike_payload

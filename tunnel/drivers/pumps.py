@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 from policy.qos import DSCP_CLASS, QosClass
 from tunnel.dataplane.forwarder import Forwarder
+from tunnel.dataplane.scheduler import PriorityScheduler
 from tunnel.drivers import udp
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.drops import DropReason
 from tunnel.esp.encap import NON_ESP_MARKER
-from tunnel.dataplane.scheduler import PriorityScheduler
 
 SIGNALLING = QosClass.SIGNALLING
 

@@ -34,7 +34,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from cryptography.x509.verification import (
-    ExtensionPolicy, PolicyBuilder, Store, VerificationError,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
 )
 
 from tunnel.errors import MalformedPacket, SitelinkError
@@ -359,12 +362,12 @@ def _name(name: x509.Name) -> str:
 
 
 def _when(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _utc(now: dt.datetime) -> dt.datetime:
     """A naive `now` is read as UTC, as cryptography reads naive certificate times."""
-    return now.replace(tzinfo=dt.timezone.utc) if now.tzinfo is None else now.astimezone(dt.timezone.utc)
+    return now.replace(tzinfo=dt.UTC) if now.tzinfo is None else now.astimezone(dt.UTC)
 
 
 # -- AUTH signatures (RFC 7427 §3, RFC 4754) -------------------------------------------------------------

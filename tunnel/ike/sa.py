@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Self
+
 from tunnel.errors import MalformedPacket
 from tunnel.ike import keys
 from tunnel.ike.child import ChildSa, ChildState, IllegalTransition, new_spi

@@ -98,7 +98,7 @@ class ControlServer:
                     answer = {"ok": False, "error": f"{request.get('command')} failed: {exc}"}
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
+        except (TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
             pass  # a client that says nothing, too much, or goes away gets nothing
         finally:
             writer.close()

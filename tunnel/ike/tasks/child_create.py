@@ -23,7 +23,12 @@ from tunnel.ike import dh, keys
 from tunnel.ike.child import ChildSa, ChildState, from_wire, wire_selectors
 from tunnel.ike.constants import ExchangeType, NotifyType, ProtocolId
 from tunnel.ike.errors import (
-    DegeneratePublicValue, IkeError, InvalidKePayload, NoProposalChosen, TemporaryFailure, TsUnacceptable,
+    DegeneratePublicValue,
+    IkeError,
+    InvalidKePayload,
+    NoProposalChosen,
+    TemporaryFailure,
+    TsUnacceptable,
 )
 from tunnel.ike.events import ChildSaEstablished, ChildSaFailed
 from tunnel.ike.message import KePayload, Message, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload, TsPayload

@@ -19,7 +19,15 @@ from tunnel.ike.drops import IkeDrop
 from tunnel.ike.errors import AuthenticationFailed, IkeError, NoProposalChosen, TsUnacceptable
 from tunnel.ike.events import ChildSaEstablished, ChildSaFailed, IkeSaEstablished
 from tunnel.ike.message import (
-    AuthPayload, CertPayload, CertReqPayload, IdPayload, Message, NotifyPayload, Payload, SaPayload, TsPayload,
+    AuthPayload,
+    CertPayload,
+    CertReqPayload,
+    IdPayload,
+    Message,
+    NotifyPayload,
+    Payload,
+    SaPayload,
+    TsPayload,
 )
 from tunnel.ike.proposal import EspSuite, accept_esp, offer_esp, select_esp
 from tunnel.ike.sa import Exchange, IkeSa, IkeState, Task

@@ -13,8 +13,7 @@ from tunnel.ike.config import CertAuth
 from tunnel.ike.constants import CertEncoding, ExchangeType, NotifyType
 from tunnel.ike.errors import DegeneratePublicValue, IkeError, InvalidKePayload, NoProposalChosen
 from tunnel.ike.message import CertReqPayload, KePayload, Message, NoncePayload, NotifyPayload, Payload, SaPayload
-from tunnel.ike.proposal import IkeSuite, accept_ike, select_ike
-from tunnel.ike.proposal import offer_ike
+from tunnel.ike.proposal import IkeSuite, accept_ike, offer_ike, select_ike
 from tunnel.ike.sa import MAX_INIT_RETRIES, Address, Exchange, IkeSa, IkeSaCrypto, IkeState, Task
 from tunnel.ike.sk import SkCipher
 
