@@ -16,12 +16,14 @@ import os
 import signal
 import socket
 import time
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
 from pathlib import Path
 
 from policy.qos import QosClass
 from tunnel.app import workers
 from tunnel.app.assemble import build_forwarder, install_manual_keys, make_schedulers, reconfigure_forwarder
-from tunnel.app.keying import KEEPALIVE_INTERVAL, Keying, LocalPlane
+from tunnel.app.keying import KEEPALIVE_INTERVAL, DataPlane, Keying, LocalPlane
 from tunnel.app.readout import GatewayReadout
 from tunnel.app.reload import ReloadPlan, plan_reload
 from tunnel.config.loader import load_config
@@ -60,23 +62,29 @@ def format_queues(rows: list[tuple[int, ClassStats]]) -> str:
     return "class=dequeued/dropped/mean_sojourn " + " ".join(parts)
 
 
+@dataclass
+class _Io:
+    """The OS resources of an open gateway: open() makes them, close() releases them."""
+
+    netlink: Netlink
+    tun_index: int
+    tun: TunDevice
+    sock: socket.socket  # ESP-in-UDP, and IKE after IKE_SA_INIT (listen.port)
+    sender: udp.SegmentingSender
+    ike_sock: socket.socket | None  # IKE_SA_INIT (ike_port), when any tunnel uses IKE
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, esp_key_log: Path | None = None, ike_key_log: Path | None = None) -> None:
         self.config = config
         self.forwarder = build_forwarder(config)
-        self._netlink: Netlink | None = None
-        self._tun: TunDevice | None = None
-        self._tun_index: int | None = None
-        self._sock: socket.socket | None = None  # ESP-in-UDP and IKE after IKE_SA_INIT (listen.port)
-        self._ike_sock: socket.socket | None = None  # IKE_SA_INIT (ike_port)
-        self._sender: udp.SegmentingSender | None = None
+        self._open: _Io | None = None
+        self._release: ExitStack | None = None  # undoes open(), in reverse order
         self.qos_pump: pumps.QosPump | None = None  # per-class queues (gateway.qos.scheduler: priority)
         self._qos_flush: asyncio.Handle | None = None
-        self._metrics: MetricsServer | None = None
-        self._control_server: ControlServer | None = None
         self.worker_proxies: list[workers.WorkerProxy] = []
         self._worker_failed: str | None = None
-        self._stopping: asyncio.Event | None = None
+        self._stopping = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._esp_key_log = esp_key_log or config.key_log.esp_sa
@@ -87,9 +95,16 @@ class Gateway:
         self._reloads: set[asyncio.Task] = set()  # SIGHUP reloads in progress (a reference keeps them alive)
 
     # -- life cycle -----------------------------------------------------------------------------------
+    @property
+    def _io(self) -> _Io:
+        if self._open is None:
+            raise RuntimeError("the gateway is not open")
+        return self._open
+
     def open(self) -> None:
-        """Set up keys, TUN, routes and socket; on any failure undo what was done."""
-        try:
+        """Set up keys, TUN, routes and sockets, workers, keying and metrics; on any failure undo what was
+        done (in reverse order, as close() does)."""
+        with ExitStack() as stack:
             for tunnel in self.config.tunnels:
                 self._log_tunnel(tunnel)
                 if tunnel.manual_keys is not None:
@@ -97,105 +112,112 @@ class Gateway:
             key_log = None
             if self._esp_key_log is not None:
                 key_log = EspKeyLog(self._esp_key_log, str(self.config.listen.address))
-                log.warning("exporting ESP keys to %s: anyone who can read it can decrypt the tunnels", self._esp_key_log)
+                log.warning("exporting ESP keys to %s: anyone who can read it can decrypt the tunnels",
+                            self._esp_key_log)
             ike_key_log = None
             if self._ike_key_log is not None:
                 ike_key_log = IkeKeyLog(self._ike_key_log)
                 log.warning("exporting IKE SA keys to %s: anyone who can read it can decrypt IKE", self._ike_key_log)
-            self._open_tun()
-            listen, n = self.config.listen, self.config.workers
-            self._sock = udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes,
-                                         zero_checksum=False, reuseport=n > 1)
-            udp.enable_gro(self._sock)  # and the TOS of each datagram
-            self._sender = udp.SegmentingSender(self._sock)
+            self._open = io = self._open_io(stack)
+            stack.callback(setattr, self, "_open", None)
             schedulers = make_schedulers(self.config)
             if schedulers is not None:
-                self.qos_pump = pumps.QosPump(self.forwarder, self._tun, self._sock, self._sender, *schedulers)
-            if any(t.ike is not None for t in self.config.tunnels):
-                self._ike_sock = udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20)
-            if n > 1:
-                self._spawn_workers(n)
-            planes = [LocalPlane(self.forwarder), *self.worker_proxies] if self.worker_proxies else self.forwarder
+                self.qos_pump = pumps.QosPump(self.forwarder, io.tun, io.sock, io.sender, *schedulers)
+            if self.config.workers > 1:
+                stack.callback(self._stop_workers)
+                self._spawn_workers(io, self.config.workers)
+            planes: list[DataPlane] = [LocalPlane(self.forwarder), *self.worker_proxies]
             self.keying = Keying(self.config, planes, os.urandom, key_log, ike_key_log)
             metrics = self.config.metrics
             if metrics.enabled:  # a thread: only after the workers were forked
-                self._metrics = MetricsServer(self.readout, str(metrics.address), metrics.port)
-        except BaseException:
-            self.close()
-            raise
+                server = MetricsServer(self.readout, str(metrics.address), metrics.port)
+                stack.callback(server.close)
+            self._release = stack.pop_all()
+        listen = self.config.listen
         log.info(
             "gateway %s listening on udp [%s]:%d, TUN %s mtu %d, %d tunnel(s)",
             self.config.name, listen.address, listen.port, self.config.tun.name, tun_mtu(self.config),
             len(self.config.tunnels),
         )
 
-    def _spawn_workers(self, n: int) -> None:
+    def _open_io(self, stack: ExitStack) -> _Io:
+        """The TUN device with its address and routes, and the sockets; each undone by `stack`."""
+        tun, listen = self.config.tun, self.config.listen
+        netlink = stack.enter_context(closing(Netlink()))
+        tun_index = netlink.ensure_tun(tun.name)
+        stack.callback(self._delete_tun, netlink, tun_index)
+        device = stack.enter_context(closing(TunDevice(tun.name)))
+        netlink.configure(tun_index, tun_mtu(self.config), tun.txqueuelen, tun.addresses)
+        remote = [net for t in self.config.tunnels for net in t.remote_subnets]
+        netlink.add_routes(tun_index, remote, self._route_sources())
+        sock = stack.enter_context(udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes,
+                                                   zero_checksum=False, reuseport=self.config.workers > 1))
+        udp.enable_gro(sock)  # and the TOS of each datagram
+        ike_sock = None
+        if any(t.ike is not None for t in self.config.tunnels):
+            ike_sock = stack.enter_context(udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20))
+        return _Io(netlink, tun_index, device, sock, udp.SegmentingSender(sock), ike_sock)
+
+    def _delete_tun(self, netlink: Netlink, index: int) -> None:
+        netlink.delete_link(index)
+        log.info("removed TUN device %s and its routes", self.config.tun.name)
+
+    def _spawn_workers(self, io: _Io, n: int) -> None:
         """Workers 1..n-1: a TUN queue and a socket each, joined in order (the SPI filter numbers the
         sockets by joining order), forked before the event loop exists."""
         listen = self.config.listen
         extra = [(TunDevice(self.config.tun.name), udp.open_socket(
             str(listen.address), listen.port, self.config.socket_buffer_bytes, zero_checksum=False, reuseport=True))
             for _ in range(1, n)]
-        udp.steer_by_spi(self._sock, n)
+        udp.steer_by_spi(io.sock, n)
         for k, (tun, sock) in enumerate(extra, start=1):
-            others = [self._tun, self._sock, *(r for r in (self._ike_sock,) if r is not None),
-                      *(r for j, pair in enumerate(extra, start=1) if j != k for r in pair),
-                      *(w.conn for w in self.worker_proxies)]
+            others: list[TunDevice | socket.socket] = [io.tun, io.sock, *([io.ike_sock] if io.ike_sock else [])]
+            others += [r for j, pair in enumerate(extra, start=1) if j != k for r in pair]
+            others += [w.conn for w in self.worker_proxies]
             self.worker_proxies.append(workers.spawn(self.config, k, tun, sock, others))
             tun.close()  # the worker holds its queue and socket now
             sock.close()
-        log.info("%d data-plane workers: this process and pids %s", n, ",".join(str(w.pid) for w in self.worker_proxies))
+        log.info("%d data-plane workers: this process and pids %s", n,
+                 ",".join(str(w.pid) for w in self.worker_proxies))
 
-    def close(self) -> None:
-        """Stop the workers, remove the TUN device (and with it its routes), close the sockets. Idempotent."""
-        if self._metrics is not None:
-            self._metrics.close()
-            self._metrics = None
+    def _stop_workers(self) -> None:
         for worker in self.worker_proxies:
             worker.stop()
         self.worker_proxies = []
-        for sock in (self._sock, self._ike_sock):
-            if sock is not None:
-                sock.close()
-        self._sock = self._ike_sock = None
-        if self._tun is not None:
-            self._tun.close()
-            self._tun = None
-        if self._netlink is not None:
-            if self._tun_index is not None:
-                self._netlink.delete_link(self._tun_index)
-                log.info("removed TUN device %s and its routes", self.config.tun.name)
-                self._tun_index = None
-            self._netlink.close()
-            self._netlink = None
+
+    def close(self) -> None:
+        """Stop the metrics server and the workers, close the sockets, remove the TUN device (and with it
+        its routes). Idempotent."""
+        release, self._release = self._release, None
+        if release is not None:
+            release.close()
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+        loop, io, keying = asyncio.get_running_loop(), self._io, self._keying()
+        stopping = self._stopping
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGUSR1, self.log_counters)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        loop.add_reader(self._tun.fd, self._on_tun_readable)
-        loop.add_reader(self._sock.fileno(), self._on_udp_readable)
-        if self._ike_sock is not None:
-            loop.add_reader(self._ike_sock.fileno(), self._on_ike_readable)
+        loop.add_reader(io.tun.fd, self._on_tun_readable)
+        loop.add_reader(io.sock.fileno(), self._on_udp_readable)
+        if io.ike_sock is not None:
+            loop.add_reader(io.ike_sock.fileno(), self._on_ike_readable)
         for worker in self.worker_proxies:
             loop.add_reader(worker.conn.fileno(), self._on_worker_report, worker)
-        self._control_server = ControlServer(self.readout, self,
-                                             self.config.control_socket or default_path(self.config.name))
-        await self._control_server.start()
-        self.keying.start(time.monotonic())
+        control = ControlServer(self.readout, self, self.config.control_socket or default_path(self.config.name))
+        await control.start()
+        keying.start(time.monotonic())
         self._after_ike()
-        if self.keying.tunnels:
+        if keying.tunnels:
             self._keepalive = loop.call_later(KEEPALIVE_INTERVAL, self._send_keepalives)
         try:
-            await self._stopping.wait()
+            await stopping.wait()
         finally:
-            loop.remove_reader(self._tun.fd)
-            loop.remove_reader(self._sock.fileno())
-            if self._ike_sock is not None:
-                loop.remove_reader(self._ike_sock.fileno())
+            loop.remove_reader(io.tun.fd)
+            loop.remove_reader(io.sock.fileno())
+            if io.ike_sock is not None:
+                loop.remove_reader(io.ike_sock.fileno())
             for worker in self.worker_proxies:
                 loop.remove_reader(worker.conn.fileno())
             if self._timer is not None:
@@ -203,13 +225,13 @@ class Gateway:
             for handle in (self._keepalive, self._qos_flush):
                 if handle is not None:
                     handle.cancel()
-            self.keying.dispatcher.delete_all(time.monotonic())  # best effort: tell peers (§1.4.1)
+            keying.dispatcher.delete_all(time.monotonic())  # best effort: tell peers (§1.4.1)
             self._flush_ike()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             for task in list(self._reloads):
                 task.cancel()
-            await self._control_server.close()
+            await control.close()
             self.log_counters()
         if self._worker_failed:
             raise DriverError(self._worker_failed)
@@ -230,7 +252,7 @@ class Gateway:
                 if owner and owner not in plan.gone:
                     raise ReloadRefused(f"tunnel {tunnel.name}: its manual inbound SPI is in use by tunnel {owner}")
             try:
-                ike_configs = self.keying.ike_configs(new)  # reads the PKI files: may fail
+                ike_configs = self._keying().ike_configs(new)  # reads the PKI files: may fail
             except (SitelinkError, ValueError, OSError) as exc:
                 raise ReloadRefused(f"cannot use the new configuration: {exc}; the running one stays") from None
             loop = asyncio.get_running_loop()
@@ -260,7 +282,7 @@ class Gateway:
             return summary
 
     def _apply_reload(self, new: GatewayConfig, plan: ReloadPlan, ike_configs: list) -> None:
-        self.keying.reconfigure(new, plan, time.monotonic(), ike_configs)
+        self._keying().reconfigure(new, plan, time.monotonic(), ike_configs)
         reconfigure_forwarder(self.forwarder, new, plan.gone)
         for worker in self.worker_proxies:
             worker.reconfigure(new, plan.gone)
@@ -278,8 +300,8 @@ class Gateway:
             return
         netlink = Netlink()
         try:
-            netlink.add_routes(self._tun_index, add, self._route_sources())
-            netlink.delete_routes(self._tun_index, delete)
+            netlink.add_routes(self._io.tun_index, add, self._route_sources())
+            netlink.delete_routes(self._io.tun_index, delete)
         finally:
             netlink.close()
 
@@ -334,9 +356,9 @@ class Gateway:
 
     def _send_keepalives(self) -> None:
         # A NAT between the gateways forgets an idle UDP mapping; one byte every 20 s keeps it (RFC 3948 §2.3).
-        for peer in self.keying.keepalive_targets():
+        for peer in self._keying().keepalive_targets():
             try:
-                self._sock.sendto(NAT_KEEPALIVE, peer)
+                self._io.sock.sendto(NAT_KEEPALIVE, peer)
             except OSError:
                 pass
         self._keepalive = asyncio.get_running_loop().call_later(KEEPALIVE_INTERVAL, self._send_keepalives)
@@ -373,22 +395,13 @@ class Gateway:
     def _log_tunnel(tunnel: Tunnel) -> None:
         where = (tunnel.name, str(tunnel.peer.address), tunnel.peer.port, ",".join(map(str, tunnel.local_subnets)),
                  ",".join(map(str, tunnel.remote_subnets)))
-        keys = tunnel.manual_keys
-        if keys is None:
+        keys, ike = tunnel.manual_keys, tunnel.ike
+        if ike is not None:
             log.info("tunnel %s: peer [%s]:%d, local %s, remote %s, IKEv2 %s auth, start %s", *where,
-                     tunnel.ike.auth, tunnel.ike.start.value)
-        else:
+                     ike.auth, ike.start.value)
+        elif keys is not None:
             log.info("tunnel %s: peer [%s]:%d, local %s, remote %s, manual keys (SPI out %#010x, in %#010x)", *where,
                      keys.outbound.spi, keys.inbound.spi)
-
-    def _open_tun(self) -> None:
-        tun = self.config.tun
-        self._netlink = Netlink()
-        self._tun_index = self._netlink.ensure_tun(tun.name)
-        self._tun = TunDevice(tun.name)
-        self._netlink.configure(self._tun_index, tun_mtu(self.config), tun.txqueuelen, tun.addresses)
-        remote = [net for t in self.config.tunnels for net in t.remote_subnets]
-        self._netlink.add_routes(self._tun_index, remote, self._route_sources())
 
     def _route_sources(self) -> dict[int, str]:
         """The preferred source per IP version of routes into the TUN: its first address of each."""
@@ -402,14 +415,14 @@ class Gateway:
         if self.qos_pump is not None:
             self._serve_queues()
             return
-        pumps.tun_to_udp(self.forwarder, self._tun, self._sender)
+        pumps.tun_to_udp(self.forwarder, self._io.tun, self._io.sender)
         self._take_events()
 
     def _on_udp_readable(self) -> None:
         if self.qos_pump is not None:
             self._serve_queues()
             return
-        pumps.udp_to_tun(self.forwarder, self._sock, self._tun, self._take_events)
+        pumps.udp_to_tun(self.forwarder, self._io.sock, self._io.tun, self._take_events)
         self._take_events()
 
     def _serve_queues(self) -> None:
@@ -418,11 +431,13 @@ class Gateway:
         if self._qos_flush is not None:
             self._qos_flush.cancel()
             self._qos_flush = None
-        self.qos_pump.service(time.monotonic, self._take_events)
+        qos = self.qos_pump
+        assert qos is not None  # this path serves only the priority scheduler
+        qos.service(time.monotonic, self._take_events)
         loop = asyncio.get_running_loop()
-        if self.qos_pump.pending(time.monotonic()):
+        if qos.pending(time.monotonic()):
             self._qos_flush = loop.call_soon(self._serve_queues)
-        elif (wake := self.qos_pump.wake_at(time.monotonic())) is not None:
+        elif (wake := qos.wake_at(time.monotonic())) is not None:
             self._qos_flush = loop.call_at(wake, self._serve_queues)  # the shaper's next send
         self._take_events()
 
@@ -435,26 +450,28 @@ class Gateway:
 
     def _data_events(self, events: list[DataEvent]) -> None:
         """The one place the forwarders' events (this process's and the workers') reach keying."""
-        if self.keying.on_data_events(events, time.monotonic()):
+        if self._keying().on_data_events(events, time.monotonic()):
             self._after_ike()
 
     def _on_ike_readable(self) -> None:
         now = time.monotonic()
-        for datagram, peer in udp.recv_batch(self._ike_sock, pumps.BATCH):
-            self.keying.dispatcher.receive_datagram(datagram, peer[:2], self.config.ike_port, now)
+        ike_sock = self._io.ike_sock
+        assert ike_sock is not None  # its reader exists only with the socket
+        for datagram, peer in udp.recv_batch(ike_sock, pumps.BATCH):
+            self._keying().dispatcher.receive_datagram(datagram, peer[:2], self.config.ike_port, now)
         self._after_ike()
 
     def _on_ike_timer(self) -> None:
         self._timer = None
-        self.keying.handle_timer(time.monotonic())
+        self._keying().handle_timer(time.monotonic())
         self._after_ike()
 
     def _after_ike(self) -> None:
         """Apply the IKE cores' events, then send what they want sent (new SAs are in place, in every
         worker's queue too, before the answer that lets the peer use them leaves), re-arm the one timer."""
-        self.keying.process_events(time.monotonic())
+        self._keying().process_events(time.monotonic())
         self._flush_ike()
-        deadline = self.keying.get_timer()
+        deadline = self._keying().get_timer()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -462,10 +479,12 @@ class Gateway:
             self._timer = asyncio.get_running_loop().call_at(deadline, self._on_ike_timer)
 
     def _flush_ike(self) -> None:
-        for data, remote, local_port in self.keying.dispatcher.datagrams_to_send(time.monotonic()):
+        for data, remote, local_port in self._keying().dispatcher.datagrams_to_send(time.monotonic()):
             if local_port == NAT_T_PORT:
                 data = frame_ike(data)  # RFC 3948 §2.2: the non-ESP marker tells IKE from ESP
-            sock = self._sock if local_port == self.config.listen.port else self._ike_sock
+            sock = self._io.sock if local_port == self.config.listen.port else self._io.ike_sock
+            if sock is None:
+                continue
             try:
                 sock.sendto(data, remote)
             except OSError as exc:
