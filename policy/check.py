@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from policy.model import ANY_PROTOCOL, PORT_PROTOCOLS, Network, Rule
 
@@ -32,7 +33,7 @@ class Conflict:
     earlier: int  # the earlier rule that takes all its packets
     kind: str  # "shadowed" (same value: redundant) or "contradicted" (different value: likely a mistake)
 
-    def message(self, rules: Sequence[Rule]) -> str:
+    def message(self, rules: Sequence[Rule[Any]]) -> str:
         """What is wrong with rules[index], without its own label (the caller puts that in front)."""
         later, earlier = rules[self.index], rules[self.earlier]
         text = (f"never matches: {_name(rules, self.earlier)} ({_show(earlier.value)}) already covers every "
@@ -42,7 +43,7 @@ class Conflict:
         return text
 
 
-def _name(rules: Sequence[Rule], index: int) -> str:
+def _name(rules: Sequence[Rule[Any]], index: int) -> str:
     return rules[index].label or f"rules[{index}]"
 
 
@@ -53,7 +54,7 @@ def _show(value: object) -> str:
     return str(value.value) if isinstance(value, enum.Enum) else str(value)
 
 
-def find_conflicts(rules: Sequence[Rule]) -> list[Conflict]:
+def find_conflicts(rules: Sequence[Rule[Any]]) -> list[Conflict]:
     """One Conflict per rule that an earlier single rule covers, naming the first such rule."""
     views = [_View(r) for r in rules]
     conflicts = []
@@ -68,7 +69,7 @@ def find_conflicts(rules: Sequence[Rule]) -> list[Conflict]:
     return conflicts
 
 
-def find_unmatchable(rules: Sequence[Rule]) -> list[int]:
+def find_unmatchable(rules: Sequence[Rule[Any]]) -> list[int]:
     """Rules whose src and dst have no IP version in common, so they match no packet."""
     return [i for i, r in enumerate(rules) if not r.versions()]
 
@@ -100,7 +101,7 @@ class _View:
 
     __slots__ = ("src", "dst", "versions", "any_protocol", "ports")
 
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule[Any]) -> None:
         self.src = {v: _addresses(rule.src, v) for v in (4, 6)}
         self.dst = {v: _addresses(rule.dst, v) for v in (4, 6)}
         self.versions = [v for v in (4, 6) if self.src[v] and self.dst[v]]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import Generic
+from typing import Any, Generic
 
 from policy.model import ANY_PROTOCOL, PORT_PROTOCOLS, Network, Rule, V
 from policy.prefixes import PrefixTable
@@ -52,7 +52,7 @@ def _address_in(networks: tuple[Network, ...], version: int, address: int) -> bo
     return any(n.version == version and ip in n for n in networks)
 
 
-def rule_matches(rule: Rule, version: int, protocol: int, src: int, dst: int, sport: int, dport: int,
+def rule_matches(rule: Rule[Any], version: int, protocol: int, src: int, dst: int, sport: int, dport: int,
                  fragment: bool = False) -> bool:
     """The contract above, spelled out for one rule."""
     if version not in _ADDRESS:
@@ -93,7 +93,7 @@ class Matcher(Generic[V]):
             raise ValueError(f"cache_size must be at least 1, got {cache_size}")
         self.rules: tuple[Rule[V], ...] = tuple(rules)
         self.default = default
-        self._cache: dict[tuple, V] = {}
+        self._cache: dict[tuple[int, int, int, int, int, int, bool], V] = {}
         self._cache_size = cache_size
         self._values = tuple(r.value for r in self.rules)
         self._addresses: PrefixTable[tuple[int, int]] = _address_table(self.rules)
@@ -112,7 +112,7 @@ class Matcher(Generic[V]):
             if len(cache) >= self._cache_size:
                 cache.clear()
             cache[key] = value
-        return value
+        return value  # type: ignore[return-value]  # a V: _MISS never leaves the branch above
 
     def lookup_flow(self, key: tuple[int, int, int, int, int, int, int, bool]) -> V:
         """lookup() for a policy.flow.flow_key() tuple (its tos is ignored)."""
@@ -125,6 +125,7 @@ class Matcher(Generic[V]):
         if s is None or not (s[0] | s[1]):  # not IPv4/IPv6, or src is in no rule's src nor dst
             return self.default
         d = self._addresses.lookup(version, dst)
+        assert d is not None  # the table has a /0 for each version, and src's version had an entry
         forward = s[0] & d[1]
         reverse = d[0] & s[1]
         if not (forward | reverse):
@@ -161,7 +162,7 @@ def compile_rules(rules: Sequence[Rule[V]], default: V, cache_size: int = 65536)
     return Matcher(rules, default, cache_size)
 
 
-def _address_table(rules: Sequence[Rule]) -> PrefixTable[tuple[int, int]]:
+def _address_table(rules: Sequence[Rule[Any]]) -> PrefixTable[tuple[int, int]]:
     """One entry per network used by any rule, plus 0.0.0.0/0 and ::/0 so every address finds one. Its
     value is (bits of rules whose src contains the network, bits of rules whose dst contains it)."""
     raw: dict[tuple[int, int, int], list[int]] = {(4, 0, 0): [0, 0], (6, 0, 0): [0, 0]}
@@ -172,8 +173,8 @@ def _address_table(rules: Sequence[Rule]) -> PrefixTable[tuple[int, int]]:
                 raw[4, 0, 0][side] |= bit
                 raw[6, 0, 0][side] |= bit
             for n in networks:
-                key = (n.version, n.prefixlen, int(n.network_address) >> (_BITS[n.version] - n.prefixlen))
-                raw.setdefault(key, [0, 0])[side] |= bit
+                entry = (n.version, n.prefixlen, int(n.network_address) >> (_BITS[n.version] - n.prefixlen))
+                raw.setdefault(entry, [0, 0])[side] |= bit
     lengths = {v: sorted({plen for (ver, plen, _) in raw if ver == v}) for v in (4, 6)}
     entries = []
     for (version, plen, key), (src_bits, dst_bits) in raw.items():
@@ -189,7 +190,7 @@ def _address_table(rules: Sequence[Rule]) -> PrefixTable[tuple[int, int]]:
     return PrefixTable(entries)
 
 
-def _protocol_index(rules: Sequence[Rule]) -> tuple[int, dict[int, int], dict[int, tuple[list[int], list[int]]]]:
+def _protocol_index(rules: Sequence[Rule[Any]]) -> tuple[int, dict[int, int], dict[int, tuple[list[int], list[int]]]]:
     """(bits of any-protocol rules, {protocol: bits of rules admitting it at any port},
     {port protocol: (interval starts, bits of rules whose ports contain that interval)})."""
     any_protocol = 0

@@ -20,7 +20,7 @@ from tunnel.dataplane.forwarder import NO_LIMIT, Forwarder, TunnelPolicy, Volume
 from tunnel.dataplane.scheduler import PriorityScheduler
 from tunnel.esp.overhead import inner_mtu
 from tunnel.esp.sa import InboundSa, OutboundSa
-from tunnel.ike.certs import CertVerifier, PeerIdentity
+from tunnel.ike.certs import CertVerifier, PeerIdentity, PublicKey
 from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
 
 SEQ_SOFT_LIMIT = 3 * 2**30  # rekey long before the 32-bit sequence numbers run out (RFC 4303 §3.3.3)
@@ -45,7 +45,7 @@ def tunnel_policy(config: GatewayConfig, tunnel: Tunnel) -> TunnelPolicy:
     if tunnel.qos.classify == "rules":
         qos_rules = compile_rules(tunnel.qos.rules, QosClass.DEFAULT)
     # Our ICMP errors come from the TUN's address (the gateway's inside address) when it has one.
-    sources = {}
+    sources: dict[int, int] = {}
     for iface in config.tun.addresses:
         sources.setdefault(iface.version, int(iface.ip))
     return TunnelPolicy(firewall=firewall, qos_rules=qos_rules, outer_dscp=tunnel.qos.outer_dscp,
@@ -159,7 +159,7 @@ def _cert_auth(config: GatewayConfig) -> CertAuth:
     verifier = CertVerifier([ca])
     spki = ca.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
-    def verify_peer(chain: Sequence[bytes], id_type: int, data: bytes, now: dt.datetime) -> object:
+    def verify_peer(chain: Sequence[bytes], id_type: int, data: bytes, now: dt.datetime) -> PublicKey:
         return verifier.verify(chain, PeerIdentity(id_type, data), now)
 
     return CertAuth(key, (cert.public_bytes(serialization.Encoding.DER),), verify_peer, hashlib.sha1(spki).digest())

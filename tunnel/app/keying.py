@@ -361,7 +361,8 @@ class Keying:
             self._install(runtime, event, now)
         elif isinstance(event, ChildSaDeleted):
             self._remove(runtime, event.spi_in, event.spi_out, now)
-            log.info("tunnel %s: Child SA deleted (SPI in %#010x, out %#010x)", event.tunnel, event.spi_in, event.spi_out)
+            log.info("tunnel %s: Child SA deleted (SPI in %#010x, out %#010x)", event.tunnel, event.spi_in,
+                     event.spi_out)
         elif isinstance(event, IkeSaRekeyed):
             runtime.stats.ike_rekeys += 1
             self._log_ike_keys(event.new_spi_i)

@@ -201,9 +201,9 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
     return 0
 
 
-def _read(conn: socket.socket) -> tuple[list[tuple], bool]:
+def _read(conn: socket.socket) -> tuple[list[tuple[Any, ...]], bool]:
     """Every message waiting on the socketpair, and whether the other end is still there."""
-    messages = []
+    messages: list[tuple[Any, ...]] = []
     while True:
         try:
             data = conn.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)

@@ -42,7 +42,7 @@ MAX_PSK_FILE_BYTES = 4096
 PSK_RECIPE = "umask 077; head -c 32 /dev/urandom | base64 > FILE"
 _HEX_SPI = re.compile(r"0[xX][0-9a-fA-F]{1,16}")
 _DEC_SPI = re.compile(r"[0-9]{1,20}")
-_KEY = re.compile(r"(?:0[xX])?([0-9a-fA-F]{%d})" % (2 * KEY_BYTES))
+_KEY = re.compile(rf"(?:0[xX])?([0-9a-fA-F]{{{2 * KEY_BYTES}}})")
 _EXPECTED = "a mapping with 'outbound' and 'inbound', each with 'spi' and 'key'"
 
 

@@ -249,6 +249,8 @@ def _tunnel(doc: Doc, node: Node, path: str, base_dir: Path, services: dict) -> 
 
 def _tunnel_model(t: TunnelParts) -> Tunnel:
     """Only called when nothing was reported, so every part is present."""
+    assert t.name is not None and t.peer is not None and t.local_subnets is not None
+    assert t.remote_subnets is not None and t.replay_window is not None
     return Tunnel(name=t.name, peer=t.peer, local_subnets=t.local_subnets, remote_subnets=t.remote_subnets,
                   manual_keys=t.manual_keys, ike=t.ike.model if t.ike else None, replay_window=t.replay_window,
                   mtu=t.mtu, firewall=t.firewall, qos=t.qos)
@@ -306,7 +308,7 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
     remote = v.get("remote_id")
     parts = {"auth": auth, "remote_id": remote[0] if remote else None,
              "remote_identity": remote[1] if remote else None}
-    if not doc.clean_since(start):
+    if not doc.clean_since(start) or auth is None or remote is None:
         return IkeParts(**parts, model=None)
     model = Ike(auth=auth, local_id=v["local_id"][0], remote_id=remote[0], psk=psk,
                 **{key: v[key] for key in ("ike_proposals", "esp_proposals", "dpd_action", *LIFETIME_KEYS)

@@ -57,8 +57,9 @@ def parse_services(doc: Doc, node: Node, path: str) -> dict[str, Service]:
             continue
         items = doc.sequence(value, here, non_empty=True)
         matches = [_service_entry(doc, item, f"{here}[{i}]") for i, item in enumerate(items or ())]
-        if items is not None and all(m is not None for m in matches):
-            services[name] = Service(name, tuple(matches))
+        found = [m for m in matches if m is not None]
+        if items is not None and len(found) == len(matches):
+            services[name] = Service(name, tuple(found))
     return services
 
 
@@ -85,9 +86,10 @@ def _service_entry(doc: Doc, node: Node, path: str) -> PortMatch | None:
         if protocol not in PORT_PROTOCOLS:
             doc.error(node, path, f"{found.group(1)} has no ports")
             return None
-        ports = _port_range(doc, node, path, found.group(2))
-        if ports is None:
+        port_range = _port_range(doc, node, path, found.group(2))
+        if port_range is None:
             return None
+        ports = port_range
     return PortMatch(protocol, ports)
 
 
@@ -136,8 +138,8 @@ def _rule(doc: Doc, node: Node, path: str, value_key: str, parse_value: Callable
     src = subnets(doc, fields["from"], key_path(path, "from")) if "from" in fields else ()
     dst = subnets(doc, fields["to"], key_path(path, "to")) if "to" in fields else ()
     matches = _matches(doc, node, path, fields, services)
-    if not doc.clean_since(start):
-        return None
+    if not doc.clean_since(start) or src is None or dst is None or matches is None:
+        return None  # (nothing is None once nothing was reported)
     return Rule(value, src, dst, matches, label=path)
 
 
@@ -217,11 +219,13 @@ def parse_firewall(doc: Doc, node: Node, path: str, subnets: Subnets,
     fields = doc.mapping(node, path, required=("default",), optional=("rules",))
     if fields is None:
         return None
-    default = doc.choice(fields["default"], key_path(path, "default"), ("allow", "deny")) if "default" in fields else None
+    default = None
+    if "default" in fields:
+        default = doc.choice(fields["default"], key_path(path, "default"), ("allow", "deny"))
     rules: tuple[Rule, ...] | None = ()
     if "rules" in fields:
         rules = _rules(doc, fields["rules"], key_path(path, "rules"), "action", _action, subnets, services)
-    if not doc.clean_since(start):
+    if not doc.clean_since(start) or rules is None:
         return None
     return Firewall(Action(default), rules)
 

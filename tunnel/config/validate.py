@@ -110,7 +110,7 @@ def _unique_inbound_spis(doc: Doc, tunnels: list[TunnelParts]) -> None:
         if t.manual_keys is None:
             continue
         other = first.setdefault(t.manual_keys.inbound.spi, t)
-        if other is not t:
+        if other is not t and other.manual_keys is not None:
             doc.error_at(f"{t.path}.manual_keys",
                          f"the inbound SPI in {t.manual_keys.path} is also the inbound SPI of {other.path} "
                          f"({other.manual_keys.path}); the receiver tells tunnels apart by SPI")

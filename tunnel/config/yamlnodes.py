@@ -133,7 +133,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     """SafeLoader that rejects aliases: they would let one node appear under two paths, and a
     config small enough to review has no need for them."""
 
-    def compose_node(self, parent: Node | None, index: object) -> Node | None:
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
         if self.check_event(AliasEvent):
             event = self.peek_event()
             message = "YAML aliases (*name) are not supported"

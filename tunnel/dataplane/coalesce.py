@@ -41,7 +41,7 @@ class _Run:
         self.hlen = hlen  # IP + TCP header length
         self.size = size  # the GSO segment size: payload of the first segment
         self.next_seq = (seq + size) & 0xFFFFFFFF
-        self.pieces = [packet]
+        self.pieces: list[bytes | bytearray | memoryview] = [packet]
         self.total = len(packet)
         self.ended = False  # a shorter segment or PSH closed it
         self.psh = False

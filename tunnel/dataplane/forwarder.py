@@ -44,6 +44,8 @@ from tunnel.esp.sa import (
 )
 
 _NEXT_HEADER = {4: NEXT_HEADER_IPV4, 6: NEXT_HEADER_IPV6}
+Sealed = list[tuple[bytes, PeerAddress, int]]  # (ESP packet, peer, outer TOS) to send
+Classified = list[tuple[int, "TunnelState", bytes]]  # (QoS class, tunnel, packet) to queue
 NO_LIMIT = 1 << 62  # a volume no SA reaches
 NEVER = 1 << 64  # a mark past every limit: nothing more to report for the SA
 MAX_UNKNOWN_SPI_HOSTS = 64  # distinct hosts reported between two takes; more are only counted
@@ -75,8 +77,8 @@ class TunnelPolicy:
 
 class TunnelState:
     __slots__ = ("name", "peer", "local", "remote", "outbound", "counters", "peer_changes", "_asked", "_alive",
-                 "limits", "byte_base", "soft_reported", "packet_mark", "byte_mark", "firewall", "qos_rules", "outer_dscp", "decap_copy_dscp", "mtu",
-                 "mss4", "mss6", "icmp_source4", "icmp_source6")
+                 "limits", "byte_base", "soft_reported", "packet_mark", "byte_mark", "firewall", "qos_rules",
+                 "outer_dscp", "decap_copy_dscp", "mtu", "mss4", "mss6", "icmp_source4", "icmp_source6")
 
     def __init__(self, name: str, peer: PeerAddress, local: Iterable[Network], remote: Iterable[Network],
                  policy: TunnelPolicy | None = None) -> None:
@@ -197,11 +199,11 @@ class Forwarder:
         """One IP packet in, its first ESP packet out (peer, ESP) or None: for callers that look at one
         packet at a time (tests, benchmarks). The data path uses outbound_into, which also carries the
         fragments of a packet too big for the tunnel and the outer TOS."""
-        out: list[tuple[bytes, PeerAddress, int]] = []
+        out: Sealed = []
         self.outbound_into(packet, out)
         return (out[0][1], out[0][0]) if out else None
 
-    def outbound_into(self, packet: bytes, out: list) -> None:
+    def outbound_into(self, packet: bytes, out: Sealed) -> None:
         """An IP packet read from the TUN: appends (ESP packet, peer, outer TOS) for each packet to send;
         nothing when it is dropped (counted)."""
         admitted = self.admit(packet)
@@ -214,7 +216,7 @@ class Forwarder:
             for piece in self._fit(tunnel, packet):
                 self.seal_into(tunnel, piece, out)
 
-    def classify_into(self, packet: bytes, out: list) -> None:
+    def classify_into(self, packet: bytes, out: Classified) -> None:
         """Like outbound_into up to encryption, for the priority scheduler: appends (QoS class, tunnel,
         packet) for each packet to queue; seal_into encrypts them once they are dequeued, so sequence
         numbers follow the order packets leave in and the peer sees no reordering."""
@@ -282,7 +284,7 @@ class Forwarder:
         counters.drop(DropReason.TOO_BIG)
         return []
 
-    def seal_into(self, tunnel: TunnelState, packet: bytes, out: list) -> None:
+    def seal_into(self, tunnel: TunnelState, packet: bytes, out: Sealed) -> None:
         counters = tunnel.counters
         sa = tunnel.outbound
         if sa is None:
@@ -313,7 +315,8 @@ class Forwarder:
         packet to deliver, or None."""
         kind = classify(datagram)
         if kind is not Kind.ESP:
-            return self._not_esp(kind, datagram, peer)
+            self._not_esp(kind, datagram, peer)
+            return None
         spi = int.from_bytes(datagram[:4], "big")
         entry = self._inbound.get(spi)
         if entry is None:

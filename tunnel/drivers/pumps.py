@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 
 from policy.qos import DSCP_CLASS, QosClass
-from tunnel.dataplane.forwarder import Forwarder
+from tunnel.dataplane.forwarder import Classified, Forwarder, Sealed
 from tunnel.dataplane.scheduler import PriorityScheduler
 from tunnel.drivers import udp
 from tunnel.drivers.tun import TunDevice
@@ -32,10 +32,12 @@ PULL = 128
 CHUNK = 64
 ROUNDS = 8  # rounds per readiness callback before the event loop gets its turn (timers, IKE, reports)
 
+
 def tun_to_udp(forwarder: Forwarder, tun: TunDevice, sender: udp.SegmentingSender) -> None:
     """IP packets from the TUN queue, sealed; runs of equal-size ESP packets leave in one UDP_SEGMENT
     send. A failure (socket buffer full, no route to the peer) is counted, never retried in clear."""
-    outbound_into, out = forwarder.outbound_into, []
+    out: Sealed = []
+    outbound_into = forwarder.outbound_into
     for packet in tun.read_batch(BATCH):
         outbound_into(packet, out)
     failed = sender.send(out) if out else 0
@@ -51,8 +53,8 @@ def udp_to_tun(forwarder: Forwarder, sock: socket.socket, tun: TunDevice,
     datagrams of a flow (GSO). on_events takes the forwarder's events as soon as an IKE message is among
     them, before the ESP behind it in the same batch is opened: a CREATE_CHILD_SA response must install
     its SAs first (make-before-break). The caller takes the rest after the batch."""
-    inbound, delivered = forwarder.inbound, []
-    deliver = delivered.append
+    delivered: list[bytes] = []
+    inbound, deliver = forwarder.inbound, delivered.append
     for datagram, peer, tos in udp.recv_gro_batch(sock, BATCH):
         inner = inbound(datagram, peer, tos)
         if inner is not None:
@@ -109,7 +111,7 @@ class QosPump:
         packets = self.tun.read_batch(PULL)
         if not packets:
             return 0
-        items: list = []
+        items: Classified = []
         classify = self.forwarder.classify_into
         for packet in packets:
             classify(packet, items)
@@ -134,7 +136,7 @@ class QosPump:
         return len(items)
 
     def push_egress(self, now: float) -> None:
-        out: list = []
+        out: Sealed = []
         seal_into = self.forwarder.seal_into
         for tunnel, packet in self.egress.dequeue(CHUNK, now):
             seal_into(tunnel, packet, out)
@@ -144,8 +146,8 @@ class QosPump:
 
     def push_ingress(self, now: float, on_events: Callable[[], None] | None = None) -> None:
         forwarder = self.forwarder
-        inbound, delivered = forwarder.inbound, []
-        deliver = delivered.append
+        delivered: list[bytes] = []
+        inbound, deliver = forwarder.inbound, delivered.append
         for datagram, peer, tos in self.ingress.dequeue(CHUNK, now):
             inner = inbound(datagram, peer, tos)
             if inner is not None:

@@ -45,7 +45,7 @@ class TunDevice:
 
     def read_batch(self, limit: int) -> list[bytes]:
         """Up to `limit` packets, stopping early when the queue is empty."""
-        packets = []
+        packets: list[bytes] = []
         read, fd, append = os.read, self.fd, packets.append
         try:
             if self.vnet_hdr:  # no offloads were asked for: the header says nothing; drop it

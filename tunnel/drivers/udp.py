@@ -85,7 +85,7 @@ def recv_gro_batch(sock: socket.socket, limit: int) -> list[tuple[bytes, tuple, 
     """(datagram, peer, TOS) from a socket set up by enable_gro: a coalesced buffer is split back into its
     datagrams (the control message gives their size; only the last may be shorter; GRO only merges
     datagrams with equal TOS). `limit` counts receive calls, not datagrams."""
-    datagrams = []
+    datagrams: list[tuple[bytes, tuple, int]] = []
     recvmsg, append = sock.recvmsg, datagrams.append
     try:
         for _ in range(limit):

@@ -104,7 +104,8 @@ class InboundSa:
         if not window.check(seq):
             raise EspDrop(DropReason.REPLAY)
         try:
-            plaintext = self._aead.decrypt(self._salt + packet[ESP_HEADER:_DATA_OFFSET], packet[_DATA_OFFSET:], packet[:ESP_HEADER])
+            plaintext = self._aead.decrypt(self._salt + packet[ESP_HEADER:_DATA_OFFSET], packet[_DATA_OFFSET:],
+                                           packet[:ESP_HEADER])
         except InvalidTag:
             raise EspDrop(DropReason.AUTH_FAILED) from None
         window.update(seq)  # only now: a forgery must not move the window (RFC 4303 §3.4.3)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -297,7 +297,8 @@ def _check_identity(leaf: x509.Certificate, identity: PeerIdentity) -> None:
         wanted = identity.data.decode("ascii", "replace").rstrip(".").lower()
         found = any(isinstance(g, x509.DNSName) and g.value.rstrip(".").lower() == wanted for g in sans)
     elif identity.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
-        found = any(isinstance(g, x509.IPAddress) and g.value.packed == identity.data for g in sans)
+        found = any(isinstance(g, x509.IPAddress) and isinstance(g.value, ipaddress.IPv4Address | ipaddress.IPv6Address)
+                    and g.value.packed == identity.data for g in sans)  # (a network in a SAN matches nothing)
     elif identity.id_type == IdType.ID_RFC822_ADDR:
         wanted = identity.data.decode("utf-8", "replace").lower()
         found = any(isinstance(g, x509.RFC822Name) and g.value.lower() == wanted for g in sans)
@@ -343,6 +344,7 @@ def _check_key_strength(key: PublicKey, label: str) -> None:
 
 def _label(cert: x509.Certificate) -> str:
     """How a message names a certificate: its first subjectAltName, else its subject."""
+    sans: Iterable[x509.GeneralName]
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, ValueError):
@@ -511,7 +513,7 @@ def rfc4754_signature(der_signature: bytes) -> bytes:
 
 def _rsa_padding(alg: _SigAlg) -> padding.AsymmetricPadding:
     if alg.pss:
-        return padding.PSS(mgf=padding.MGF1(alg.hash()), salt_length=alg.hash.digest_size)
+        return padding.PSS(mgf=padding.MGF1(alg.hash()), salt_length=alg.hash().digest_size)
     return padding.PKCS1v15()
 
 

@@ -52,7 +52,7 @@ class ChildSa:
     installed_at: float | None = None  # when its lifetime started (its age, for the metrics)
     state: ChildState = ChildState.INSTALLED
     announced: bool = True  # the gateway got ChildSaEstablished for it (and no ChildSaDeleted yet)
-    keys: tuple[bytes, bytes] = field(default=(), repr=False)  # (in, out) of a rekey's SA until announced
+    keys: tuple[bytes, bytes] | None = field(default=None, repr=False)  # (in, out) of a rekey's SA until announced
 
     def enter(self, state: ChildState) -> None:
         if state not in TRANSITIONS[self.state]:

@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from policy.ts import TsRange
 from tunnel.ike.proposal import EspSuite, IkeSuite
 from tunnel.ike.window import Backoff
 
+if TYPE_CHECKING:  # the x509 machinery is loaded only by a gateway that uses certificates
+    from tunnel.ike.certs import PrivateKey, PublicKey
+
 # (certificate chain DER, peer identity (id_type, data), now) -> public key; raises AuthenticationFailed
-ChainVerifier = Callable[[Sequence[bytes], int, bytes, datetime], object]
+ChainVerifier = Callable[[Sequence[bytes], int, bytes, datetime], "PublicKey"]
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,7 @@ class PskAuth:
 
 @dataclass(frozen=True)
 class CertAuth:
-    private_key: object = field(repr=False)  # cryptography private key (ECDSA P-256 or RSA)
+    private_key: PrivateKey = field(repr=False)  # ECDSA P-256 or RSA
     chain: tuple[bytes, ...]  # our certificate (DER) first, then intermediates
     verify_peer: ChainVerifier  # checks the peer's chain against the site CA and the expected identity
     ca_key_hashes: bytes = b""  # CERTREQ data: SHA-1 of each trusted CA's SubjectPublicKeyInfo (§3.7)

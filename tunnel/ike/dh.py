@@ -87,7 +87,7 @@ class DhPrivate:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str:
         raise TypeError("DhPrivate holds a private key and cannot be pickled")
 
 
@@ -99,9 +99,9 @@ def generate(group: int, random_bytes: Callable[[int], bytes]) -> DhPrivate:
         key = x25519.X25519PrivateKey.from_private_bytes(_draw(random_bytes, 32))
         return DhPrivate(group, key, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
     if group == DhGroup.ECP_256:
-        key = ec.derive_private_key(_p256_scalar(random_bytes), ec.SECP256R1())
-        point = key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-        return DhPrivate(group, key, point[1:])  # RFC 5903 §7: x || y without the 0x04 octet
+        ec_key = ec.derive_private_key(_p256_scalar(random_bytes), ec.SECP256R1())
+        point = ec_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        return DhPrivate(group, ec_key, point[1:])  # RFC 5903 §7: x || y without the 0x04 octet
     x = 0
     while x < 2:  # a 384-bit draw is 0 or 1 with probability 2**-383; never use those
         x = int.from_bytes(_draw(random_bytes, MODP_2048_EXPONENT_BYTES), "big")

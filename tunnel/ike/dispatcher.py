@@ -152,10 +152,12 @@ class IkeDispatcher:
                        now: float) -> IkeSession | None:
         if header.exchange != ExchangeType.IKE_SA_INIT or header.is_response or header.message_id != 0 \
                 or header.spi_r != bytes(8):
-            return self._drop(IkeDrop.UNKNOWN_SPI)
+            self._drop(IkeDrop.UNKNOWN_SPI)
+            return None
         config = self._by_peer.get(remote[0])
         if config is None:
-            return self._drop(IkeDrop.UNKNOWN_PEER)
+            self._drop(IkeDrop.UNKNOWN_PEER)
+            return None
         if self.half_open >= self.cookie_threshold and not self._cookie_ok(data, header, remote, local_port):
             return None
         session = IkeSession(config, False, remote, self._random, local_port=local_port,

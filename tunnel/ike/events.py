@@ -16,7 +16,7 @@ class IkeSaEstablished:
     spi_r: bytes
     suite: str  # e.g. AES_GCM_16_256/PRF_HMAC_SHA2_256/CURVE_25519
     initiator: bool
-    remote: tuple  # (host, port) IKE talks to now
+    remote: tuple[str, int]  # (host, port) IKE talks to now
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class ChildSaEstablished:
     local_ts: tuple[TsRange, ...]
     remote_ts: tuple[TsRange, ...]
     suite: str
-    remote: tuple  # (host, port) for ESP-in-UDP
+    remote: tuple[str, int]  # (host, port) for ESP-in-UDP
     # Set when this SA answers the peer's rekey: the outbound SPI of the SA it replaces. The peer may not
     # have our answer yet, so the gateway keeps sending on the old SA until the peer deletes it or sends
     # on the new one (strongSwan does the same; RFC 7296 §2.8 leaves the switch time open).
@@ -80,4 +80,5 @@ class IkeSaRekeyed:
     new_spi_r: bytes
 
 
-Event = IkeSaRekeyed | IkeSaEstablished | ChildSaEstablished | ChildSaDeleted | IkeSaFailed | IkeSaDeleted | ChildSaFailed
+Event = (IkeSaRekeyed | IkeSaEstablished | ChildSaEstablished | ChildSaDeleted | IkeSaFailed | IkeSaDeleted
+         | ChildSaFailed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from tunnel.ike.constants import PrfId
@@ -28,9 +29,10 @@ KEY_PAD = b"Key Pad for IKEv2"  # §2.15, 17 ASCII characters, no terminator
 IKE_SPI_LEN = 8
 
 
-def _hash(prf_id: int):  # noqa: ANN202 - a hashlib constructor
+def _hash(prf_id: int) -> Callable[[], hashlib._Hash]:
+    """The PRF's hash constructor."""
     try:
-        return _HASHES[prf_id]  # type: ignore[index]
+        return _HASHES[prf_id]  # type: ignore[index]  # a PrfId or a plain int from the wire
     except (KeyError, TypeError):
         raise ValueError(f"unsupported PRF transform {prf_id!r}") from None
 

@@ -218,7 +218,7 @@ def encode_payloads(payloads: Sequence[Payload]) -> tuple[int, bytes]:
             ptype, body = encode_body(p)
             encoded.append((ptype, _CRITICAL if isinstance(p, UnknownPayload) and p.critical else 0, body))
     out = []
-    for i, (ptype, flags, body) in enumerate(encoded):
+    for i, (_, flags, body) in enumerate(encoded):
         if i + 1 < len(encoded):
             next_type = encoded[i + 1][0]
         else:

@@ -14,11 +14,11 @@ ValueError for values the wire cannot carry (a programming error, not a peer's).
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
 
 from tunnel.errors import MalformedPacket
 from tunnel.ike.constants import (
@@ -32,14 +32,14 @@ from tunnel.ike.constants import (
     TsType,
 )
 
-IpNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-IpAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 NONCE_MIN, NONCE_MAX = 16, 256  # RFC 7296 §3.9
 _ATTR_TV = 0x8000  # Attribute Format bit: 1 = TV (2-byte value), 0 = TLV (§3.3.5)
 _LAST, _MORE_PROPOSALS, _MORE_TRANSFORMS = 0, 2, 3  # "Last Substruc" values (§3.3.1, §3.3.2)
-_TS_ADDR_LEN = {TsType.TS_IPV4_ADDR_RANGE: 4, TsType.TS_IPV6_ADDR_RANGE: 16}  # §3.13.1
-_DELETE_SPI_SIZE = {ProtocolId.IKE: 0, ProtocolId.AH: 4, ProtocolId.ESP: 4}  # §3.11
+_TS_ADDR_LEN: dict[int, int] = {TsType.TS_IPV4_ADDR_RANGE: 4, TsType.TS_IPV6_ADDR_RANGE: 16}  # §3.13.1
+_DELETE_SPI_SIZE: dict[int, int] = {ProtocolId.IKE: 0, ProtocolId.AH: 4, ProtocolId.ESP: 4}  # §3.11
 
 _U16 = struct.Struct(">H")
 _TRANSFORM = struct.Struct(">BBHBBH")  # last, reserved, length, type, reserved, id
@@ -52,9 +52,10 @@ _TS = struct.Struct(">BBHHH")  # type, ip protocol, selector length, start port,
 _TS_HDR_LEN = _TS.size
 
 
-def _enum(cls: type, value: int) -> int:
+def _enum(cls: type[enum.IntEnum], value: int) -> int:
     """The registry member for value when there is one (nicer repr, still == the int), else the int."""
-    return cls._value2member_map_.get(value, value)  # type: ignore[attr-defined]
+    member = cls._value2member_map_.get(value)
+    return member if isinstance(member, int) else value
 
 
 def _need(body: bytes, n: int, what: str) -> None:
@@ -230,21 +231,8 @@ class SkPayload:
     body: bytes
 
 
-Payload = Union[
-    SaPayload,
-    KePayload,
-    NoncePayload,
-    IdPayload,
-    AuthPayload,
-    CertPayload,
-    CertReqPayload,
-    NotifyPayload,
-    DeletePayload,
-    TsPayload,
-    VendorPayload,
-    UnknownPayload,
-    SkPayload,
-]
+Payload = (SaPayload | KePayload | NoncePayload | IdPayload | AuthPayload | CertPayload | CertReqPayload
+           | NotifyPayload | DeletePayload | TsPayload | VendorPayload | UnknownPayload | SkPayload)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ initiator offered anywhere in its proposals, so the result is the strongest comb
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tunnel.ike.constants import DhGroup, EncrId, Esn, PrfId, ProtocolId, TransformType
 from tunnel.ike.errors import NoProposalChosen
@@ -62,14 +63,18 @@ def offer_esp(suites: Sequence[EspSuite], spi: bytes) -> SaPayload:
     return SaPayload(tuple(Proposal(n, ProtocolId.ESP, spi, s.transforms()) for n, s in enumerate(suites, 1)))
 
 
-def _by_type(proposal: Proposal) -> dict[int, set[tuple[int, int | None]]]:
-    found: dict[int, set[tuple[int, int | None]]] = {}
+Offered = dict[int, set[tuple[int, int | None]]]  # transform type -> {(transform id, key length)}
+Suite = TypeVar("Suite", IkeSuite, EspSuite)
+
+
+def _by_type(proposal: Proposal) -> Offered:
+    found: Offered = {}
     for t in proposal.transforms:
         found.setdefault(int(t.type), set()).add((t.id, t.key_length))
     return found
 
 
-def _ike_allows(offered: dict[int, set], suite: IkeSuite) -> bool:
+def _ike_allows(offered: Offered, suite: IkeSuite) -> bool:
     return (
         (suite.encr, suite.key_bits) in offered.get(TransformType.ENCR, ())
         and (suite.prf, None) in offered.get(TransformType.PRF, ())
@@ -78,7 +83,7 @@ def _ike_allows(offered: dict[int, set], suite: IkeSuite) -> bool:
     )
 
 
-def _esp_allows(offered: dict[int, set], suite: EspSuite) -> bool:
+def _esp_allows(offered: Offered, suite: EspSuite) -> bool:
     dh_offered = offered.get(TransformType.DH, set()) - {(0, None)}
     if suite.dh is None and dh_offered and (0, None) not in offered.get(TransformType.DH, set()):
         return False  # the peer insists on PFS we are not configured for
@@ -101,7 +106,8 @@ def select_esp(offered: SaPayload, preferences: Iterable[EspSuite]) -> tuple[Pro
     return _select(offered, preferences, ProtocolId.ESP, _esp_allows)
 
 
-def _select(offered: SaPayload, preferences, protocol: int, allows) -> tuple[Proposal, object]:
+def _select(offered: SaPayload, preferences: Iterable[Suite], protocol: int,
+            allows: Callable[[Offered, Suite], bool]) -> tuple[Proposal, Suite]:
     candidates = [(p, _by_type(p)) for p in offered.proposals if p.protocol == protocol]
     for suite in preferences:
         for proposal, types in candidates:
@@ -120,7 +126,8 @@ def accept_esp(chosen: SaPayload, offered: Sequence[EspSuite]) -> tuple[EspSuite
     return suite, chosen.proposals[0].spi
 
 
-def _accept(chosen: SaPayload, offered, protocol: int, allows):
+def _accept(chosen: SaPayload, offered: Sequence[Suite], protocol: int,
+            allows: Callable[[Offered, Suite], bool]) -> Suite:
     if len(chosen.proposals) != 1 or chosen.proposals[0].protocol != protocol:
         raise NoProposalChosen("the responder must return exactly one proposal (RFC 7296 §2.7)")
     types = _by_type(chosen.proposals[0])

@@ -71,7 +71,7 @@ class SkCipher:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str:
         raise TypeError("SkCipher holds a key and cannot be pickled")
 
 

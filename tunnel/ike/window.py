@@ -71,7 +71,7 @@ class RequestWindow:
         self.attempt += 1
         if self.attempt >= self.backoff.tries:
             self.complete()
-            raise TimeoutError("no response after %d transmissions" % self.backoff.tries)
+            raise TimeoutError(f"no response after {self.backoff.tries} transmissions")
         self.deadline = now + self.backoff.delay(self.attempt)
         return self.packet
 

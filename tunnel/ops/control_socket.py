@@ -127,7 +127,8 @@ class ControlServer:
             return {"ok": True, "status": snapshot(self.readout, time.monotonic())}
         known = self.commands.ike_tunnels()
         if not isinstance(tunnel, str) or tunnel not in known:
-            return {"ok": False, "error": f"no IKE tunnel {tunnel!r}; IKE tunnels: {', '.join(sorted(known)) or 'none'}"}
+            names = ", ".join(sorted(known)) or "none"
+            return {"ok": False, "error": f"no IKE tunnel {tunnel!r}; IKE tunnels: {names}"}
         if command == "initiate":
             message = self.commands.initiate(tunnel)
         elif command == "terminate":

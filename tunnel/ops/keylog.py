@@ -44,4 +44,5 @@ class IkeKeyLog:
     def __call__(self, spi_i: bytes, spi_r: bytes, keys: IkeKeys, key_bits: int) -> None:
         cipher = f"AES-GCM-{key_bits} with 16 octet ICV [RFC5282]"
         with open(self.path, "a", encoding="ascii") as f:
-            f.write(f'{spi_i.hex()},{spi_r.hex()},{keys.sk_ei.hex()},{keys.sk_er.hex()},"{cipher}",,,"NONE [RFC4306]"\n')
+            f.write(f'{spi_i.hex()},{spi_r.hex()},{keys.sk_ei.hex()},{keys.sk_er.hex()},"{cipher}",,,'
+                    '"NONE [RFC4306]"\n')

@@ -3,7 +3,8 @@
 Nothing on the packet path calls prometheus_client; the data path only increments integers (the
 forwarder's Counters, the schedulers' ClassStats, keying's IKE tallies, the IKE drop counters) and this
 collector turns them into metric families at scrape time, through the gateway's Readout (ops/readout.py),
-in its own registry, served by prometheus_client's HTTP server in a thread. Labels stay bounded: tunnel names (from the config), drop reasons and QoS classes (enums),
+in its own registry, served by prometheus_client's HTTP server in a thread. Labels stay bounded: tunnel
+names (from the config), drop reasons and QoS classes (enums),
 directions; never addresses, ports or flows.
 """
 

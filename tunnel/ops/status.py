@@ -79,8 +79,9 @@ def render(snap: dict[str, Any]) -> str:
     lines = [f"gateway {snap['gateway']}, listening on udp {snap['listen']}"]
     for t in snap["tunnels"]:
         lines.append("")
+        handshake = t.get("last_handshake_ago_s")
         lines.append(f"tunnel {t['name']}: {t['state'].upper()}, peer {t['peer']}, {t['keying']} keying"
-                     + (f", last handshake {_secs(t.get('last_handshake_ago_s'))} ago" if "last_handshake_ago_s" in t else ""))
+                     + (f", last handshake {_secs(handshake)} ago" if "last_handshake_ago_s" in t else ""))
         ike = t["ike"]
         if ike:
             seen = ike["peer_last_seen_ago_s"]

@@ -241,7 +241,7 @@ def _respond(sa: IkeSa, message: Message, old: ChildSa | None) -> tuple[list[Pay
     answer = Proposal(proposal.number, ProtocolId.ESP, spi_in.to_bytes(4, "big"), proposal.transforms)
     payloads: list[Payload] = [SaPayload((answer,)), NoncePayload(nr)]
     if private is not None:
-        payloads.append(KePayload(suite.dh, private.public))
+        payloads.append(KePayload(private.group, private.public))
     payloads += [TsPayload(True, wire_selectors(remote)), TsPayload(False, wire_selectors(local))]
     return payloads, child, nonce.data, nr
 
@@ -282,8 +282,9 @@ def _child(sa: IkeSa, initiator: bool, spi_in: int, spi_out: int, suite: EspSuit
 
 
 def _announce(sa: IkeSa, child: ChildSa, now: float, replaces_out: int | None = None) -> None:
+    assert child.keys is not None, "a Child SA of CREATE_CHILD_SA is announced once, with its keys"
     key_in, key_out = child.keys
-    child.keys = ()  # the data plane has them now
+    child.keys = None  # the data plane has them now
     sa.start_child_lifetime(child, now)
     sa.add_child(child)
     sa.event(ChildSaEstablished(sa.config.tunnel, child.spi_in, child.spi_out, Secret(key_in), Secret(key_out),

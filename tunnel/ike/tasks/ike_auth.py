@@ -30,7 +30,7 @@ from tunnel.ike.message import (
     TsPayload,
 )
 from tunnel.ike.proposal import EspSuite, accept_esp, offer_esp, select_esp
-from tunnel.ike.sa import Exchange, IkeSa, IkeState, Task
+from tunnel.ike.sa import Exchange, IkeSa, IkeSaCrypto, IkeState, Task
 from tunnel.secret import Secret
 
 
@@ -54,7 +54,8 @@ class AuthRequest(Exchange):
         if notify is not None:
             return sa.event(ChildSaFailed(config.tunnel, f"peer refused the Child SA: {_name(notify)}", notify))
         try:
-            sa_payload, tsi, tsr = message.get(SaPayload), _find(message, TsPayload, True), _find(message, TsPayload, False)
+            sa_payload = message.get(SaPayload)
+            tsi, tsr = _find(message, TsPayload, True), _find(message, TsPayload, False)
             if sa_payload is None or tsi is None or tsr is None:
                 raise IkeError("IKE_AUTH response lacks SA, TSi or TSr")
             suite, peer_spi = accept_esp(sa_payload, auth_suites(config.esp_suites))
@@ -125,7 +126,8 @@ def _select_child(sa: IkeSa, message: Message, now: float) -> list[Payload]:
         raise NoProposalChosen("IKE_AUTH request lacks SA, TSi or TSr")
     proposal, suite = select_esp(sa_payload, auth_suites(config.esp_suites))
     # TSi describes the initiator's side, which is our remote side (§2.9).
-    remote, local = narrow(from_wire(tsi.selectors), config.remote_ts), narrow(from_wire(tsr.selectors), config.local_ts)
+    remote = narrow(from_wire(tsi.selectors), config.remote_ts)
+    local = narrow(from_wire(tsr.selectors), config.local_ts)
     if not remote or not local:
         raise TsUnacceptable("proposed traffic selectors do not intersect the configured subnets")
     spi_in = sa.new_child_spi()
@@ -135,7 +137,8 @@ def _select_child(sa: IkeSa, message: Message, now: float) -> list[Payload]:
 
 
 # -- shared ------------------------------------------------------------------------------------------------
-def _crypto(sa: IkeSa):  # noqa: ANN202 - IkeSaCrypto, present from IKE_SA_INIT on
+def _crypto(sa: IkeSa) -> IkeSaCrypto:
+    """The keys of IKE_SA_INIT, which IKE_AUTH always follows."""
     assert sa.crypto is not None, "IKE_AUTH runs after IKE_SA_INIT made the keys"
     return sa.crypto
 
@@ -233,4 +236,4 @@ def _first_error(message: Message) -> int | None:
 
 
 def _name(notify: int | None) -> str:
-    return NotifyType(notify).name if notify in NotifyType._value2member_map_ else str(notify)
+    return NotifyType(notify).name if notify is not None and notify in NotifyType._value2member_map_ else str(notify)

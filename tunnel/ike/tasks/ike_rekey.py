@@ -19,7 +19,7 @@ from tunnel.ike.constants import ExchangeType, NotifyType, ProtocolId
 from tunnel.ike.drops import IkeDrop
 from tunnel.ike.errors import DegeneratePublicValue, IkeError, TemporaryFailure
 from tunnel.ike.events import IkeSaRekeyed
-from tunnel.ike.message import KePayload, Message, NoncePayload, NotifyPayload, Proposal, SaPayload
+from tunnel.ike.message import KePayload, Message, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload
 from tunnel.ike.proposal import IkeSuite, accept_ike, offer_ike, select_ike
 from tunnel.ike.sa import Exchange, IkeSa, IkeSaCrypto, IkeState, Task
 from tunnel.ike.sk import SkCipher
@@ -95,7 +95,8 @@ def start(sa: IkeSa, now: float) -> None:
     config = sa.config
     spi, nonce = sa.random(IKE_SPI_LEN), sa.random(config.nonce_len)
     private = dh.generate(config.ike_suites[0].dh, sa.random)
-    payloads = [offer_ike(config.ike_suites, spi), NoncePayload(nonce), KePayload(private.group, private.public)]
+    payloads: list[Payload] = [offer_ike(config.ike_suites, spi), NoncePayload(nonce),
+                               KePayload(private.group, private.public)]
     sa.send_request(ExchangeType.CREATE_CHILD_SA, payloads, now, IkeRekey(spi, nonce, private))
 
 
