@@ -141,7 +141,9 @@ class Deployment:
 
     def _make_pki(self, sites) -> None:
         pki = self.workdir / "pki"
-        run = lambda *argv: subprocess.run([*self.command, "pki", *argv], check=True, capture_output=True, timeout=60)
+        def run(*argv: str) -> None:
+            subprocess.run([*self.command, "pki", *argv], check=True, capture_output=True, timeout=60)
+
         run("ca", str(pki), "--name", "sitelink lab CA")
         for site in sites:
             run("issue", "--ca-dir", str(pki), "--out", str(pki / site.name), "--id", identity(site.name))

@@ -212,8 +212,8 @@ def test_child_rekeys_by_strongswan(tmp_path: Path, sitelink_initiates: bool) ->
                 t0 = time.monotonic()
                 p.swan.rekey("child")
                 times.append(time.monotonic() - t0)
-                wait_for(f"rekey {i}: sitelink logs the new Child SA", lambda: len(p.children()) == 1 + i, 3)
-                wait_for(f"rekey {i}: sitelink deletes the old one", lambda: len(p.deleted()) == i, 3)
+                wait_for(f"rekey {i}: sitelink logs the new Child SA", lambda i=i: len(p.children()) == 1 + i, 3)
+                wait_for(f"rekey {i}: sitelink deletes the old one", lambda i=i: len(p.deleted()) == i, 3)
                 p.traffic(f"after strongSwan's Child rekey {i}")
                 spis.append(p.swan_agrees())
                 time.sleep(0.3)
@@ -240,10 +240,10 @@ def test_child_rekeys_by_sitelink(tmp_path: Path, sitelink_initiates: bool) -> N
         t_est = [time.monotonic()]
         with p.streams(8) as streams:
             for i in range(1, REKEYS + 1):
-                wait_for(f"sitelink's Child rekey {i}", lambda: len(p.children()) >= 1 + i, 5)
+                wait_for(f"sitelink's Child rekey {i}", lambda i=i: len(p.children()) >= 1 + i, 5)
                 t_est.append(time.monotonic())
                 p.traffic(f"after sitelink's Child rekey {i}")
-                wait_for(f"rekey {i}: sitelink deletes the old one", lambda: len(p.deleted()) >= i, 3)
+                wait_for(f"rekey {i}: sitelink deletes the old one", lambda i=i: len(p.deleted()) >= i, 3)
                 spis.append(p.swan_agrees())
         assert p.deleted()[:REKEYS] == p.children()[:REKEYS]
         assert len({(s["spi_in"], s["spi_out"]) for s in spis}) == REKEYS + 1
@@ -275,7 +275,7 @@ def test_ike_rekeys_by_strongswan(tmp_path: Path, sitelink_initiates: bool) -> N
         ike_spis = [(first["ike_spi_i"], first["ike_spi_r"])]
         for i in range(1, IKE_REKEYS + 1):
             p.swan.rekey("ike")
-            wait_for(f"sitelink logs IKE rekey {i}", lambda: p.log().count("IKE SA rekeyed") == i, 3)
+            wait_for(f"sitelink logs IKE rekey {i}", lambda i=i: p.log().count("IKE SA rekeyed") == i, 3)
             p.traffic(f"after strongSwan's IKE rekey {i}")
             s = p.swan_agrees()
             assert (s["spi_in"], s["spi_out"]) == (first["spi_in"], first["spi_out"])  # the Child SA moved
@@ -294,6 +294,11 @@ def test_ike_rekeys_by_strongswan(tmp_path: Path, sitelink_initiates: bool) -> N
           f"Child SA kept; hq drops {c['drops'] or 'none'}; {report.esp} ESP packets, all decrypted")
 
 
+def _rekeyed(summary: dict, old_spis: list) -> bool:
+    """strongSwan holds an established IKE SA with SPIs not among old_spis."""
+    return (summary["ike_spi_i"], summary["ike_spi_r"]) not in old_spis and summary["ike_state"] == "ESTABLISHED"
+
+
 @pytest.mark.parametrize("sitelink_initiates", [True, False], ids=["sitelink-initiated", "strongswan-initiated"])
 def test_ike_rekeys_by_sitelink(tmp_path: Path, sitelink_initiates: bool) -> None:
     """sitelink's IKE soft lifetime of 3 s (strongSwan's is 4 h)."""
@@ -303,11 +308,10 @@ def test_ike_rekeys_by_sitelink(tmp_path: Path, sitelink_initiates: bool) -> Non
         first = p.swan_agrees()
         ike_spis = [(first["ike_spi_i"], first["ike_spi_r"])]
         for i in range(1, IKE_REKEYS + 1):
-            wait_for(f"sitelink's IKE rekey {i}", lambda: p.log().count("IKE SA rekeyed") >= i, 6)
+            wait_for(f"sitelink's IKE rekey {i}", lambda i=i: p.log().count("IKE SA rekeyed") >= i, 6)
             p.traffic(f"after sitelink's IKE rekey {i}")
             wait_for(f"strongSwan sees IKE rekey {i}",
-                     lambda: (lambda s: (s["ike_spi_i"], s["ike_spi_r"]) not in ike_spis
-                              and s["ike_state"] == "ESTABLISHED")(p.swan.sa_summary()), 3)
+                     lambda: _rekeyed(p.swan.sa_summary(), ike_spis), 3)
             s = p.swan_agrees()
             assert (s["spi_in"], s["spi_out"]) == (first["spi_in"], first["spi_out"])
             ike_spis.append((s["ike_spi_i"], s["ike_spi_r"]))

@@ -63,7 +63,9 @@ def test_reload_keeps_running_tunnels_and_adds_and_removes_others(tmp_path: Path
         assert ping(lab, "hq-host", lab.addr("branch1-host"), count=3, interval=0.05).received == 3
         before = hq_tunnel(dep, "branch1")
         assert before["state"] == "up" and hq_tunnel(dep, "branch2") is None
-        route = lambda: lab.run("hq-gw", ["ip", "route", "show", "10.3.0.0/24"], timeout=5).stdout.strip()
+        def route() -> str:
+            return lab.run("hq-gw", ["ip", "route", "show", "10.3.0.0/24"], timeout=5).stdout.strip()
+
         assert route() == ""
 
         result: dict = {}

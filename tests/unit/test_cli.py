@@ -54,9 +54,9 @@ def test_check_lists_every_problem_with_position(site: Path) -> None:
     (site / "hq.yaml").write_text(text)
     result = sitelink("check", "hq.yaml", cwd=site)
     assert result.returncode == 2
-    lines = [l for l in result.stderr.splitlines() if l.startswith("hq.yaml:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hq.yaml:")]
     assert len(lines) == 2, result.stderr
-    assert any("gateway.listen.port" in l for l in lines) and any("colour" in l for l in lines)
+    assert any("gateway.listen.port" in line for line in lines) and any("colour" in line for line in lines)
     assert "Traceback" not in result.stderr
 
 

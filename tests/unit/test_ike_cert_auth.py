@@ -74,7 +74,9 @@ def test_certificates_authenticate_both_ways(tmp_path: Path, key_type: str) -> N
 def test_expired_certificate_is_authentication_failed(tmp_path: Path) -> None:
     pki = make_pki(tmp_path, "ecdsa-p256")
     ca = pki["ca"][0]
-    later = lambda: NOW + dt.timedelta(days=60)  # the gateway certificates were issued for 30 days
+    def later() -> dt.datetime:  # the gateway certificates were issued for 30 days
+        return NOW + dt.timedelta(days=60)
+
     e_hq, e_br = run(cert_auth(pki["hq"], ca), cert_auth(pki["br"], ca), br_clock=later)
     failed = [e for e in e_br if isinstance(e, IkeSaFailed)]
     assert failed and failed[0].notify == NotifyType.AUTHENTICATION_FAILED and "expired" in failed[0].reason

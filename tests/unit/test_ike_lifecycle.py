@@ -265,7 +265,6 @@ def test_initial_contact_from_restarted_peer() -> None:
 
 def test_initial_contact_only_on_the_first_ike_sa() -> None:
     hq, br, wire, _, _ = up()
-    first = [d for s, _, d in wire.log if s == HQ and parse_header(d).exchange == ExchangeType.IKE_AUTH]
     hq.initiate("branch1", wire.now)  # a second IKE SA must not make the peer drop the first
     wire.pump()
     assert len(hq.sessions) == 2 and len(br.sessions) == 2

@@ -34,8 +34,11 @@ def rng(seed: int) -> Callable[[int], bytes]:
     return r.randbytes
 
 
+DEFAULT_IKE, DEFAULT_ESP = (IkeSuite(),), (EspSuite(),)
+
+
 def config(name: str, local: str, remote: str, local_id: bytes, remote_id: bytes, psk: bytes = b"secret" * 4,
-           suites=(IkeSuite(),), esp=(EspSuite(),), **kw) -> IkeConfig:
+           suites=DEFAULT_IKE, esp=DEFAULT_ESP, **kw) -> IkeConfig:
     return IkeConfig(
         tunnel=name, local_id=(IdType.ID_FQDN, local_id), remote_id=(IdType.ID_FQDN, remote_id),
         auth=PskAuth(psk), ike_suites=suites, esp_suites=esp,

@@ -29,7 +29,7 @@ def rtp(seq: int, ts: int = 0, ssrc: int = SSRC, pt: int = 96, payload: bytes = 
 def feed(stats: RtpStats, seqs: list[int], interval: float = 0.02, ts_step: int = 1800) -> RtpStats:
     """Packets in the given arrival order; each one's timestamp and arrival follow its sequence number
     (constant transit), so only the sequence accounting is under test."""
-    for i, seq in enumerate(seqs):
+    for seq in seqs:
         stats.add(seq * interval + 0.005, rtp(seq, seq * ts_step))
     return stats
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tunnel.app.assemble import ike_configs, volume_limits
+from tunnel.app.assemble import ike_configs, peer_of, volume_limits
 from tunnel.app.reload import ReloadPlan
 from tunnel.config.model import GatewayConfig, StartMode, Tunnel
 from tunnel.dataplane.events import (
@@ -263,7 +263,7 @@ class Keying:
         still uses SAs from before we restarted. Start a new IKE SA (with INITIAL_CONTACT, so the peer
         drops the stale ones) instead of waiting for its dead-peer detection. Also in respond mode."""
         for name, runtime in self.tunnels.items():
-            if str(runtime.config.peer.address) != host or self.dispatcher.sessions_for(name):
+            if peer_of(runtime.config)[0] != host or self.dispatcher.sessions_for(name):
                 continue
             if runtime.unknown_spi_at is not None and now - runtime.unknown_spi_at < UNKNOWN_SPI_HOLDOFF:
                 continue
