@@ -16,7 +16,8 @@ from tunnel.dataplane.events import (
     UnknownSpi,
     VolumeLimit,
 )
-from tunnel.dataplane.forwarder import MAX_UNKNOWN_SPI_HOSTS, Forwarder, VolumeLimits
+from tunnel.dataplane.forwarder import MAX_UNKNOWN_SPI_HOSTS, Forwarder
+from tunnel.dataplane.tunnels import VolumeLimits
 from tunnel.esp.drops import DropReason
 from tunnel.esp.encap import NAT_KEEPALIVE, frame_ike
 from tunnel.esp.sa import InboundSa, OutboundSa
@@ -251,7 +252,7 @@ from scapy.layers.inet6 import ICMPv6PacketTooBig  # noqa: E402
 from policy.match import compile_rules  # noqa: E402
 from policy.model import Action, PortMatch, PortRange, Rule  # noqa: E402
 from policy.qos import QosClass  # noqa: E402
-from tunnel.dataplane.forwarder import TunnelPolicy  # noqa: E402
+from tunnel.dataplane.tunnels import TunnelPolicy  # noqa: E402
 
 
 def policy_pair(hq_policy: TunnelPolicy, br_policy: TunnelPolicy | None = None) -> tuple[Forwarder, Forwarder]:

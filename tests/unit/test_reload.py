@@ -21,7 +21,8 @@ from tunnel.app.reload import LIVE_FIELDS, RESTART_FIELDS, plan_reload
 from tunnel.app.workers import WorkerProxy, _commands, _report
 from tunnel.config.loader import load_config
 from tunnel.config.model import GatewayConfig
-from tunnel.dataplane.forwarder import Forwarder, VolumeLimits
+from tunnel.dataplane.forwarder import Forwarder
+from tunnel.dataplane.tunnels import VolumeLimits
 from tunnel.errors import ConfigError, ReloadRefused
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.ike.constants import ExchangeType

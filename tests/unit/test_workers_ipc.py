@@ -12,7 +12,8 @@ import pytest
 
 from tunnel.app.workers import WorkerProxy, _commands, _report
 from tunnel.dataplane.events import NeedSa, NeedSaReason, PeerAlive, PeerMoved, SaInUse, UnknownSpi
-from tunnel.dataplane.forwarder import Forwarder, VolumeLimits
+from tunnel.dataplane.forwarder import Forwarder
+from tunnel.dataplane.tunnels import VolumeLimits
 from tunnel.esp.sa import OutboundSa
 
 PEER = ("198.18.2.2", 4500)

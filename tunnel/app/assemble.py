@@ -16,8 +16,9 @@ from policy.qos import QosClass
 from policy.ts import ranges
 from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.config.pkifiles import load_certificate, load_private_key
-from tunnel.dataplane.forwarder import NO_LIMIT, Forwarder, TunnelPolicy, VolumeLimits
+from tunnel.dataplane.forwarder import Forwarder
 from tunnel.dataplane.scheduler import PriorityScheduler
+from tunnel.dataplane.tunnels import NO_LIMIT, TunnelPolicy, VolumeLimits
 from tunnel.esp.overhead import inner_mtu
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.ike.certs import CertVerifier, PeerIdentity, PublicKey

@@ -13,8 +13,9 @@ from tunnel.app.keying import Keying
 from tunnel.app.workers import WorkerProxy
 from tunnel.config.model import GatewayConfig
 from tunnel.dataplane.counters import Counters
-from tunnel.dataplane.forwarder import Forwarder, TunnelState
+from tunnel.dataplane.forwarder import Forwarder
 from tunnel.dataplane.scheduler import ClassStats
+from tunnel.dataplane.tunnels import TunnelState
 from tunnel.drivers.pumps import QosPump
 from tunnel.ike.session import IkeSession
 from tunnel.ops.readout import ChildView, IkeView, QueueRows, TunnelView

@@ -24,7 +24,8 @@ from tunnel.app.assemble import build_forwarder, make_schedulers, reconfigure_fo
 from tunnel.config.model import GatewayConfig
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.events import DataEvent
-from tunnel.dataplane.forwarder import Forwarder, VolumeLimits
+from tunnel.dataplane.forwarder import Forwarder
+from tunnel.dataplane.tunnels import VolumeLimits
 from tunnel.drivers import pumps, udp
 from tunnel.drivers.tun import TunDevice
 from tunnel.esp.sa import InboundSa, OutboundSa

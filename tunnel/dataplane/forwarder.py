@@ -10,13 +10,11 @@ peer cannot inject traffic for subnets it was not given.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from policy.flow import addresses, flow_key
-from policy.match import Matcher
 from policy.model import Action
-from policy.prefixes import Network, PrefixTable, SubnetSet
-from policy.qos import DSCP_CLASS, QosClass, dscp_of_class
+from policy.prefixes import Network, PrefixTable
+from policy.qos import DSCP_CLASS, dscp_of_class
 from tunnel.dataplane import ipedit
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.events import (
@@ -31,6 +29,7 @@ from tunnel.dataplane.events import (
     UnknownSpi,
     VolumeLimit,
 )
+from tunnel.dataplane.tunnels import NEVER, TunnelPolicy, TunnelState, VolumeLimits
 from tunnel.esp.drops import DropReason
 from tunnel.esp.encap import Kind, classify, ike_payload
 from tunnel.esp.sa import (
@@ -46,69 +45,7 @@ from tunnel.esp.sa import (
 _NEXT_HEADER = {4: NEXT_HEADER_IPV4, 6: NEXT_HEADER_IPV6}
 Sealed = list[tuple[bytes, PeerAddress, int]]  # (ESP packet, peer, outer TOS) to send
 Classified = list[tuple[int, "TunnelState", bytes]]  # (QoS class, tunnel, packet) to queue
-NO_LIMIT = 1 << 62  # a volume no SA reaches
-NEVER = 1 << 64  # a mark past every limit: nothing more to report for the SA
 MAX_UNKNOWN_SPI_HOSTS = 64  # distinct hosts reported between two takes; more are only counted
-
-
-@dataclass(frozen=True)
-class VolumeLimits:
-    """When an outbound SA should be replaced (soft) and may no longer be used (hard), in packets sent
-    (its sequence number) and inner bytes sealed (RFC 4301 §4.4.2.1); NO_LIMIT for none."""
-
-    soft_packets: int = NO_LIMIT
-    soft_bytes: int = NO_LIMIT
-    hard_packets: int = NO_LIMIT
-    hard_bytes: int = NO_LIMIT
-
-
-@dataclass(frozen=True)
-class TunnelPolicy:
-    """What the forwarder does with a tunnel's packets beyond selectors, compiled from the config."""
-
-    firewall: Matcher[Action] | None = None  # None: the selectors alone decide
-    qos_rules: Matcher[QosClass] | None = None  # None: trust the inner DSCP; else classify and re-mark
-    outer_dscp: int | None = None  # None: copy the inner DSCP outward (RFC 2983 uniform model); else pipe
-    decap_copy_dscp: bool = False  # copy the outer DSCP into the inner packet on the way in
-    mtu: int = 1438  # largest inner packet the tunnel carries in one ESP packet
-    icmp_source4: int | None = None  # source of our ICMP errors; None: the unreachable destination
-    icmp_source6: int | None = None
-
-
-class TunnelState:
-    __slots__ = ("name", "peer", "local", "remote", "outbound", "counters", "peer_changes", "_asked", "_alive",
-                 "limits", "byte_base", "soft_reported", "packet_mark", "byte_mark", "firewall", "qos_rules",
-                 "outer_dscp", "decap_copy_dscp", "mtu", "mss4", "mss6", "icmp_source4", "icmp_source6")
-
-    def __init__(self, name: str, peer: PeerAddress, local: Iterable[Network], remote: Iterable[Network],
-                 policy: TunnelPolicy | None = None) -> None:
-        self.name = name
-        self.peer = peer
-        self.local = SubnetSet(local)
-        self.remote = SubnetSet(remote)
-        self.outbound: OutboundSa | None = None
-        self.counters = Counters()
-        self.peer_changes = 0  # times authenticated ESP arrived from a new address (NAT rebinding)
-        self._asked = False  # a NeedSa is outstanding; do not repeat it for every packet
-        self._alive = False  # a PeerAlive was reported since the last take
-        # The outbound SA's volume limits, and the sequence number and tx_bytes at which seal_into next
-        # looks at them (the soft limits, then the hard ones, then never): two compares per packet.
-        self.limits = VolumeLimits()
-        self.byte_base = 0  # tx_bytes when the outbound SA was installed
-        self.soft_reported = False
-        self.packet_mark = self.byte_mark = NEVER
-        self.apply(policy or TunnelPolicy())
-
-    def apply(self, policy: TunnelPolicy) -> None:
-        self.firewall = policy.firewall
-        self.qos_rules = policy.qos_rules
-        self.outer_dscp = policy.outer_dscp
-        self.decap_copy_dscp = policy.decap_copy_dscp
-        self.mtu = policy.mtu
-        self.mss4 = policy.mtu - 40  # IPv4 + TCP headers
-        self.mss6 = policy.mtu - 60  # IPv6 + TCP headers
-        self.icmp_source4 = policy.icmp_source4
-        self.icmp_source6 = policy.icmp_source6
 
 
 class Forwarder:
@@ -149,13 +86,13 @@ class Forwarder:
         for spi in [spi for spi, (owner, _) in self._inbound.items() if owner is state]:
             self.remove_inbound(spi)
         state.outbound = None
-        state._asked = True
+        state.asked = True
 
     def install_outbound(self, tunnel: str, sa: OutboundSa, limits: VolumeLimits | None = None) -> None:
         """limits: when to report VolumeLimit events for this SA (none: only sequence-number exhaustion)."""
         state = self.tunnels[tunnel]
         state.outbound = sa
-        state._asked = False
+        state.asked = False
         state.limits = limits or VolumeLimits()
         state.byte_base = state.counters.tx_bytes
         state.soft_reported = False
@@ -190,7 +127,7 @@ class Forwarder:
         self.ike_pending = False
         self._unknown_hosts.clear()
         for tunnel in self._alive:
-            tunnel._alive = False
+            tunnel.alive_reported = False
         self._alive.clear()
         return events
 
@@ -363,8 +300,8 @@ class Forwarder:
             tunnel.peer = (peer[0], peer[1])
             tunnel.peer_changes += 1
             self._events.append(PeerMoved(tunnel.name, tunnel.peer))
-        if not tunnel._alive:
-            tunnel._alive = True
+        if not tunnel.alive_reported:
+            tunnel.alive_reported = True
             self._alive.append(tunnel)
             self._events.append(PeerAlive(tunnel.name))
         if self._unused and spi in self._unused:
@@ -386,8 +323,8 @@ class Forwarder:
         return None
 
     def _ask(self, tunnel: TunnelState, reason: NeedSaReason) -> None:
-        if not tunnel._asked:
-            tunnel._asked = True
+        if not tunnel.asked:
+            tunnel.asked = True
             self._events.append(NeedSa(tunnel.name, reason))
 
     def _unknown_spi(self, host: str) -> None:
