@@ -133,3 +133,26 @@ def test_a_bug_in_one_sa_fails_that_sa_only(monkeypatch: pytest.MonkeyPatch) -> 
     hq.initiate("branch1", wire.now)
     wire.pump()
     assert any(isinstance(e, IkeSaEstablished) for e in events(br))
+
+
+def test_child_rekeys_wait_while_our_ike_rekey_is_pending() -> None:
+    """§2.25.2 makes the peer refuse our IKE rekey while a Child exchange of its own is out; if both sides
+    kept rekeying Child SAs at their soft lifetimes, the IKE rekey could starve until the IKE SA's hard
+    lifetime. So once our IKE rekey is due (here: it was refused, a retry is scheduled), our Child rekeys
+    wait until halfway to their hard lifetime; a rekeyed IKE SA starts with none pending."""
+    kw = {"child_rekey_time": 10.0, "child_lifetime": 30.0, "ike_rekey_time": 1e5, "rekey_jitter": 0.0,
+          "dpd_delay": 0.0}
+    hq, br, wire, _, _ = up(kw, {**kw, "child_rekey_time": 1e5, "child_lifetime": 2e5})
+    session = only(hq)
+    child = session.children[0]
+    session.ike_rekey_pending = True  # our IKE rekey was refused with TEMPORARY_FAILURE; its retry waits
+    assert session.child_rekey_due(child) == 20.0  # halfway between the soft (10) and hard (30) lifetime
+    for _ in range(19):
+        wire.advance(1.0)
+    assert child.state is ChildState.INSTALLED and len(wire.log) == 4  # 9 s past its soft lifetime: nothing sent
+    wire.advance(1.0)
+    assert [c.state for c in session.children] == [ChildState.INSTALLED]
+    assert session.children[0].spi_in != child.spi_in  # rekeyed at 20 s (make before break, old one deleted)
+    hq.rekey_ike("branch1", wire.now)
+    wire.pump()
+    assert not only(hq).ike_rekey_pending

@@ -146,6 +146,9 @@ class IkeSa:
         self.started_at: float | None = None  # our IKE_SA_INIT request sent or the peer's received
         self.ike_rekey_at: float | None = None  # soft lifetime of this IKE SA (lifetime.py)
         self.ike_expire_at: float | None = None  # hard lifetime
+        # Our IKE rekey is due and not done yet (a refusal or collision sends it back for a retry): our
+        # Child rekeys wait meanwhile, unless their hard lifetime nears (session.py: child_rekey_due).
+        self.ike_rekey_pending = False
         self.new_child_at: float | None = None  # ask for a fresh Child SA then (lifetime.schedule_new_child)
         self.last_received: float | None = None  # last authenticated message (or ESP packet) from the peer
         self.dpd_rtt: float | None = None  # round-trip time of the last DPD check (§2.4)

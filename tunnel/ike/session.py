@@ -128,9 +128,11 @@ class IkeSession(IkeSa):
         if retiring is not None:
             return delete.send_delete_child(self, retiring, now)
         if self.ike_rekey_at is not None and self.ike_rekey_at <= now:
+            self.ike_rekey_pending = True
             return ike_rekey.start(self, now)
         for child in self.children:
-            if child.state is ChildState.INSTALLED and child.rekey_at is not None and child.rekey_at <= now:
+            due = self.child_rekey_due(child)
+            if due is not None and due <= now:
                 return child_create.start(self, child, now)
         if self.new_child_at is not None and self.new_child_at <= now:
             self.new_child_at = None
@@ -139,6 +141,17 @@ class IkeSession(IkeSa):
         due = self.dpd_due()
         if due is not None and due <= now:
             dpd.start(self, now)
+
+    def child_rekey_due(self, child: ChildSa) -> float | None:
+        """When to rekey an installed Child SA: at its soft lifetime, except while our IKE rekey is pending.
+        Then it waits until halfway to its hard lifetime, so that Child rekeys from both sides do not keep
+        colliding with the IKE rekey (each refused with TEMPORARY_FAILURE, §2.25.2) until the IKE SA's
+        hard lifetime ends everything; the Child SAs move to the new IKE SA and are rekeyed there."""
+        if child.state is not ChildState.INSTALLED or child.rekey_at is None:
+            return None
+        if self.ike_rekey_pending and child.expire_at is not None:
+            return max(child.rekey_at, (child.rekey_at + child.expire_at) / 2)
+        return child.rekey_at
 
     def _due_times(self) -> list[float]:
         """When proceed() has something to do (besides retransmissions and the state deadline)."""
@@ -151,7 +164,7 @@ class IkeSession(IkeSa):
         if not self.requests.busy:
             if self.delete_when_idle or self.retiring() is not None:
                 found.append(0.0)  # at once
-            found += [c.rekey_at for c in self.children if c.state is ChildState.INSTALLED]
+            found += [self.child_rekey_due(c) for c in self.children]
             found += [self.ike_rekey_at, self.dpd_due(), self.new_child_at]
         return [d for d in found if d is not None]
 
