@@ -286,3 +286,11 @@ def test_past_the_hard_volume_limit_the_sa_goes_after_a_grace(tmp_path: Path) ->
     assert link.send(link.hq, 100)
     link.advance(1.0)
     assert link.hq.forwarder.tunnels["branch1"].outbound is None and not link.send(link.hq, 101)
+
+
+def test_both_sides_time_their_handshake(link: Link) -> None:
+    """The initiator and the responder each find the IKE SA an IkeSaEstablished names (by both SPIs; the
+    dispatcher indexes each side's SA by its own SPI) and record its handshake duration."""
+    for site, peer in ((link.hq, "branch1"), (link.br, "hq")):
+        stats = site.keying.tunnels[peer].stats
+        assert stats.handshakes_ok == 1 and sum(stats.handshake_buckets) == 1

@@ -175,7 +175,7 @@ def test_ike_drops_are_exported_and_shown_per_tunnel(tmp_path: Path) -> None:
     gateway = Gateway(link.hq.keying.config)
     gateway.forwarder, gateway.keying = link.hq.forwarder, link.hq.keying
     session = link.hq.keying.current_ike("branch1")
-    request = session.header(ExchangeType.INFORMATIONAL, session.responses.expected, False)
+    request = IkeHeader(session.spi_i, session.spi_r, ExchangeType.INFORMATIONAL, 0, session.responses.expected)
     forged = bytearray(encode_sk_message(request, [], session.crypto.sk_in.seal))  # the SA's SPIs and next ID
     forged[-1] ^= 1  # a broken ICV
     for _ in range(2):

@@ -356,10 +356,10 @@ class Keying:
             return
         if isinstance(event, IkeSaEstablished):
             runtime.stats.handshakes_ok += 1
-            session = self.dispatcher.sessions.get(event.spi_i)
+            session = self.dispatcher.find(event.spi_i, event.spi_r)
             if session is not None and session.started_at is not None:
                 runtime.stats.observe_handshake(now - session.started_at)
-            self._log_ike_keys(event.spi_i)
+            self._log_ike_keys(event.spi_i, event.spi_r)
             log.info("tunnel %s: IKE SA established with %s (%s, %s)", event.tunnel, event.remote[0], event.suite,
                      "initiator" if event.initiator else "responder")
         elif isinstance(event, ChildSaEstablished):
@@ -370,7 +370,7 @@ class Keying:
                      event.spi_out)
         elif isinstance(event, IkeSaRekeyed):
             runtime.stats.ike_rekeys += 1
-            self._log_ike_keys(event.new_spi_i)
+            self._log_ike_keys(event.new_spi_i, event.new_spi_r)
             log.info("tunnel %s: IKE SA rekeyed (SPIs %s_i %s_r -> %s_i %s_r)", event.tunnel, event.old_spi_i.hex(),
                      event.old_spi_r.hex(), event.new_spi_i.hex(), event.new_spi_r.hex())
         elif isinstance(event, ChildSaFailed):
@@ -390,8 +390,8 @@ class Keying:
             runtime.retry_at = now + runtime.retry_delay
             runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
 
-    def _log_ike_keys(self, spi_i: bytes) -> None:
-        session = self.dispatcher.sessions.get(spi_i)
+    def _log_ike_keys(self, spi_i: bytes, spi_r: bytes) -> None:
+        session = self.dispatcher.find(spi_i, spi_r)
         if self.ike_key_logger is not None and session is not None and session.crypto is not None:
             crypto = session.crypto
             self.ike_key_logger(session.spi_i, session.spi_r, crypto.keys, crypto.suite.key_bits)

@@ -1,6 +1,7 @@
-"""All IKE SAs of one gateway behind one datagram interface: demultiplexing by SPI, responder sessions
-for new peers, DoS cookies when half-open SAs pile up (RFC 7296 §2.6), IKE SAs born of a rekey (indexed
-by their new initiator SPI, §2.18), INITIAL_CONTACT (§2.4), and counted drops."""
+"""All IKE SAs of one gateway behind one datagram interface: demultiplexing by our own SPI, responder
+SAs for new peers (made only for an IKE_SA_INIT request that parsed and was answered), DoS cookies when
+half-open SAs pile up (RFC 7296 §2.6) and a bounded half-open table, IKE SAs born of a rekey (§2.18),
+INITIAL_CONTACT (§2.4), and counted drops."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from tunnel.ike.sa import Address, Datagram, IkeState
 from tunnel.ike.session import IkeSession
 
 DEFAULT_COOKIE_THRESHOLD = 20
+MAX_HALF_OPEN = 2048  # responder IKE SAs waiting for IKE_AUTH; past it, the oldest is dropped
+COOKIE_ROTATION = 120.0  # seconds between cookie secrets; a cookie is good for one to two of them (§2.6)
 
 
 class IkeDispatcher:
@@ -34,7 +37,12 @@ class IkeDispatcher:
         self._random = random_bytes
         self._cookies = CookieJar(random_bytes)
         self.cookie_threshold = cookie_threshold
-        self.sessions: dict[bytes, IkeSession] = {}  # by initiator SPI
+        self.sessions: dict[bytes, IkeSession] = {}  # by our SPI (IkeSa.local_spi)
+        # Responder SAs between our IKE_SA_INIT answer and IKE_AUTH, oldest first, by (peer host, the
+        # initiator's SPI): how a retransmitted IKE_SA_INIT (responder SPI zero) finds its answer.
+        self._half_open: dict[tuple[str, bytes], IkeSession] = {}
+        self._half_open_key: dict[bytes, tuple[str, bytes]] = {}  # our SPI -> its key above
+        self._cookie_rotate_at: float | None = None
         self.drops = IkeDrops()  # messages no tunnel can be blamed for (unknown SPI or peer, cookies)
         self.tunnel_drops: dict[str, IkeDrops] = {}  # each tunnel's, shared by its IKE SAs
         self._contacted: set[str] = set()  # tunnels that had an IKE SA since start: no more INITIAL_CONTACT
@@ -56,7 +64,11 @@ class IkeDispatcher:
                              drops=self.drops_for(tunnel))
         session.send_initial_contact = tunnel not in self._contacted
         session.initiate(now)
-        self.sessions[session.spi_i] = session
+        if session.spi_i in self.sessions:  # 2**-64; never merged with another SA
+            session.fail("our random IKE SPI is in use (try again)")
+            session.drop(IkeDrop.SPI_COLLISION)
+        else:
+            self.sessions[session.spi_i] = session
         self._collect(session, now)
         return session
 
@@ -80,13 +92,21 @@ class IkeDispatcher:
         carries INITIAL_CONTACT again, so the peer also drops what it may still hold of the old ones."""
         self._contacted.discard(tunnel)
         for session in self.sessions_for(tunnel):
-            self._retired.add(session.spi_i)
+            self._retired.add(session.local_spi)
             session.delete(now, when_idle=True)
             self._collect(session, now)
 
     def sessions_for(self, tunnel: str) -> list[IkeSession]:
         # list(): one step under the GIL, so the metrics thread may call this while the loop adds sessions
-        return [s for s in list(self.sessions.values()) if s.config.tunnel == tunnel and s.spi_i not in self._retired]
+        return [s for s in list(self.sessions.values())
+                if s.config.tunnel == tunnel and s.local_spi not in self._retired]
+
+    def find(self, spi_i: bytes, spi_r: bytes) -> IkeSession | None:
+        """The IKE SA with these SPIs, if any."""
+        for session in list(self.sessions.values()):
+            if session.spi_i == spi_i and session.spi_r == spi_r:
+                return session
+        return None
 
     def rekey_child(self, tunnel: str, now: float) -> None:
         """Rekey the tunnel's Child SA soon (the gateway's byte/packet/sequence-number limits approach)."""
@@ -117,11 +137,12 @@ class IkeDispatcher:
             header = parse_header(data)
         except MalformedPacket:
             return self._drop(IkeDrop.MALFORMED)
-        session = self.sessions.get(header.spi_i)
+        self._rotate_cookies(now)
+        if header.is_initiator and header.spi_r == bytes(8):  # an IKE_SA_INIT request (or garbage)
+            return self._init_request(data, header, remote, local_port, now)
+        session = self.sessions.get(header.spi_r if header.is_initiator else header.spi_i)
         if session is None:
-            session = self._new_responder(data, header, remote, local_port, now)
-            if session is None:
-                return
+            return self._drop(IkeDrop.UNKNOWN_SPI)
         session.receive_datagram(data, remote, local_port, now)
         self._collect(session, now)
 
@@ -131,9 +152,12 @@ class IkeDispatcher:
 
     def get_timer(self) -> float | None:
         timers = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
+        if self._cookie_rotate_at is not None:
+            timers.append(self._cookie_rotate_at)
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
+        self._rotate_cookies(now)
         for session in list(self.sessions.values()):
             timer = session.get_timer()
             if timer is not None and timer <= now:
@@ -145,26 +169,57 @@ class IkeDispatcher:
 
     @property
     def half_open(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.state is IkeState.INIT_DONE)
+        """Responder IKE SAs not authenticated yet: all the state an unauthenticated peer can make us keep."""
+        return len(self._half_open)
 
     # -- internals ----------------------------------------------------------------------------------------
-    def _new_responder(self, data: bytes, header: IkeHeader, remote: Address, local_port: int,
-                       now: float) -> IkeSession | None:
-        if header.exchange != ExchangeType.IKE_SA_INIT or header.is_response or header.message_id != 0 \
-                or header.spi_r != bytes(8):
-            self._drop(IkeDrop.UNKNOWN_SPI)
-            return None
+    def _init_request(self, data: bytes, header: IkeHeader, remote: Address, local_port: int, now: float) -> None:
+        """An IKE_SA_INIT request: a retransmission gets the answer we gave (§2.1); a new one from a
+        configured peer gets a responder SA, which is kept only if the request parsed and was answered
+        (cookies first when half-open SAs pile up, §2.6)."""
+        if header.exchange != ExchangeType.IKE_SA_INIT or header.message_id != 0:
+            return self._drop(IkeDrop.UNKNOWN_SPI)
+        mine = self.sessions.get(header.spi_i)
+        if mine is not None and mine.initiator:  # our own request reflected back at us
+            return self._drop(IkeDrop.UNEXPECTED_IKE_SA_INIT)
+        known = self._half_open.get((remote[0], header.spi_i))
+        if known is not None:
+            known.receive_datagram(data, remote, local_port, now)  # the same request: the cached answer
+            return self._collect(known, now)
         config = self._by_peer.get(remote[0])
         if config is None:
-            self._drop(IkeDrop.UNKNOWN_PEER)
-            return None
+            return self._drop(IkeDrop.UNKNOWN_PEER)
         if self.half_open >= self.cookie_threshold and not self._cookie_ok(data, header, remote, local_port):
             return None
         session = IkeSession(config, False, remote, self._random, local_port=local_port,
                              drops=self.drops_for(config.tunnel), now=now)
-        session.spi_i = header.spi_i  # indexed by it from the start, so it is found again when it closes
-        self.sessions[header.spi_i] = session
-        return session
+        session.spi_i = header.spi_i
+        session.receive_datagram(data, remote, local_port, now)
+        if session.state is IkeState.INIT_DONE:
+            if session.spi_r in self.sessions:  # 2**-64; never merged with another SA
+                session.fail("our random IKE SPI is in use (the initiator tries again)")
+                session.drop(IkeDrop.SPI_COLLISION)
+            else:
+                self._keep_half_open(session, remote[0], now)
+        self._collect(session, now)  # its answer goes out either way (a refusal keeps no state)
+
+    def _keep_half_open(self, session: IkeSession, host: str, now: float) -> None:
+        while len(self._half_open) >= MAX_HALF_OPEN:  # the oldest goes first
+            oldest = next(iter(self._half_open.values()))
+            oldest.drop(IkeDrop.HALF_OPEN_EVICTED)
+            oldest.fail("half-open IKE SA evicted: too many waiting for IKE_AUTH")
+            self._collect(oldest, now)
+        self._half_open[(host, session.spi_i)] = session
+        self._half_open_key[session.spi_r] = (host, session.spi_i)
+        self.sessions[session.spi_r] = session
+
+    def _rotate_cookies(self, now: float) -> None:
+        """A new cookie secret every COOKIE_ROTATION seconds (§2.6: the previous one stays valid)."""
+        if self._cookie_rotate_at is None:
+            self._cookie_rotate_at = now + COOKIE_ROTATION
+        elif now >= self._cookie_rotate_at:
+            self._cookies.rotate()
+            self._cookie_rotate_at = now + COOKIE_ROTATION
 
     def _cookie_ok(self, data: bytes, header: IkeHeader, remote: Address, local_port: int) -> bool:
         """RFC 7296 §2.6: without a valid cookie, answer with one and keep no state."""
@@ -195,21 +250,27 @@ class IkeDispatcher:
             session.initial_contact_received = False
             self._initial_contact(session, now)
         self._out.extend(session.datagrams_to_send(0.0))
-        retired = session.spi_i in self._retired
+        retired = session.local_spi in self._retired
         while (event := session.next_event()) is not None:
             if isinstance(event, IkeSaEstablished):
                 self._contacted.add(event.tunnel)
             if not retired:
                 self._events.append(event)
+        if session.state is not IkeState.INIT_DONE and session.local_spi in self._half_open_key:
+            self._half_open.pop(self._half_open_key.pop(session.local_spi), None)
         if session.state is IkeState.CLOSED:
-            if self.sessions.get(session.spi_i) is session:
-                del self.sessions[session.spi_i]
-            self._retired.discard(session.spi_i)
+            if self.sessions.get(session.local_spi) is session:
+                del self.sessions[session.local_spi]
+            self._retired.discard(session.local_spi)
         spawned, session.spawned = session.spawned, []
-        for new in spawned:  # §2.18: the new IKE SA is found by its own initiator SPI
-            self.sessions[new.spi_i] = new
+        for new in spawned:  # §2.18: the new IKE SA is found by our SPI of it
+            if new.local_spi in self.sessions:  # 2**-64; never merged with another SA
+                new.drop(IkeDrop.SPI_COLLISION)
+                new.fail("our random IKE SPI is in use")
+                continue
+            self.sessions[new.local_spi] = new
             if retired:  # an IKE rekey that finished after its tunnel was removed: delete the new SA too
-                self._retired.add(new.spi_i)
+                self._retired.add(new.local_spi)
                 new.delete_when_idle = True
             new.proceed(now)  # a redundant new SA of a rekey collision deletes itself at once (§2.8.2)
             self._collect(new, now)

@@ -22,7 +22,15 @@ class IkeDrop(enum.IntEnum):
     INFORMATIONAL_BEFORE_AUTH = 12  # INFORMATIONAL on an SA that is not authenticated yet
     IKE_REKEY_REFUSED = 13  # the peer refused our IKE SA rekey (§2.25); we try again later
     IKE_REKEY_FAILED = 14  # the peer's answer to our IKE SA rekey was unusable; we try again later
-    INTERNAL = 15  # a state change not in the transition table (a bug): the SA was failed, not the gateway
+    INTERNAL = 15  # a bug (a state change not in a transition table, an exception): that SA failed, nothing else
+    NO_KEYS = 16  # an exchange that needs the SK payload before IKE_SA_INIT made keys (forged plaintext)
+    UNEXPECTED_IKE_SA_INIT = 17  # IKE_SA_INIT that is not the first exchange of a new IKE SA
+    WRONG_ROLE = 18  # the header's initiator flag or SPIs do not fit the IKE SA whose SPI it names
+    HALF_OPEN_EVICTED = 19  # a half-open IKE SA dropped, oldest first, to make room in a full table
+    SPI_COLLISION = 20  # a new IKE SA's SPI of ours is in use already: refused, never merged
+    BAD_PROPOSAL_SPI = 21  # a proposal's SPI of the wrong size or a reserved value (ESP 0-255)
+    BAD_IDENTITY = 22  # an IDi/IDr that is too long, or a name with control characters
+    TOO_MANY_SELECTORS = 23  # a TS payload with more traffic selectors than we ever accept
 
     @property
     def label(self) -> str:

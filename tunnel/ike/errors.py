@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from tunnel.errors import SitelinkError
 from tunnel.ike.constants import NotifyType
+from tunnel.ike.drops import IkeDrop
 
 
 class IkeError(SitelinkError):
     notify: NotifyType | None = None
     fatal = True
+    drop: IkeDrop | None = None  # also counted under this reason (a value the peer chose that we refuse)
 
     def __init__(self, message: str, notify_data: bytes = b"") -> None:
         super().__init__(message)
@@ -24,6 +26,12 @@ class NoProposalChosen(IkeError):
     notify = NotifyType.NO_PROPOSAL_CHOSEN
 
 
+class BadProposalSpi(NoProposalChosen):
+    """Every acceptable proposal carried an SPI of the wrong size or a reserved value."""
+
+    drop = IkeDrop.BAD_PROPOSAL_SPI
+
+
 class InvalidKePayload(IkeError):
     """The KE payload's group is not the one selected; notify_data carries the group we want (§1.2)."""
 
@@ -32,6 +40,12 @@ class InvalidKePayload(IkeError):
 
 class AuthenticationFailed(IkeError):
     notify = NotifyType.AUTHENTICATION_FAILED
+
+
+class BadIdentity(AuthenticationFailed):
+    """An identity too long to be one, or a name with control characters: never compared, never logged."""
+
+    drop = IkeDrop.BAD_IDENTITY
 
 
 class TsUnacceptable(IkeError):

@@ -36,6 +36,7 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 NONCE_MIN, NONCE_MAX = 16, 256  # RFC 7296 §3.9
+MAX_SELECTORS = 16  # per TS payload: far more than any site pair needs, few enough to bound narrowing
 _ATTR_TV = 0x8000  # Attribute Format bit: 1 = TV (2-byte value), 0 = TLV (§3.3.5)
 _LAST, _MORE_PROPOSALS, _MORE_TRANSFORMS = 0, 2, 3  # "Last Substruc" values (§3.3.1, §3.3.2)
 _TS_ADDR_LEN: dict[int, int] = {TsType.TS_IPV4_ADDR_RANGE: 4, TsType.TS_IPV6_ADDR_RANGE: 16}  # §3.13.1
@@ -354,9 +355,15 @@ def _decode_delete(ptype: int, body: bytes) -> DeletePayload:
     return DeletePayload(_enum(ProtocolId, protocol), spis)
 
 
+class TooManySelectors(MalformedPacket):
+    """A TS payload announcing more than MAX_SELECTORS traffic selectors (a counted drop of its own)."""
+
+
 def _decode_ts(ptype: int, body: bytes) -> TsPayload:
     _need(body, 4, "TS payload")
     count = body[0]
+    if count > MAX_SELECTORS:
+        raise TooManySelectors(f"TS payload with {count} selectors (at most {MAX_SELECTORS})")
     selectors = []
     pos, end = 4, len(body)
     while pos < end:

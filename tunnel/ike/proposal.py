@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tunnel.ike.constants import DhGroup, EncrId, Esn, PrfId, ProtocolId, TransformType
-from tunnel.ike.errors import NoProposalChosen
+from tunnel.ike.errors import BadProposalSpi, NoProposalChosen
 from tunnel.ike.message import Proposal, SaPayload, Transform
 
 
@@ -97,9 +97,26 @@ def _esp_allows(offered: Offered, suite: EspSuite) -> bool:
     )
 
 
-def select_ike(offered: SaPayload, preferences: Iterable[IkeSuite]) -> tuple[Proposal, IkeSuite]:
-    """Responder choice for IKE; the returned Proposal (one, with the initiator's number) goes back."""
-    return _select(offered, preferences, ProtocolId.IKE, _ike_allows)
+IKE_SPI_LEN = 8  # an IKE rekey's new SPI (§3.3.1); IKE_SA_INIT's proposals carry none
+ESP_SPI_LEN = 4
+ESP_SPI_RESERVED = 256  # 0-255 are reserved (RFC 4303 §2.1)
+
+
+def spi_ok(protocol: int, spi: bytes, ike_spi_len: int = 0) -> bool:
+    """A proposal's SPI as §3.3.1 and RFC 4303 §2.1 want it: ESP 4 bytes, not 0-255; IKE none in
+    IKE_SA_INIT and 8 bytes, not all zero, in a rekey."""
+    if protocol == ProtocolId.ESP:
+        return len(spi) == ESP_SPI_LEN and int.from_bytes(spi, "big") >= ESP_SPI_RESERVED
+    if protocol == ProtocolId.IKE:
+        return len(spi) == ike_spi_len and (ike_spi_len == 0 or any(spi))
+    return False
+
+
+def select_ike(offered: SaPayload, preferences: Iterable[IkeSuite],
+               spi_len: int = 0) -> tuple[Proposal, IkeSuite]:
+    """Responder choice for IKE; the returned Proposal (one, with the initiator's number) goes back.
+    spi_len: 0 in IKE_SA_INIT, IKE_SPI_LEN in a rekey."""
+    return _select(offered, preferences, ProtocolId.IKE, _ike_allows, spi_len)
 
 
 def select_esp(offered: SaPayload, preferences: Iterable[EspSuite]) -> tuple[Proposal, EspSuite]:
@@ -107,18 +124,23 @@ def select_esp(offered: SaPayload, preferences: Iterable[EspSuite]) -> tuple[Pro
 
 
 def _select(offered: SaPayload, preferences: Iterable[Suite], protocol: int,
-            allows: Callable[[Offered, Suite], bool]) -> tuple[Proposal, Suite]:
-    candidates = [(p, _by_type(p)) for p in offered.proposals if p.protocol == protocol]
+            allows: Callable[[Offered, Suite], bool], ike_spi_len: int = 0) -> tuple[Proposal, Suite]:
+    """Every proposal is looked at, and one with a bad SPI is never chosen (the chosen SPI becomes the
+    peer's SPI of an SA: an SPI of 0 must not get as far as the data plane)."""
+    mine = [p for p in offered.proposals if p.protocol == protocol]
+    candidates = [(p, _by_type(p)) for p in mine if spi_ok(protocol, p.spi, ike_spi_len)]
     for suite in preferences:
         for proposal, types in candidates:
             if allows(types, suite):
                 return Proposal(proposal.number, protocol, proposal.spi, suite.transforms()), suite
+    if len(candidates) < len(mine) and any(allows(_by_type(p), s) for p in mine for s in preferences):
+        raise BadProposalSpi(f"the {ProtocolId(protocol).name} proposals we could accept carry invalid SPIs")
     raise NoProposalChosen("no proposal offered matches the configured " + ProtocolId(protocol).name + " proposals")
 
 
-def accept_ike(chosen: SaPayload, offered: Sequence[IkeSuite]) -> IkeSuite:
+def accept_ike(chosen: SaPayload, offered: Sequence[IkeSuite], spi_len: int = 0) -> IkeSuite:
     """Initiator check of the responder's answer: exactly one proposal, and it must be one we offered."""
-    return _accept(chosen, offered, ProtocolId.IKE, _ike_allows)
+    return _accept(chosen, offered, ProtocolId.IKE, _ike_allows, spi_len)
 
 
 def accept_esp(chosen: SaPayload, offered: Sequence[EspSuite]) -> tuple[EspSuite, bytes]:
@@ -127,9 +149,11 @@ def accept_esp(chosen: SaPayload, offered: Sequence[EspSuite]) -> tuple[EspSuite
 
 
 def _accept(chosen: SaPayload, offered: Sequence[Suite], protocol: int,
-            allows: Callable[[Offered, Suite], bool]) -> Suite:
+            allows: Callable[[Offered, Suite], bool], ike_spi_len: int = 0) -> Suite:
     if len(chosen.proposals) != 1 or chosen.proposals[0].protocol != protocol:
         raise NoProposalChosen("the responder must return exactly one proposal (RFC 7296 §2.7)")
+    if not spi_ok(protocol, chosen.proposals[0].spi, ike_spi_len):
+        raise BadProposalSpi(f"the responder's {ProtocolId(protocol).name} proposal carries an invalid SPI")
     types = _by_type(chosen.proposals[0])
     for suite in offered:
         if allows(types, suite) and sum(len(v) for v in types.values()) == len(suite.transforms()):

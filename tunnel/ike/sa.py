@@ -18,7 +18,7 @@ from tunnel.ike.child import ChildSa, ChildState, IllegalTransition, new_spi
 from tunnel.ike.config import IkeConfig
 from tunnel.ike.constants import IKE_PORT, NAT_T_PORT, ExchangeType, Flag
 from tunnel.ike.drops import IkeDrop, IkeDrops
-from tunnel.ike.errors import IntegrityError
+from tunnel.ike.errors import IkeError, IntegrityError
 from tunnel.ike.events import ChildSaDeleted, Event, IkeSaDeleted, IkeSaFailed
 from tunnel.ike.message import IkeHeader, Message, Payload, encode_message, encode_sk_message, open_sk_message
 from tunnel.ike.proposal import IkeSuite
@@ -171,6 +171,12 @@ class IkeSa:
         self.state_deadline = None if timeout is None else now + timeout
 
     @property
+    def local_spi(self) -> bytes:
+        """Our SPI of this IKE SA, chosen at random by us: what the dispatcher finds it by (RFC 7296 §2.6
+        leaves the lookup to the implementation; a peer chooses only its own SPI, never ours)."""
+        return self.spi_i if self.initiator else self.spi_r
+
+    @property
     def established(self) -> bool:
         return self.state is IkeState.ESTABLISHED
 
@@ -212,9 +218,11 @@ class IkeSa:
             self._emit(packet)
 
     def open(self, data: bytes, message: Message) -> Message | None:
-        """The message with its SK payload decrypted, or None (counted) when it does not verify."""
+        """The message with its SK payload decrypted, or None (counted) when it does not verify. Only
+        IKE_SA_INIT is plaintext; any other exchange before its keys exist is forged (NO_KEYS)."""
         if self.crypto is None:
-            return message  # plaintext exchange (IKE_SA_INIT)
+            self.drop(IkeDrop.NO_KEYS)
+            return None
         try:
             return open_sk_message(data, message, self.crypto.sk_in.open)
         except IntegrityError:
@@ -243,6 +251,12 @@ class IkeSa:
 
     def drop(self, reason: IkeDrop) -> None:
         self.drops.add(reason)
+
+    def refused(self, error: IkeError) -> IkeError:
+        """Count an error a peer's value caused under its own reason, if it has one (see IkeError.drop)."""
+        if error.drop is not None:
+            self.drops.add(error.drop)
+        return error
 
     # -- ending --------------------------------------------------------------------------------------
     def fail(self, reason: str, notify: int | None = None) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tunnel.errors import MalformedPacket
-from tunnel.ike.child import ChildSa, ChildState, IllegalTransition
+from tunnel.ike.child import ChildSa, ChildState
 from tunnel.ike.constants import NAT_T_PORT, ExchangeType, ProtocolId
 from tunnel.ike.drops import IkeDrop
 from tunnel.ike.errors import IkeError
-from tunnel.ike.message import Message, NotifyPayload, SaPayload, parse_message
+from tunnel.ike.message import IkeHeader, Message, NotifyPayload, SaPayload, parse_message
+from tunnel.ike.payloads import TooManySelectors
 from tunnel.ike.sa import Address, IkeSa, IkeState
 from tunnel.ike.tasks import child_create, delete, dpd, ike_auth, ike_init, ike_rekey
 
@@ -65,21 +66,27 @@ class IkeSession(IkeSa):
 
     # -- sans-I/O interface ---------------------------------------------------------------------------
     def receive_datagram(self, data: bytes, remote: Address, local_port: int, now: float) -> None:
-        """One IKE message (without the non-ESP marker) that arrived from `remote` on `local_port`."""
+        """One IKE message (without the non-ESP marker) that arrived from `remote` on `local_port`. The
+        one error boundary of an IKE SA: whatever the datagram holds, it ends as an answer, a change of
+        state the message was entitled to, or a counted drop."""
         if self.state is IkeState.CLOSED:
             return self.drop(IkeDrop.CLOSED)
         if self.started_at is None:
             self.started_at = now
         try:
             message = parse_message(data)
-        except MalformedPacket:
-            return self.drop(IkeDrop.MALFORMED)
-        try:
-            if message.header.is_response:
+            header = message.header
+            if not self._addressed_to_us(header):
+                return self.drop(IkeDrop.WRONG_ROLE)
+            if header.is_response:
                 self._on_response(data, message, remote, local_port, now)
             else:
                 self._on_request(data, message, remote, local_port, now)
-        except IllegalTransition as exc:
+        except TooManySelectors:
+            self.drop(IkeDrop.TOO_MANY_SELECTORS)
+        except MalformedPacket:
+            self.drop(IkeDrop.MALFORMED)
+        except Exception as exc:  # noqa: BLE001 - a bug must end this SA, never the gateway
             self._internal_error(exc)
 
     def get_timer(self) -> float | None:
@@ -88,7 +95,7 @@ class IkeSession(IkeSa):
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
-        try:
+        try:  # the other error boundary: timers run our own code only, but a bug must end only this SA
             if self.state_deadline is not None and now >= self.state_deadline:
                 return self._state_expired()
             try:
@@ -99,7 +106,7 @@ class IkeSession(IkeSa):
             if packet is not None:
                 self._emit(packet)
             self.proceed(now)
-        except IllegalTransition as exc:
+        except Exception as exc:  # noqa: BLE001
             self._internal_error(exc)
 
     # -- what goes next -------------------------------------------------------------------------------
@@ -169,6 +176,16 @@ class IkeSession(IkeSa):
         return [d for d in found if d is not None]
 
     # -- internals ----------------------------------------------------------------------------------------
+    def _addressed_to_us(self, header: IkeHeader) -> bool:
+        """The header's roles and SPIs fit this SA: the sender's initiator flag is the opposite of ours,
+        the initiator SPI is this SA's, and so is the responder SPI once both are known (before that only
+        the responder's answer to IKE_SA_INIT may carry a new one, or none with an error, §2.6)."""
+        if header.is_initiator == self.initiator or header.spi_i != self.spi_i:
+            return False
+        if self.crypto is None or header.exchange == ExchangeType.IKE_SA_INIT:
+            return True  # its own checks follow (a retransmitted request has no responder SPI)
+        return header.spi_r == self.spi_r
+
     def _on_response(self, data: bytes, message: Message, remote: Address, local_port: int, now: float) -> None:
         header = message.header
         exchange = self.exchange
@@ -186,16 +203,19 @@ class IkeSession(IkeSa):
         try:
             exchange.on_response(self, data, message, now)
         except IkeError as exc:
+            self.refused(exc)
             self.fail(str(exc), exc.notify)
         self.proceed(now)  # run what waited for the window (§2.3: one request at a time)
 
     def _on_request(self, data: bytes, message: Message, remote: Address, local_port: int, now: float) -> None:
-        kind = self.responses.classify(message.header.message_id)
-        if kind == "duplicate":  # RFC 7296 §2.1: retransmit the cached response
+        exchange = message.header.exchange
+        kind = self.responses.classify(message.header.message_id, data)
+        if kind == "duplicate":  # RFC 7296 §2.1: the same request again gets the cached response
             return self.resend_response()
+        if exchange == ExchangeType.IKE_SA_INIT and self.state is not IkeState.IDLE:
+            return self.drop(IkeDrop.UNEXPECTED_IKE_SA_INIT)
         if kind == "invalid":
             return self.drop(IkeDrop.INVALID_MESSAGE_ID)
-        exchange = message.header.exchange
         if exchange != ExchangeType.IKE_SA_INIT:
             opened = self.open(data, message)
             if opened is None:
@@ -211,6 +231,7 @@ class IkeSession(IkeSa):
         try:
             handler(self, data, message, now)
         except IkeError as exc:
+            self.refused(exc)
             if exc.notify is not None and self.crypto is not None:
                 self.send_response(message, [NotifyPayload(exc.notify, data=exc.notify_data)])
             if exc.fatal:
@@ -224,10 +245,13 @@ class IkeSession(IkeSa):
             return self.fail("IKE_AUTH did not arrive in time (half-open SA expired)")
         self.fail(f"no progress in state {state.value} before its deadline")
 
-    def _internal_error(self, exc: IllegalTransition) -> None:
+    def _internal_error(self, exc: Exception) -> None:
         """A bug, not the peer's doing: this SA is failed (the gateway and other SAs carry on)."""
         self.drop(IkeDrop.INTERNAL)
-        self.fail(f"internal error: {exc}")
+        try:
+            self.fail(f"internal error: {type(exc).__name__}: {exc}")
+        except Exception:  # noqa: BLE001 - failing failed too: forget the SA all the same
+            self.state = IkeState.CLOSED
 
 
 def _expired(child: ChildSa, now: float) -> bool:

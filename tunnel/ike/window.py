@@ -7,6 +7,7 @@ sends it again for a duplicate request instead of processing it twice.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -77,24 +78,34 @@ class RequestWindow:
 
 
 class ResponseWindow:
-    """The peer's requests: the next ID we expect and our cached last response."""
+    """The peer's requests: the next ID we expect and our cached last response, with a digest of the
+    request it answered: only the same request again gets the cache (a forged datagram with the right
+    SPIs and message ID, header only, must not make us send kilobytes to anyone, as strongSwan checks)."""
 
-    __slots__ = ("expected", "last_id", "last_response")
+    __slots__ = ("expected", "last_id", "last_response", "last_digest", "pending_digest")
 
     def __init__(self, first_id: int = 0) -> None:
         self.expected = first_id
         self.last_id: int | None = None
         self.last_response: list[bytes] = []
+        self.last_digest = b""
+        self.pending_digest = b""  # the request being answered now
 
-    def classify(self, message_id: int) -> str:
-        """'new', 'duplicate' (answer from cache) or 'invalid' (drop, RFC 7296 §2.3)."""
+    def classify(self, message_id: int, request: bytes) -> str:
+        """'new', 'duplicate' (the same request again: answer from cache) or 'invalid' (drop, §2.3)."""
         if message_id == self.expected:
+            self.pending_digest = _digest(request)
             return "new"
-        if message_id == self.last_id:
+        if message_id == self.last_id and _digest(request) == self.last_digest:
             return "duplicate"
         return "invalid"
 
     def answered(self, message_id: int, packets: list[bytes]) -> None:
         self.last_id = message_id
         self.last_response = list(packets)
+        self.last_digest = self.pending_digest
         self.expected = message_id + 1
+
+
+def _digest(request: bytes) -> bytes:
+    return hashlib.sha256(request).digest()

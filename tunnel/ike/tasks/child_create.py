@@ -67,7 +67,7 @@ class ChildRequest(Exchange):
                 return self._refused(sa, error, now)
             new, nr = self._accept(sa, message)
         except IkeError as exc:  # the IKE SA stands; only this Child SA failed (§2.21.3)
-            return self._failed(sa, str(exc), exc.notify, now)
+            return self._failed(sa, str(sa.refused(exc)), exc.notify, now)
         old = self.old
         if self.collision is not None and _lowest(self.collision) > min(self.nonce, nr):
             # Our exchange holds the lowest nonce: our new SA is redundant and ours to delete (§2.8.1).
@@ -206,6 +206,7 @@ def on_request(sa: IkeSa, data: bytes, message: Message, now: float) -> None:
     try:
         payloads, new, ni, nr = _respond(sa, message, old)
     except IkeError as exc:
+        sa.refused(exc)
         if exc.notify != NotifyType.INVALID_KE_PAYLOAD:  # that one is negotiation: the peer sends again
             sa.event(ChildSaFailed(sa.config.tunnel, f"refused the peer's Child SA: {exc}", exc.notify))
         return _answer(sa, message, NotifyPayload(exc.notify or NotifyType.NO_PROPOSAL_CHOSEN, data=exc.notify_data))

@@ -14,9 +14,9 @@ from tunnel.ike import keys
 from tunnel.ike.certs import sign_auth, verify_auth
 from tunnel.ike.child import ChildSa, from_wire, wire_selectors
 from tunnel.ike.config import CertAuth, PskAuth
-from tunnel.ike.constants import AuthMethod, CertEncoding, ExchangeType, NotifyType
+from tunnel.ike.constants import AuthMethod, CertEncoding, ExchangeType, IdType, NotifyType
 from tunnel.ike.drops import IkeDrop
-from tunnel.ike.errors import AuthenticationFailed, IkeError, NoProposalChosen, TsUnacceptable
+from tunnel.ike.errors import AuthenticationFailed, BadIdentity, IkeError, NoProposalChosen, TsUnacceptable
 from tunnel.ike.events import ChildSaEstablished, ChildSaFailed, IkeSaEstablished
 from tunnel.ike.message import (
     AuthPayload,
@@ -63,7 +63,7 @@ class AuthRequest(Exchange):
             if not (covered(local, config.local_ts) and covered(remote, config.remote_ts)):
                 raise TsUnacceptable("peer answered traffic selectors outside what we proposed")
         except IkeError as exc:
-            return sa.event(ChildSaFailed(config.tunnel, str(exc), exc.notify))
+            return sa.event(ChildSaFailed(config.tunnel, str(sa.refused(exc)), exc.notify))
         _install_child(sa, self.spi_in, int.from_bytes(peer_spi, "big"), suite, local, remote, now)
 
 
@@ -114,6 +114,7 @@ def on_request(sa: IkeSa, data: bytes, message: Message, now: float) -> None:
     try:
         payloads += _select_child(sa, message, now)
     except IkeError as exc:  # the IKE SA stands; only the Child SA is refused (§2.21.2)
+        sa.refused(exc)
         payloads.append(NotifyPayload(exc.notify or NotifyType.NO_PROPOSAL_CHOSEN))
         sa.event(ChildSaFailed(config.tunnel, str(exc), exc.notify))
     sa.send_response(message, payloads)
@@ -201,19 +202,28 @@ def _verify(sa: IkeSa, auth: AuthPayload, octets: bytes, id_payload: IdPayload, 
     verify_auth(public_key, auth.method, auth.data, octets)
 
 
+MAX_ID_LEN = 255  # an FQDN is at most 253 characters; a longer identity is no identity of ours
+
+
 def _check_identity(sa: IkeSa, id_payload: IdPayload) -> None:
     expected = sa.config.remote_id
-    if (id_payload.id_type, id_payload.data) != tuple(expected):
+    data = id_payload.data
+    if len(data) > MAX_ID_LEN or id_payload.id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR) \
+            and not all(0x21 <= b < 0x7F for b in data):
+        raise BadIdentity(f"peer identity of type {id_payload.id_type}, {len(data)} bytes, is not a valid "
+                          "name (too long, or not printable ASCII)")
+    if (id_payload.id_type, data) != tuple(expected):
         raise AuthenticationFailed(
-            f"peer identity {_show_id(id_payload.id_type, id_payload.data)} is not the configured "
-            f"{_show_id(*expected)}")
+            f"peer identity {show_id(id_payload.id_type, data)} is not the configured {show_id(*expected)}")
 
 
-def _show_id(id_type: int, data: bytes) -> str:
-    if id_type in (1, 5) and len(data) in (4, 16):
+def show_id(id_type: int, data: bytes) -> str:
+    """An identity for a log line: addresses as text, names as printable ASCII with anything else
+    escaped (no newline a peer sends ends up in a log), other types by size only."""
+    if id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR) and len(data) in (4, 16):
         return str(ipaddress.ip_address(data))
-    if id_type in (2, 3):
-        return data.decode("ascii", "replace")
+    if id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
+        return "".join(chr(b) if 0x20 < b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in data[:MAX_ID_LEN])
     return f"<id type {id_type}, {len(data)} bytes>"
 
 

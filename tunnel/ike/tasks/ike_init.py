@@ -18,6 +18,7 @@ from tunnel.ike.sa import MAX_INIT_RETRIES, Address, Exchange, IkeSa, IkeSaCrypt
 from tunnel.ike.sk import SkCipher
 
 SIGNATURE_HASH_ALGORITHMS = b"\x00\x02\x00\x03\x00\x04"  # SHA2-256/384/512, RFC 7427 §4
+MAX_COOKIE_LEN = 64  # §2.6: a cookie is 1 to 64 octets; we echo nothing longer
 
 
 @dataclass
@@ -51,6 +52,8 @@ class InitAttempt(Exchange):
         if self.retries > MAX_INIT_RETRIES:
             raise IkeError("IKE_SA_INIT: too many COOKIE/INVALID_KE_PAYLOAD retries")
         if cookie is not None:  # RFC 7296 §2.6: same request, cookie first
+            if not 1 <= len(cookie.data) <= MAX_COOKIE_LEN:
+                raise IkeError(f"IKE_SA_INIT answered with a COOKIE of {len(cookie.data)} bytes (1-64, §2.6)")
             self.cookie = cookie.data
         elif invalid_ke is not None:  # §1.2: retry with the group the responder wants, if we allow it
             wanted = int.from_bytes(invalid_ke.data[:2], "big") if len(invalid_ke.data) >= 2 else 0
@@ -93,7 +96,7 @@ def on_request(sa: IkeSa, data: bytes, message: Message, now: float) -> None:
     try:
         proposal, suite = select_ike(sa_payload, sa.config.ike_suites)
     except NoProposalChosen as exc:
-        return _refuse(sa, message, NotifyType.NO_PROPOSAL_CHOSEN, b"", str(exc))
+        return _refuse(sa, message, NotifyType.NO_PROPOSAL_CHOSEN, b"", str(sa.refused(exc)))
     if ke.group != suite.dh:
         return _refuse(sa, message, NotifyType.INVALID_KE_PAYLOAD, suite.dh.to_bytes(2, "big"),
                        f"initiator sent KE for group {ke.group}, we want {suite.dh}", fail=False)

@@ -20,11 +20,9 @@ from tunnel.ike.drops import IkeDrop
 from tunnel.ike.errors import DegeneratePublicValue, IkeError, TemporaryFailure
 from tunnel.ike.events import IkeSaRekeyed
 from tunnel.ike.message import KePayload, Message, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload
-from tunnel.ike.proposal import IkeSuite, accept_ike, offer_ike, select_ike
+from tunnel.ike.proposal import IKE_SPI_LEN, IkeSuite, accept_ike, offer_ike, select_ike
 from tunnel.ike.sa import Exchange, IkeSa, IkeSaCrypto, IkeState, Task
 from tunnel.ike.sk import SkCipher
-
-IKE_SPI_LEN = 8
 
 
 @dataclass
@@ -58,7 +56,8 @@ class IkeRekey(Exchange):
             return sa.drop(IkeDrop.IKE_REKEY_REFUSED)
         try:
             new, nr = self._accept(sa, message, now)
-        except IkeError:
+        except IkeError as exc:
+            sa.refused(exc)
             sa.ike_rekey_at = sa.retry_at(now, sa.ike_expire_at)
             return sa.drop(IkeDrop.IKE_REKEY_FAILED)
         collision = self.collision
@@ -81,10 +80,10 @@ class IkeRekey(Exchange):
         sa_payload, nonce, ke = message.get(SaPayload), message.get(NoncePayload), message.get(KePayload)
         if sa_payload is None or nonce is None or ke is None:
             raise IkeError("IKE rekey response lacks SA, Nr or KE")
-        suite = accept_ike(sa_payload, sa.config.ike_suites)
+        suite = accept_ike(sa_payload, sa.config.ike_suites, IKE_SPI_LEN)
         peer_spi = sa_payload.proposals[0].spi
-        if len(peer_spi) != IKE_SPI_LEN or ke.group != self.dh.group or suite.dh != ke.group:
-            raise IkeError("IKE rekey response has a bad SPI or KE group")
+        if ke.group != self.dh.group or suite.dh != ke.group:
+            raise IkeError("IKE rekey response has a bad KE group")
         shared = _shared(self.dh, ke)
         new = _spawn(sa, suite, shared, self.nonce, nonce.data, self.spi, peer_spi, True, now)
         return new, nonce.data
@@ -107,11 +106,12 @@ def on_request(sa: IkeSa, data: bytes, message: Message, now: float) -> None:
     if sa.state is not IkeState.ESTABLISHED or ours in (Task.CREATE_CHILD, Task.CHILD_DELETE):
         raise TemporaryFailure("IKE SA rekey collides with a Child SA exchange or a delete (§2.25.2)")
     sa_payload, nonce, ke = message.get(SaPayload), message.get(NoncePayload), message.get(KePayload)
-    if sa_payload is None or nonce is None or ke is None or len(sa_payload.proposals[0].spi) != IKE_SPI_LEN:
+    if sa_payload is None or nonce is None or ke is None:
         return _refuse(sa, message, NotifyType.INVALID_SYNTAX)
     try:
-        proposal, suite = select_ike(sa_payload, sa.config.ike_suites)
-    except IkeError:
+        proposal, suite = select_ike(sa_payload, sa.config.ike_suites, IKE_SPI_LEN)
+    except IkeError as exc:
+        sa.refused(exc)
         return _refuse(sa, message, NotifyType.NO_PROPOSAL_CHOSEN)
     if ke.group != suite.dh:
         return _refuse(sa, message, NotifyType.INVALID_KE_PAYLOAD, suite.dh.to_bytes(2, "big"))
