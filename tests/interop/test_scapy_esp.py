@@ -29,15 +29,16 @@ def scapy_sa(key: bytes) -> SecurityAssociation:
         ESP,
         spi=SPI,
         crypt_algo="AES-GCM",
-        crypt_key=key,  # 32-byte key + 4-byte salt, as RFC 4106 keys ESP
+        crypt_key=key,  # a 16-, 24- or 32-byte key + 4-byte salt, as RFC 4106 keys ESP
         tunnel_header=IP(src=GW_A, dst=GW_B),
         nat_t_header=UDP(sport=4500, dport=4500),
     )
 
 
+@pytest.mark.parametrize("key_len", [20, 28, 36], ids=["aes128", "aes192", "aes256"])
 @pytest.mark.parametrize("name", sorted(INNER))
-def test_scapy_decrypts_what_we_seal(name: str) -> None:
-    key = os.urandom(36)
+def test_scapy_decrypts_what_we_seal(name: str, key_len: int) -> None:
+    key = os.urandom(key_len)  # the AES key and a 4-byte salt
     inner = bytes(INNER[name])
     out = OutboundSa(SPI, key)
     sa = scapy_sa(key)
@@ -49,9 +50,10 @@ def test_scapy_decrypts_what_we_seal(name: str) -> None:
         assert bytes(decrypted) == inner
 
 
+@pytest.mark.parametrize("key_len", [20, 28, 36], ids=["aes128", "aes192", "aes256"])
 @pytest.mark.parametrize("name", sorted(INNER))
-def test_we_open_what_scapy_seals(name: str) -> None:
-    key = os.urandom(36)
+def test_we_open_what_scapy_seals(name: str, key_len: int) -> None:
+    key = os.urandom(key_len)
     inner_pkt = INNER[name]
     sa = scapy_sa(key)
     inb = InboundSa(SPI, key)

@@ -35,6 +35,7 @@ def test_systemd_unit_grants_exactly_two_capabilities_to_an_unprivileged_user() 
         assert set(service[key].split()) == {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}, key
     assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
     assert service["DeviceAllow"] == "/dev/net/tun rw" and service["RuntimeDirectory"] == "sitelink"
+    assert service["RuntimeDirectoryPreserve"] == "yes"  # one instance's stop keeps the others' sockets
     assert service["ExecReload"] == "/usr/local/bin/sitelink reload -c /etc/sitelink/%i.yaml"
 
 

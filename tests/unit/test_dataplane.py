@@ -355,3 +355,16 @@ def test_too_big_fragmented_or_answered_and_mss_clamped() -> None:
     _, esp = hq.outbound(syn)
     assert dict(IP(br.inbound(esp, HQ_PEER))[TCP].options)["MSS"] == 1398
     assert counters.mss_clamped == 1
+
+
+def test_only_the_newest_packet_moves_the_peer() -> None:
+    """An authenticated but older packet (delayed, or re-sent by someone who captured it) arriving from
+    another address is delivered if the window allows, but never redirects our traffic (issue #13)."""
+    hq, br = make_pair()
+    first = hq.outbound(ping("10.1.0.10", "10.2.0.10"))[1]
+    second = hq.outbound(ping("10.1.0.10", "10.2.0.10"))[1]
+    nat = ("198.18.2.1", 40001)
+    assert br.inbound(second, nat) is not None  # the newest, from the peer's new address: followed
+    assert br.tunnels["hq"].peer == nat
+    assert br.inbound(first, ("203.0.113.66", 4500)) is not None  # older, inside the window: delivered
+    assert br.tunnels["hq"].peer == nat and br.tunnels["hq"].peer_changes == 1

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.needs import in_ci
 from tunnel.config.keyfile import load_manual_keys, write_manual_key_pair
 from tunnel.config.loader import load_config
 from tunnel.errors import KeyFileError
@@ -32,6 +33,14 @@ def good_text(out_spi: str = "0x00001001", in_spi: str = "0x00002001", out_key: 
     return (f"# sitelink manual ESP keys for tunnel branch1. Keep mode 0600.\n"
             f"outbound:\n  spi: {out_spi}\n  key: {out_key}\n"
             f"inbound:\n  spi: {in_spi}\n  key: {in_key}\n")
+
+
+def require_root() -> None:
+    """chown needs root: skipped locally without it, failed in CI (which runs as root)."""
+    if os.geteuid() != 0:
+        if in_ci():
+            pytest.fail("needs root", pytrace=False)
+        pytest.skip("needs root")
 
 
 def problems(path: Path) -> list[str]:
@@ -88,6 +97,17 @@ def test_key_file_open_to_group_or_others_is_refused(tmp_path: Path, mode: int) 
     assert problems(path) == [
         f"{REF}: key file K has mode {mode:04o}: group or others may read or write it; restrict it with: chmod 600 K"
     ]
+
+
+def test_key_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    """A secret file owned by someone else (not root, not the gateway's user) could be rewritten under the
+    gateway by its owner: refused, whatever its mode (issue #13)."""
+    require_root()
+    path = key_file(tmp_path, good_text())
+    os.chown(path, 65534, -1)  # nobody
+    assert problems(path) == [
+        f"{REF}: key file K belongs to uid 65534, neither the gateway's user (uid {os.geteuid()}) nor root; "
+        f"give it to the gateway's user with: chown {os.geteuid()} K"]
 
 
 def test_missing_and_non_regular_key_files(tmp_path: Path) -> None:

@@ -294,3 +294,13 @@ def test_both_sides_time_their_handshake(link: Link) -> None:
     for site, peer in ((link.hq, "branch1"), (link.br, "hq")):
         stats = site.keying.tunnels[peer].stats
         assert stats.handshakes_ok == 1 and sum(stats.handshake_buckets) == 1
+
+
+@pytest.mark.parametrize("proposal", ["aes128gcm16", "aes192gcm16"])
+def test_shorter_aes_gcm_keys_carry_traffic(tmp_path: Path, proposal: str) -> None:
+    """aes128gcm16 and aes192gcm16 are accepted by the config, so the data plane takes their 20- and
+    28-byte key material too (it took only 36 bytes, and dropped or crashed on the rest, issue #13)."""
+    extra = f"      esp_proposals: [{proposal}]\n"
+    link = _up(Link(tmp_path, extra, extra))
+    assert link.send(link.hq, 7) and link.send(link.br, 7)
+    assert link.hq.keying.dispatcher.sessions_for("branch1")[0].children[0].suite.key_bits == int(proposal[3:6])

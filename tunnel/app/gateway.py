@@ -111,12 +111,12 @@ class Gateway:
                     install_manual_keys(self.forwarder, tunnel)
             key_log = None
             if self._esp_key_log is not None:
-                key_log = EspKeyLog(self._esp_key_log, str(self.config.listen.address))
+                key_log = stack.enter_context(closing(EspKeyLog(self._esp_key_log, str(self.config.listen.address))))
                 log.warning("exporting ESP keys to %s: anyone who can read it can decrypt the tunnels",
                             self._esp_key_log)
             ike_key_log = None
             if self._ike_key_log is not None:
-                ike_key_log = IkeKeyLog(self._ike_key_log)
+                ike_key_log = stack.enter_context(closing(IkeKeyLog(self._ike_key_log)))
                 log.warning("exporting IKE SA keys to %s: anyone who can read it can decrypt IKE", self._ike_key_log)
             self._open = io = self._open_io(stack)
             stack.callback(setattr, self, "_open", None)

@@ -113,11 +113,15 @@ def read_psk(path: Path, referenced_at: Problem, sink: Problems) -> Secret | Non
 
 
 def too_open(path: Path, st: os.stat_result) -> str | None:
-    """The one rule for every secret file (keys, PSKs, private keys): owner-only access."""
+    """The one rule for every secret file (keys, PSKs, private keys): owner-only access, and the owner is
+    the gateway's own user or root (anyone else could rewrite the key under us)."""
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
         return (f"has mode {mode:04o}: group or others may read or write it; "
                 f"restrict it with: chmod 600 {shlex.quote(str(path))}")
+    if st.st_uid not in (os.geteuid(), 0):
+        return (f"belongs to uid {st.st_uid}, neither the gateway's user (uid {os.geteuid()}) nor root; "
+                f"give it to the gateway's user with: chown {os.geteuid()} {shlex.quote(str(path))}")
     return None
 
 

@@ -295,8 +295,10 @@ class Forwarder:
         counters.rx_packets += 1
         counters.rx_bytes += len(inner)
         known = tunnel.peer
-        if peer[0] != known[0] or peer[1] != known[1]:
-            # RFC 3948 §3.1 / RFC 7296 §2.23: behind a NAT, reply to where authenticated ESP comes from.
+        if (peer[0] != known[0] or peer[1] != known[1]) and sa.window.highest == int.from_bytes(datagram[4:8], "big"):
+            # RFC 3948 §3.1 / RFC 7296 §2.23: behind a NAT, reply to where authenticated ESP comes from,
+            # but only for the newest packet: a delayed or re-sent older one (inside the replay window)
+            # must not pull our traffic back to an address the peer has left.
             tunnel.peer = (peer[0], peer[1])
             tunnel.peer_changes += 1
             self._events.append(PeerMoved(tunnel.name, tunnel.peer))

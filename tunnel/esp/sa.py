@@ -1,4 +1,4 @@
-"""One direction of an ESP SA with AES-256-GCM: RFC 4303 framing, RFC 4106 cipher.
+"""One direction of an ESP SA with AES-GCM (128-, 192- or 256-bit keys): RFC 4303 framing, RFC 4106 cipher.
 
 Pure: bytes in, bytes out. One AESGCM object per SA (its key schedule is the expensive part); the
 per-packet work is two slices, one concatenation and the AEAD call.
@@ -17,6 +17,8 @@ from tunnel.esp.overhead import ESP_HEADER, ESP_TRAILER, GCM_ICV, GCM_IV
 from tunnel.esp.replay import DEFAULT_WINDOW, ReplayWindow
 
 KEY_MATERIAL_LEN = 36  # RFC 4106 §8.1: 32-byte AES-256 key followed by a 4-byte salt
+SALT_LEN = 4
+KEY_MATERIAL_LENGTHS = (20, 28, KEY_MATERIAL_LEN)  # AES-128, -192 and -256 keys, each with its salt
 SEQ_MAX = 2**32 - 1  # 32-bit sequence numbers without ESN (RFC 4303 §2.2)
 NEXT_HEADER_IPV4 = 4
 NEXT_HEADER_IPV6 = 41
@@ -46,8 +48,9 @@ class SaExhausted(SitelinkError):
 def _check_key(spi: int, key: bytes) -> None:
     if not 256 <= spi <= 0xFFFFFFFF:
         raise ValueError("SPI must be in 256..0xFFFFFFFF (RFC 4303 §2.1)")
-    if len(key) != KEY_MATERIAL_LEN:
-        raise ValueError(f"AES-256-GCM key material must be {KEY_MATERIAL_LEN} bytes")
+    if len(key) not in KEY_MATERIAL_LENGTHS:
+        raise ValueError(f"AES-GCM key material must be {', '.join(map(str, KEY_MATERIAL_LENGTHS))} bytes "
+                         "(a 128-, 192- or 256-bit key and a 4-byte salt)")
 
 
 class OutboundSa:
@@ -60,8 +63,8 @@ class OutboundSa:
         self.spi = spi
         self.seq = 0  # last sequence number used; the first packet carries 1
         self.seq_limit = seq_limit
-        self._aead = AESGCM(key[:32])
-        self._salt = key[32:]
+        self._aead = AESGCM(key[:-SALT_LEN])
+        self._salt = key[-SALT_LEN:]
         # Padding + pad length + next header, by (payload length mod 4, next header).
         self._suffixes = {
             (mod, nh): _PAD[: (2 - mod) % 4] + bytes(((2 - mod) % 4, nh))
@@ -92,8 +95,8 @@ class InboundSa:
         _check_key(spi, key)
         self.spi = spi
         self.window = ReplayWindow(replay_window)
-        self._aead = AESGCM(key[:32])
-        self._salt = key[32:]
+        self._aead = AESGCM(key[:-SALT_LEN])
+        self._salt = key[-SALT_LEN:]
 
     def open(self, packet: bytes) -> tuple[int, bytes]:
         """Verify and decrypt one ESP packet; returns (next header, inner packet) or raises EspDrop."""
