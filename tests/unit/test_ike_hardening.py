@@ -178,3 +178,20 @@ def test_too_many_traffic_selectors_do_not_parse() -> None:
         parse_payloads(PayloadType.TSi, bytes([0, 0]) + (4 + len(body)).to_bytes(2, "big") + body)
     fine = bytes([MAX_SELECTORS, 0, 0, 0]) + selector * MAX_SELECTORS
     assert len(parse_payloads(PayloadType.TSi, bytes([0, 0]) + (4 + len(fine)).to_bytes(2, "big") + fine)) == 1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_simultaneous_start_converges_on_one_ike_sa(seed: int) -> None:
+    """Both gateways start at the same instant and both initiate with INITIAL_CONTACT (issue #13 item 16).
+    Each used to close the IKE SA it initiated on the other's INITIAL_CONTACT, leaving the two sides with
+    different Child SAs. Now both keep the SA with the lower initiator SPI; the other is deleted by its
+    initiator with a Delete."""
+    hq, br, wire = pair(seed=seed)
+    hq.initiate("branch1", wire.now)
+    br.initiate("hq", wire.now)
+    wire.pump()
+    for _ in range(3):
+        wire.advance(1.0)
+    consistent(hq, br)  # one IKE SA each, the same SPIs, the same single Child SA pair
+    keep = only(hq)
+    assert keep.established and not any(isinstance(e, IkeSaFailed) for e in events(hq) + events(br))

@@ -304,3 +304,17 @@ def test_shorter_aes_gcm_keys_carry_traffic(tmp_path: Path, proposal: str) -> No
     link = _up(Link(tmp_path, extra, extra))
     assert link.send(link.hq, 7) and link.send(link.br, 7)
     assert link.hq.keying.dispatcher.sessions_for("branch1")[0].children[0].suite.key_bits == int(proposal[3:6])
+
+
+def test_simultaneous_start_carries_traffic_at_once(tmp_path: Path) -> None:
+    """Both gateways initiate at the same instant: the IKE layer keeps one IKE SA on both sides, and the
+    data plane, which installed both Child SAs as they came, moves to the one kept when the other is
+    deleted, so traffic flows both ways without waiting for DPD (issue #13 item 16)."""
+    link = Link(tmp_path)
+    link.hq.keying.initiate("branch1", link.now)
+    link.br.keying.initiate("hq", link.now)
+    link.pump()
+    for n in range(3):
+        assert link.send(link.hq, n) and link.send(link.br, n)
+    assert len(link.hq.keying.dispatcher.sessions) == len(link.br.keying.dispatcher.sessions) == 1
+    assert _spi_out(link.hq) == link.br.keying.tunnels["hq"].inbound_spis[-1]

@@ -111,6 +111,10 @@ class Lane:
     # The new SA of a rekey the peer asked for: (its inbound SPI, its outbound SPI and key, the outbound
     # SPI it replaces). Outbound switches when the peer deletes the old SA or sends on the new one.
     pending_out: tuple[int, int, bytes, int] | None = field(default=None, repr=False)
+    # Every Child SA of the lane we may send on, newest last: {inbound SPI: (outbound SPI, key)}. When
+    # the one in use goes while another is up (a redundant SA of a simultaneous start, two IKE SAs for
+    # a moment), outbound moves to the newest one left instead of failing closed for nothing.
+    usable: dict[int, tuple[int, bytes]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -410,6 +414,7 @@ class Keying:
         for each in self.planes:
             each.set_peer(name, runtime.peer)
         runtime.inbound_spis.append(event.spi_in)
+        lane.usable[event.spi_in] = (event.spi_out, event.key_out.reveal())
         if event.replaces_out is not None and event.replaces_out == lane.outbound_spi:
             lane.pending_out = (event.spi_in, event.spi_out, event.key_out.reveal(), event.replaces_out)
         else:
@@ -436,12 +441,15 @@ class Keying:
         if spi_in in runtime.inbound_spis:
             runtime.inbound_spis.remove(spi_in)
             self._retiring.append((now + INBOUND_GRACE, worker, spi_in, runtime.config.name))
+        lane.usable.pop(spi_in, None)
         pending = lane.pending_out
         if pending is not None and pending[0] == spi_in:
             lane.pending_out = None  # the answered rekey's SA went first (a redundant collision SA)
         elif lane.outbound_spi == spi_out:
             if pending is not None and pending[3] == spi_out:
                 self._switch_outbound(runtime, worker, pending[1], pending[2])  # the peer has the new one
+            elif lane.usable:
+                self._switch_outbound(runtime, worker, *list(lane.usable.values())[-1])  # the newest left
             else:
                 self.planes[worker].remove_outbound(runtime.config.name)  # fail closed until a new SA exists
                 lane.outbound_spi = None

@@ -276,11 +276,33 @@ class IkeDispatcher:
             self._collect(new, now)
 
     def _initial_contact(self, session: IkeSession, now: float) -> None:
-        """RFC 7296 §2.4: the peer has no other IKE SA with us any more, so ours are stale: close them."""
+        """RFC 7296 §2.4: the peer has no other IKE SA with us any more, so ours are stale: close them.
+        Except when both gateways started at the same instant: each initiated its first IKE SA with
+        INITIAL_CONTACT, and applying it both ways would make each side close the SA the other keeps.
+        Both sides then keep the same one, the SA whose initiator SPI is lower (both know both SPIs by
+        now); the other one's initiator deletes it with a Delete, as with rekey collisions (§2.8.1)."""
         for other in self.sessions_for(session.config.tunnel):
-            if other is not session:
-                other.close(f"peer {session.remote[0]} restarted (INITIAL_CONTACT)")
-                self._collect(other, now)
+            if other is session:
+                continue
+            if _same_start(other, session):
+                if other.spi_i > session.spi_i:  # ours loses: delete it at the peer (once it can be sent)
+                    other.delete_when_idle = True
+                    other.proceed(now)
+                    self._collect(other, now)
+                continue  # ours wins: the peer deletes its SA, `session`
+            other.close(f"peer {session.remote[0]} restarted (INITIAL_CONTACT)")
+            self._collect(other, now)
 
     def _drop(self, reason: IkeDrop) -> None:
         self.drops.add(reason)
+
+
+SAME_START = 5.0  # seconds: our first IKE SA and the peer's INITIAL_CONTACT SA began this close together
+
+
+def _same_start(ours: IkeSession, theirs: IkeSession) -> bool:
+    """Our first IKE SA since we started (it carries INITIAL_CONTACT too), begun within SAME_START of the
+    peer's: a simultaneous start, not a peer that restarted while we had a working SA."""
+    return (ours.initiator and ours.send_initial_contact and ours.state is not IkeState.CLOSED
+            and ours.started_at is not None and theirs.started_at is not None
+            and abs(ours.started_at - theirs.started_at) <= SAME_START)
