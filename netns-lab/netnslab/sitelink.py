@@ -225,9 +225,10 @@ class Deployment:
                 self.wait_established(site, timeout)
 
     def wait_established(self, site: str, timeout: float = 15.0, count: int | None = None) -> float:
-        """Wait until the site logged a Child SA for each tunnel (or `count` in all); returns seconds waited."""
+        """Wait until the site logged a Child SA for each tunnel and worker (every worker has Child SAs of
+        its own, so a flow hashed to any of them finds one), or `count` in all; returns seconds waited."""
         gw = self.gateways[site]
-        want = count if count is not None else len(gw.keys)
+        want = count if count is not None else len(gw.keys) * self.workers
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if gw.log_text().count("Child SA established") >= want:
