@@ -584,6 +584,12 @@ class Lab:
             out[s.host].append(("0.0.0.0/0", s.gw_lan4))
             if s.has_v6:
                 out[s.host].append(("::/0", s.gw_lan6))
+            # Every gateway has a default route toward the WAN, as at a real site: traffic for a remote
+            # LAN that a gateway failed to hold back would leave by it, in clear, and show in a WAN
+            # capture (the router itself has no route to the LANs in tunnel mode and drops it after).
+            out[s.gw].append(("0.0.0.0/0", s.router_wan4))
+            if s.has_wan6:
+                out[s.gw].append(("::/0", s.router_wan6))
             for o in t.sites:
                 if o is s:
                     continue

@@ -246,6 +246,11 @@ class Deployment:
         return subprocess.run([*self.command, *args, "--socket", str(self.control_socket(site))],
                               capture_output=True, text=True, timeout=timeout)
 
+    def down(self, site: str) -> subprocess.CompletedProcess:
+        """`sitelink down` in the site's gateway namespace: remove its (stopped) TUN device and routes."""
+        gw = self.gateways[site]
+        return self.lab.run(f"{site}-gw", [*self.command, "down", "-c", str(gw.config)], check=False)
+
     def esp_keys_path(self, site: str) -> Path:
         return self.workdir / f"{site}.esp_sa"
 

@@ -129,6 +129,9 @@ def test_tunnel_mode_routes_only_the_wan(two_sites_topology) -> None:
         assert ping(lab, "hq-host", str(hq.gw_lan4), count=1).ok
         assert ping(lab, "hq-host", str(hq.gw_lan6), count=1).ok
         assert ping(lab, "hq-gw", lab.addr("branch1-gw"), count=1).ok
+        # a real site's gateway has a default route toward the WAN (so a leak would leave by it)
+        assert f"default via {hq.router_wan4} dev wan0" in lab.run("hq-gw", ["ip", "route"]).stdout
+        assert f"default via {hq.router_wan6} dev wan0" in lab.run("hq-gw", ["ip", "-6", "route"]).stdout
 
 
 def test_wan_loss_and_block(two_sites_topology) -> None:

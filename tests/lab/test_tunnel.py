@@ -127,11 +127,14 @@ def test_tun_device_mtu_routes_and_clean_shutdown(sites) -> None:
     routes = lab.run("hq-gw", ["ip", "route", "show", "dev", "sitelink0"]).stdout
     assert "10.2.0.0/24" in routes and "src 10.1.0.1" in routes
     assert "fd00:2::/64" in lab.run("hq-gw", ["ip", "-6", "route", "show", "dev", "sitelink0"]).stdout
-    assert dep.stop("hq") == 0  # SIGTERM: clean exit
-    gone = lab.run("hq-gw", ["ip", "link", "show", "dev", "sitelink0"], check=False)
-    assert gone.returncode != 0
+    assert "unreachable 10.2.0.0/24 proto 199 metric 4000000" in lab.run("hq-gw", ["ip", "route"]).stdout
+    assert dep.stop("hq") == 0  # SIGTERM: clean exit; the device and its routes stay (fail closed)
+    assert "10.2.0.0/24 dev sitelink0 proto 199" in lab.run("hq-gw", ["ip", "route"]).stdout
+    down = dep.down("hq")
+    assert down.returncode == 0 and "removed TUN device sitelink0" in down.stdout, down.stdout + down.stderr
+    assert "10.2.0.0/24: now via 198.18.1.1 dev wan0" in down.stdout  # it says where traffic goes now
+    assert lab.run("hq-gw", ["ip", "link", "show", "dev", "sitelink0"], check=False).returncode != 0
     assert "10.2.0.0/24" not in lab.run("hq-gw", ["ip", "route"]).stdout
-    assert "removed TUN device sitelink0" in dep.gateways["hq"].log_text()
 
 
 def test_on_demand_tunnel_starts_with_the_first_packet(tmp_path: Path) -> None:

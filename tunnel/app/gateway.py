@@ -145,11 +145,14 @@ class Gateway:
         tun, listen = self.config.tun, self.config.listen
         netlink = stack.enter_context(closing(Netlink()))
         tun_index = netlink.ensure_tun(tun.name)
-        stack.callback(self._delete_tun, netlink, tun_index)
         device = stack.enter_context(closing(TunDevice(tun.name)))
         netlink.configure(tun_index, tun_mtu(self.config), tun.txqueuelen, tun.addresses)
         remote = [net for t in self.config.tunnels for net in t.remote_subnets]
         netlink.add_routes(tun_index, remote, self._route_sources())
+        stale = netlink.stale_routes(tun_index, remote)
+        if stale:  # tunnels removed from the configuration while the gateway was stopped: on purpose
+            log.info("removing the routes of subnets no tunnel has any more: %s", ", ".join(map(str, stale)))
+            netlink.delete_routes(tun_index, stale)
         sock = stack.enter_context(udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes,
                                                    zero_checksum=False, reuseport=self.config.workers > 1))
         udp.enable_gro(sock)  # and the TOS of each datagram
@@ -157,10 +160,6 @@ class Gateway:
         if any(t.ike is not None for t in self.config.tunnels):
             ike_sock = stack.enter_context(udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20))
         return _Io(netlink, tun_index, device, sock, udp.SegmentingSender(sock), ike_sock)
-
-    def _delete_tun(self, netlink: Netlink, index: int) -> None:
-        netlink.delete_link(index)
-        log.info("removed TUN device %s and its routes", self.config.tun.name)
 
     def _spawn_workers(self, io: _Io, n: int) -> None:
         """Workers 1..n-1: a TUN queue and a socket each, joined in order (the SPI filter numbers the
@@ -186,8 +185,9 @@ class Gateway:
         self.worker_proxies = []
 
     def close(self) -> None:
-        """Stop the metrics server and the workers, close the sockets, remove the TUN device (and with it
-        its routes). Idempotent."""
+        """Stop the metrics server and the workers, close the sockets and the TUN queue. The TUN device
+        and its routes stay, so tunnel-bound traffic is dropped until the gateway is back (fail closed,
+        netlink.py); `sitelink down` removes them on purpose. Idempotent."""
         release, self._release = self._release, None
         if release is not None:
             release.close()
@@ -489,6 +489,24 @@ class Gateway:
                 sock.sendto(data, remote)
             except OSError as exc:
                 log.debug("IKE datagram to %s not sent: %s", remote, exc)
+
+
+def take_down(config: GatewayConfig) -> list[str]:
+    """`sitelink down`: remove the (stopped) gateway's TUN device, its routes and their backstops, on
+    purpose: the tunnels' subnets then follow the host's other routes, in clear. Returns one line per
+    subnet saying where its traffic goes now."""
+    remote = [net for t in config.tunnels for net in t.remote_subnets]
+    netlink = Netlink()
+    try:
+        index = netlink.index(config.tun.name)
+        if index is not None:
+            netlink.delete_routes(index, [*remote, *netlink.stale_routes(index, remote)])
+            netlink.delete_link(index)
+        else:
+            netlink.delete_routes(0, remote)  # the backstops of a device deleted by hand
+        return [f"{net}: now {netlink.route_to(str(net.network_address + 1))}" for net in remote]
+    finally:
+        netlink.close()
 
 
 def run(config: GatewayConfig, esp_key_log: Path | None = None, ike_key_log: Path | None = None) -> None:

@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
                                  "(like SIGHUP; unchanged tunnels keep their SAs)")
     _control_target(reload)
     reload.set_defaults(handler=_cmd_reload)
+    down = commands.add_parser("down", help="remove a stopped gateway's TUN device and routes: its tunnels' "
+                               "traffic then leaves IN CLEAR by the host's other routes",
+                               description="A stopped gateway keeps its TUN device and routes, so traffic "
+                               "for its remote subnets is dropped, never sent in clear (fail closed). "
+                               "`sitelink down` removes them on purpose and says where that traffic goes now.")
+    down.add_argument("-c", "--config", type=Path, required=True, help="the gateway's configuration")
+    down.set_defaults(handler=_cmd_down)
     from tunnel.cli.pki import add_commands
 
     add_commands(commands)
@@ -133,6 +140,25 @@ def _cmd_up(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     _setup_logging(config.log_level, config.log_format)
     run(config, args.esp_key_log, args.ike_key_log)
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from tunnel.app.gateway import take_down
+    from tunnel.config.loader import load_config
+    from tunnel.ops.control_socket import answers, default_path
+
+    config = load_config(args.config)
+    socket_path = config.control_socket or default_path(config.name)
+    if answers(socket_path):
+        print(f"sitelink: gateway {config.name} is running (it answers on {socket_path}); stop it first",
+              file=sys.stderr)
+        return 1
+    lines = take_down(config)
+    print(f"removed TUN device {config.tun.name} and the routes of gateway {config.name}; "
+          "its tunnels' traffic is no longer held back:")
+    for line in lines:
+        print(f"  {line}")
     return 0
 
 

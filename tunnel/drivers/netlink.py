@@ -1,8 +1,12 @@
 """Everything sitelink asks of the kernel's routing tables goes through here (pyroute2, netlink).
 
-The TUN device is created persistent: if the gateway dies without cleaning up, the device stays with no
-reader and its routes keep pointing at it, so the kernel drops tunnel-bound traffic instead of sending
-it in clear by another route. A restart attaches to the same device; a clean shutdown deletes it.
+Fail closed is a property of the routes, not of the process: the TUN device is created persistent and
+outlives the gateway on every stop (orderly or not), so its routes keep pointing at a device nobody reads
+and the kernel drops tunnel-bound traffic instead of sending it in clear by the default route. Each remote
+subnet also gets a backstop: an `unreachable` route of the same prefix with a far higher metric, which
+takes over if the TUN route goes (the device deleted, or a kernel told to ignore routes of a device
+without carrier). Both are marked `proto 199`. A restart attaches to the same device; only a deliberate
+act removes them (a reload that removes the tunnel, `sitelink down`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ log = logging.getLogger(__name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 _ADDR_GEN_MODE_NONE = 1  # IN6_ADDR_GEN_MODE_NONE
+RTPROT_SITELINK = 199  # the routes sitelink adds: `ip route` shows them as "proto 199"
+BACKSTOP_METRIC = 4_000_000  # far above any route an admin would give the same prefix (IPv6's default: 1024)
+_UNICAST, _UNREACHABLE = 1, 7  # rtm_type
 
 
 class Netlink:
@@ -91,30 +98,62 @@ class Netlink:
             log.debug("IPv6 address generation left as it is: %s", exc)  # e.g. IPv6 disabled
 
     def add_routes(self, index: int, networks: Iterable[Network], sources: dict[int, str]) -> list[Network]:
-        """Route the remote subnets into the TUN. `sources` maps IP version to a preferred source."""
+        """Route the remote subnets into the TUN, each with its backstop. `sources` maps IP version to a
+        preferred source."""
         added = []
         for network in networks:
-            kwargs = {"dst": str(network), "oif": index}
+            kwargs = self._route(network, oif=index)
             if network.version in sources:
                 kwargs["prefsrc"] = sources[network.version]
-            if network.version == 6:
-                kwargs["family"] = 10
             try:
                 self._ipr.route("replace", **kwargs)
+                self._ipr.route("replace", **self._route(network, type="unreachable", priority=BACKSTOP_METRIC))
             except NetlinkError as exc:
                 raise DriverError(f"cannot add route to {network}: {exc}") from exc
             added.append(network)
         return added
 
     def delete_routes(self, index: int, networks: Iterable[Network]) -> None:
+        """Remove the subnets' TUN routes and backstops: their traffic follows the host's other routes."""
         for network in networks:
-            kwargs = {"dst": str(network), "oif": index}
-            if network.version == 6:
-                kwargs["family"] = 10
-            try:
-                self._ipr.route("del", **kwargs)
-            except NetlinkError as exc:
-                log.warning("could not delete route to %s: %s", network, exc)
+            for kwargs in (self._route(network, oif=index),
+                           self._route(network, type="unreachable", priority=BACKSTOP_METRIC)):
+                try:
+                    self._ipr.route("del", **kwargs)
+                except NetlinkError as exc:
+                    if exc.code != 3:  # ESRCH: it was not there
+                        log.warning("could not delete route to %s: %s", network, exc)
+
+    def stale_routes(self, index: int, wanted: Iterable[Network]) -> list[Network]:
+        """Our routes into the TUN for subnets no tunnel has any more (the configuration changed while
+        the gateway was stopped): what a start removes, with their backstops."""
+        keep = {str(n) for n in wanted}
+        found = []
+        for family in (2, 10):
+            for route in self._ipr.get_routes(family=family, proto=RTPROT_SITELINK):
+                if route.get("type") != _UNICAST or route.get_attr("RTA_OIF") != index:
+                    continue
+                network = ipaddress.ip_network(f"{route.get_attr('RTA_DST')}/{route['dst_len']}")
+                if str(network) not in keep:
+                    found.append(network)
+        return found
+
+    def route_to(self, address: str) -> str:
+        """How the kernel would send to `address` now, as one line (for `sitelink down`)."""
+        try:
+            route = self._ipr.route("get", dst=address)[0]
+        except NetlinkError as exc:
+            return f"no route ({exc.args[1] if len(exc.args) > 1 else exc})"
+        gateway, oif = route.get_attr("RTA_GATEWAY"), route.get_attr("RTA_OIF")
+        device = self._ipr.get_links(oif)[0].get_attr("IFLA_IFNAME") if oif else "?"
+        return f"via {gateway} dev {device}" if gateway else f"dev {device}"
+
+    @staticmethod
+    def _route(network: Network, **kwargs: object) -> dict[str, object]:
+        kwargs.update(dst=str(network), proto=RTPROT_SITELINK)
+        if network.version == 6:
+            kwargs["family"] = 10
+        return kwargs
 
     def delete_link(self, index: int) -> None:
         try:

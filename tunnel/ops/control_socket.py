@@ -58,7 +58,7 @@ class ControlServer:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self.path.exists():
-                if _answers(self.path):
+                if answers(self.path):
                     raise DriverError(f"another gateway answers on the control socket {self.path}")
                 self.path.unlink()  # left by a gateway that died
             old = os.umask(0o077)  # root-only from the first instant, not after a chmod
@@ -141,7 +141,8 @@ class ControlServer:
         return {"ok": True, "message": message}
 
 
-def _answers(path: Path) -> bool:
+def answers(path: Path) -> bool:
+    """Whether a gateway listens on this control socket."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1)
         try:
