@@ -161,6 +161,7 @@ class Deployment:
             f"  tun: {{name: {TUN_NAME}, wan_mtu: {self.lab.topology.mtu}, addresses: [{', '.join(tun_addrs)}]}}",
             f"  log_level: {log_level}",
             f"  control_socket: {self.control_socket(s.name)}",  # one per lab gateway, not /run/sitelink/<name>
+            f"  state_dir: {self.workdir / (s.name + '-state')}",  # not /var/lib/sitelink
         ]
         if self.workers > 1:
             lines.append(f"  workers: {self.workers}")

@@ -26,6 +26,7 @@ from tunnel.app.assemble import build_forwarder, install_manual_keys, make_sched
 from tunnel.app.keying import KEEPALIVE_INTERVAL, DataPlane, Keying, LocalPlane
 from tunnel.app.readout import GatewayReadout
 from tunnel.app.reload import ReloadPlan, plan_reload
+from tunnel.config.ledger import ManualKeyLedger
 from tunnel.config.loader import load_config
 from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.dataplane.counters import Counters
@@ -34,7 +35,7 @@ from tunnel.dataplane.scheduler import ClassStats
 from tunnel.drivers import pumps, udp
 from tunnel.drivers.netlink import Netlink
 from tunnel.drivers.tun import TunDevice
-from tunnel.errors import ConfigError, DriverError, ReloadFailed, ReloadRefused, SitelinkError
+from tunnel.errors import ConfigError, DriverError, KeyFileError, ReloadFailed, ReloadRefused, SitelinkError
 from tunnel.esp.encap import NAT_KEEPALIVE, frame_ike
 from tunnel.ike.constants import NAT_T_PORT
 from tunnel.ops.control_socket import ControlServer, default_path
@@ -105,6 +106,7 @@ class Gateway:
         """Set up keys, TUN, routes and sockets, workers, keying and metrics; on any failure undo what was
         done (in reverse order, as close() does)."""
         with ExitStack() as stack:
+            ManualKeyLedger(self.config.state_dir, self.config.name).claim(list(self.config.tunnels))
             for tunnel in self.config.tunnels:
                 self._log_tunnel(tunnel)
                 if tunnel.manual_keys is not None:
@@ -255,6 +257,10 @@ class Gateway:
                 ike_configs = self._keying().ike_configs(new)  # reads the PKI files: may fail
             except (SitelinkError, ValueError, OSError) as exc:
                 raise ReloadRefused(f"cannot use the new configuration: {exc}; the running one stays") from None
+            try:  # the last check: new manual SAs never reuse keys (config/ledger.py)
+                ManualKeyLedger(new.state_dir, new.name).claim(list(plan.new))
+            except KeyFileError as exc:
+                raise ReloadRefused(f"{exc}; the running configuration stays") from None
             loop = asyncio.get_running_loop()
             old_routes = {net for t in self.config.tunnels for net in t.remote_subnets}
             new_routes = [net for t in plan.new for net in t.remote_subnets]

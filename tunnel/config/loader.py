@@ -138,6 +138,7 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
         "qos": parse_gateway_qos,
         "metrics": _metrics,
         "control_socket": lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a socket path"),
+        "state_dir": lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a directory path"),
         "key_log": lambda doc, node, path: _section(doc, node, path, KeyLog, (), {
             key: (lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a file path"))
             for key in ("esp_sa", "ikev2_decryption_table")}),

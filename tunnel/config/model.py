@@ -180,3 +180,5 @@ class GatewayConfig:
     # The control socket `sitelink status` and friends talk to (root-only); None: /run/sitelink/<name>.sock.
     control_socket: Path | None = None
     key_log: KeyLog = KeyLog()
+    # Where the gateway keeps what must outlive it: the ledger of manual keys already used (config/ledger.py).
+    state_dir: Path = Path("/var/lib/sitelink")
