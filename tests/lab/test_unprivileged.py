@@ -45,10 +45,10 @@ def test_gateway_runs_unprivileged_with_the_units_capabilities() -> None:
         os.chmod(workdir, 0o755)  # nobody must reach it; pytest's own tmp is root-only
         with Lab(TOPOLOGIES / "two-sites.yaml", mode="tunnel") as lab:
             dep = Deployment(lab, workdir / "gw", gateway_yaml=["log_format: json"])
-            for path in [workdir / "gw", *(workdir / "gw").iterdir()]:
-                os.chown(path, NOBODY, NOBODY)
             plain = dep.command
-            dep.start("branch1")  # the peer as usual, as root
+            dep.start("branch1")  # the peer as usual, as root, with its files root's
+            for path in [workdir / "gw", *(workdir / "gw").iterdir()]:
+                os.chown(path, NOBODY, NOBODY)  # hq's files belong to hq's user, as the unit expects
             dep.command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                            f"--inh-caps=-all,{CAPS}", f"--ambient-caps=-all,{CAPS}",
                            f"--bounding-set=-all,{CAPS}", "--no-new-privs", *plain]
