@@ -1,6 +1,6 @@
 """Whole-connection fuzzing (issue #13): two IKE cores back to back are driven to a stage of their life
 (before IKE_SA_INIT's answer, half-open, established, rekeying, deleting), and random and mutated
-datagrams (mutations of the real exchanges recorded in the same run: bit flips, cuts, splices, changed
+datagrams (mutations of the real exchanges recorded in the same run and of strongSwan's: bit flips, cuts, splices, changed
 SPIs, message IDs, flags and exchange types, replays from other addresses) are pushed into either side
 between the real ones. The only outcomes allowed: an answer or a counted drop. Never an exception out of
 the dispatcher, never a bug counted as `internal`, never a state that is not established without a
@@ -8,6 +8,7 @@ deadline; and when the attacker stops, the real peers still get (or keep) a work
 
 from __future__ import annotations
 
+from pathlib import Path
 from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
@@ -54,7 +55,13 @@ def _recorded() -> list[bytes]:
     return [data for _, _, data in wire.log]
 
 
-TRANSCRIPT = recorded()
+def strongswan() -> list[bytes]:
+    """What strongSwan 5.9 and sitelink sent each other in the lab (bench/capture_ike_corpus.py)."""
+    lines = (Path(__file__).resolve().parents[1] / "data" / "strongswan-ike.hex").read_text().splitlines()
+    return [bytes.fromhex(line.split()[1]) for line in lines if line and not line.startswith("#")]
+
+
+TRANSCRIPT = recorded() + strongswan()
 
 
 def mutate(data: bytes, op: int, at: int, value: int, other: bytes) -> bytes:
@@ -75,11 +82,30 @@ def mutate(data: bytes, op: int, at: int, value: int, other: bytes) -> bytes:
     return bytes(value % 256 for _ in range(at % 64))  # short garbage
 
 
+class Attacker:
+    """Where the gateways' answers to the third-party address go: nowhere (the attacker has them)."""
+
+    def receive_datagram(self, *args: object) -> None:
+        pass
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+    def datagrams_to_send(self, now: float) -> list:
+        return []
+
+
+def attacked_pair(seed: int = 1) -> tuple[IkeDispatcher, IkeDispatcher, Wire]:
+    hq, br, wire = pair(seed=seed)
+    wire.sides[ATTACKERS[2]] = Attacker()  # type: ignore[assignment]
+    return hq, br, wire
+
+
 STAGES = ["init-sent", "half-open", "established", "rekeying", "deleting"]
 
 
 def staged(stage: str, seed: int) -> tuple[IkeDispatcher, IkeDispatcher, Wire]:
-    hq, br, wire = pair(seed=seed)
+    hq, br, wire = attacked_pair(seed)
     hq.initiate("branch1", wire.now)
     if stage == "init-sent":
         hq.datagrams_to_send(0)  # its IKE_SA_INIT is "in flight"
@@ -133,7 +159,7 @@ def test_any_datagram_at_any_stage_is_an_answer_or_a_counted_drop(stage: str, se
 def test_the_real_peers_still_get_a_tunnel_after_the_attack(datagrams: list) -> None:
     """Garbage from third parties (never from the peers' own addresses) before and during the set-up
     cannot stop the tunnel from coming up."""
-    hq, br, wire = pair()
+    hq, br, wire = attacked_pair()
     for index, op, at, value, other, _, to_hq, port in datagrams:
         data = mutate(TRANSCRIPT[index], op, at, value, TRANSCRIPT[other]) if op < 7 else TRANSCRIPT[index]
         (hq if to_hq else br).receive_datagram(data, ("203.0.113.66", port), port, wire.now)
@@ -183,7 +209,7 @@ def edited(payloads: tuple, edits: list, child_spis: list[int]) -> tuple:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sends=SENDS)
 def test_an_authenticated_peer_sending_anything_gets_answers_or_counted_drops(sends: list) -> None:
-    hq, br, wire = pair()
+    hq, br, wire = attacked_pair()
     hq.initiate("branch1", wire.now)
     wire.pump()
     gateway = next(iter(hq.sessions.values()))
