@@ -11,6 +11,7 @@ at interpreter exit (atexit), and is idempotent.
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import logging
 import os
 import secrets
@@ -182,6 +183,7 @@ class Lab:
         self._wan_loss = 0.0
         self._wan_blocked = False
         self._nat: tuple[str, int | None] | None = None  # (site behind the NAT, SNAT port base)
+        self._wan_nodes: dict[str, str] = {}  # extra WAN namespaces (add_wan_node): node -> its address
         self._state = "new"  # new -> building -> up -> closed
         self._lock = threading.RLock()
         self._owner_pid = os.getpid()  # a forked copy of this object must not tear down
@@ -253,8 +255,39 @@ class Lab:
 
     def ns(self, node: str) -> str:
         """Namespace name of a node (``<prefix>-<node>``)."""
-        self.topology.kind(node)  # raises KeyError for unknown nodes
+        if node not in self._wan_nodes:
+            self.topology.kind(node)  # raises KeyError for unknown nodes
         return f"{self.prefix}-{node}"
+
+    def add_wan_node(self, node: str, subnet4: str = "203.0.113.0/24") -> str:
+        """One more namespace on the WAN, e.g. an attacker: a veth to the router (``to-<node>`` there,
+        ``wan0`` in the node), the subnet's first address on the router, the second on the node, and
+        the node's default route via the router. Deleted with the lab. Returns the node's address."""
+        if self._state != "up":
+            raise LabError(f"lab {self.prefix} is {self._state}; add WAN nodes to a built lab")
+        if node in self._wan_nodes or node in self.topology.nodes():
+            raise LabError(f"node {node!r} exists already")
+        net = ipaddress.ip_network(subnet4)
+        router_ip, node_ip = net[1], net[2]
+        name = f"{self.prefix}-{node}"
+        netns.create(name)
+        with self._lock:
+            self._namespaces.append(name)
+            self._wan_nodes[node] = str(node_ip)
+        router_if = f"to-{node}"[:15]
+        self.run(self.topology.router, ["ip", "link", "add", router_if, "type", "veth", "peer", "name", "wan0",
+                                        "netns", name])
+        self.run(self.topology.router, ["ip", "addr", "add", f"{router_ip}/{net.prefixlen}", "dev", router_if])
+        self.run(self.topology.router, ["ip", "link", "set", router_if, "up"])
+        self.run(node, ["ip", "link", "set", "lo", "up"])
+        self.run(node, ["ip", "addr", "add", f"{node_ip}/{net.prefixlen}", "dev", "wan0"])
+        self.run(node, ["ip", "link", "set", "wan0", "up"])
+        self.run(node, ["ip", "route", "add", "default", "via", str(router_ip)])
+        for _ in range(50):  # the veth carrier comes up asynchronously
+            if self.run(node, ["ping", "-c", "1", "-W", "0.2", str(router_ip)], check=False).returncode == 0:
+                return str(node_ip)
+            time.sleep(0.1)
+        raise LabError(f"WAN node {node} cannot reach the router at {router_ip}")
 
     @property
     def namespaces(self) -> list[str]:
@@ -274,6 +307,8 @@ class Lab:
 
         The router has one address per WAN link; use ``lab.site(s).router_wan4``.
         """
+        if node in self._wan_nodes and family == 4:
+            return self._wan_nodes[node]
         kind = self.topology.kind(node)
         if kind == "router":
             raise ValueError("the router has one address per site link; use lab.site(name).router_wan4/6")
