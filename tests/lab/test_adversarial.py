@@ -4,9 +4,8 @@ The attacker sends raw datagrams with any source address (netnslab/flood.py): th
 address or random ones. Every bound is relative to a baseline of the same run, never absolute.
 
 Fail closed on stop, restart and worker death is tests/lab/test_fail_closed.py; replayed and tampered
-ESP is tests/lab/test_tunnel.py; an authenticated peer sending edited real payloads, bad and foreign
-SPIs is tests/property/test_ike_connection_fuzz.py and tests/unit/test_ike_hardening.py (their exact
-SPIs cannot be forged from outside the path in a lab)."""
+ESP is tests/lab/test_tunnel.py; an authenticated peer sending arbitrary edited payloads is
+tests/property/test_ike_connection_fuzz.py."""
 
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ from netnslab.sitelink import Deployment
 
 REPO = Path(__file__).resolve().parents[2]
 FLOOD = REPO / "netns-lab" / "netnslab" / "flood.py"
+ROGUE = REPO / "netns-lab" / "netnslab" / "rogue_peer.py"
 CORPUS = REPO / "tests" / "data" / "strongswan-ike.hex"
 HQ_WAN, BR_WAN = "198.18.1.2", "198.18.2.2"
 
@@ -189,3 +189,42 @@ def test_both_gateways_started_at_the_same_instant_fifty_times(tmp_path: Path) -
         print(f"simultaneous start to traffic: median {statistics.median(times):.2f} s, "
               f"max {max(times):.2f} s; one-initiator baseline {baseline:.2f} s")
         assert max(times) <= baseline + 1.0, (sorted(times)[-5:], baseline)
+
+
+def test_a_malicious_authenticated_peer_cannot_touch_another_tunnel(tmp_path: Path) -> None:
+    """branch2's gateway is replaced by a script on sitelink's own IKE core, holding branch2's real PSK:
+    after an honest IKE SA with hq it proposes reserved ESP SPIs, rekeys its IKE SA onto branch1's IKE
+    SPI and sends a Delete naming branch1's Child SAs. hq refuses what is invalid and counts it, and
+    hq's tunnel to branch1 keeps the very same SAs and carries traffic throughout."""
+    with Lab(TOPOLOGIES / "three-sites.yaml", mode="tunnel") as lab:
+        dep = Deployment(lab, tmp_path / "gw", initiators={("hq", "branch1"), ("branch2", "hq")})
+        dep.start("hq")
+        dep.start("branch1")
+        dep.wait_established("hq", count=1)  # branch1's; branch2 is the rogue's, below
+        dst = lab.addr("branch1-host")
+        assert ping(lab, "hq-host", dst, count=5, interval=0.05).received == 5
+
+        def branch1_sas() -> tuple:
+            tunnel = next(t for t in status(dep, "hq")["tunnels"] if t["name"] == "branch1")
+            return tunnel["ike"]["spi_i"], tunnel["ike"]["spi_r"], sorted(c["spi_out"] for c in tunnel["child_sas"])
+
+        before = branch1_sas()
+        spi_i, _, spis_out = before
+        background = lab.popen("hq-host", ["ping", "-n", "-c", "400", "-i", "0.02", "-W", "1", dst],
+                               stdout=-1, stderr=-1, text=True)
+        rogue = lab.run("branch2-gw", [sys.executable, str(ROGUE), str(dep.gateways["branch2"].config),
+                                       "--tunnel", "hq", "--child-spi", "0", "--child-spi", "255",
+                                       "--ike-spi", spi_i, *[f"--delete-spi={spi}" for spi in spis_out]],
+                        timeout=60, check=False)
+        report = json.loads(rogue.stdout) if rogue.returncode == 0 else {}
+        assert report.get("established"), rogue.stdout + rogue.stderr
+        out, _ = background.communicate(timeout=60)
+        print(f"rogue peer: {report}")
+        assert report["child rekey with SPI 0"] == report["child rekey with SPI 255"] == "refused", report
+        assert dep.gateways["hq"].proc.poll() is None
+        assert branch1_sas() == before  # not replaced, not deleted, not rekeyed
+        assert " 400 received" in out, out[-300:]
+        assert ping(lab, "hq-host", dst, count=5, interval=0.05).received == 5
+        refused = next(t for t in status(dep, "hq")["tunnels"] if t["name"] == "branch2")["ike_drops"]
+        assert refused.get("bad_proposal_spi", 0) >= 2, refused
+        assert "internal" not in json.dumps(status(dep, "hq")), status(dep, "hq")
