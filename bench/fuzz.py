@@ -35,7 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from forwarder import packet  # noqa: E402
 from forwarder import pair as esp_pair  # noqa: E402
 
-from tests.property.test_ike_connection_fuzz import SEALED, STAGES, TRANSCRIPT, no_bug, staged  # noqa: E402
+from tests.property.test_ike_connection_fuzz import SEALED, STAGES, TRANSCRIPT, drop_counts, no_bug, staged  # noqa: E402
 from tests.unit.test_ike_session import BR, HQ, Wire  # noqa: E402
 from tunnel.config.loader import load_config  # noqa: E402
 from tunnel.errors import ConfigError  # noqa: E402
@@ -91,7 +91,7 @@ class Bugs:
 def drops(*sides: IkeDispatcher) -> Counter[str]:
     total: Counter[str] = Counter()
     for side in sides:
-        for counts in (side.drops.by_reason(), *(t.by_reason() for t in side.tunnel_drops.values())):
+        for counts in drop_counts(side):
             total.update(counts)
     return total
 

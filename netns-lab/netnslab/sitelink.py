@@ -197,8 +197,8 @@ class Deployment:
         return "\n".join(lines) + "\n"
 
     # -- processes ------------------------------------------------------------------------------------
-    def start(self, site: str, timeout: float = 10.0) -> Gateway:
-        """Start `sitelink up` in the site's gateway namespace and wait until its TUN device is up."""
+    def launch(self, site: str) -> Gateway:
+        """Start `sitelink up` in the site's gateway namespace without waiting for it (see start())."""
         gw = self.gateways[site]
         if gw.proc is not None and gw.proc.poll() is None:
             raise GatewayError(f"gateway {site} is already running (pid {gw.proc.pid})")
@@ -207,6 +207,11 @@ class Deployment:
             argv += ["--esp-key-log", str(self.esp_keys_path(site))]
         with gw.log.open("a") as log:
             gw.proc = self.lab.popen(site_gw(gw), argv, stdout=log, stderr=log)
+        return gw
+
+    def start(self, site: str, timeout: float = 10.0) -> Gateway:
+        """Start `sitelink up` in the site's gateway namespace and wait until its TUN device is up."""
+        gw = self.launch(site)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if gw.proc.poll() is not None:

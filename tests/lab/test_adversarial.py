@@ -45,8 +45,9 @@ def rss_kib(pid: int) -> int:
     return int(fields["VmRSS"].split()[0])
 
 
-def flood(lab: Lab, *args: str):
-    return lab.popen("attacker", [sys.executable, str(FLOOD), "--dst", BR_WAN, "--peer", HQ_WAN, *args],
+def flood(lab: Lab, *args: str, dst: str = BR_WAN, peer: str = HQ_WAN):
+    """netnslab/flood.py in the attacker's namespace, at `dst`, spoofing `peer` where it says so."""
+    return lab.popen("attacker", [sys.executable, str(FLOOD), "--dst", dst, "--peer", peer, *args],
                      stdout=-1, stderr=-1, text=True)
 
 
@@ -136,10 +137,9 @@ def test_wedge_packets_before_and_during_set_up_do_not_stop_the_tunnel(tmp_path:
         dep = Deployment(lab, tmp_path / "gw")
         payloads = [f"--payload={p}" for p in wedge_packets()]
 
-        def wedge(dst: str, peer: str, repeat: int, port: int = 500):
-            return lab.popen("attacker", [sys.executable, str(FLOOD), "--dst", dst, "--peer", peer, *payloads,
-                                          "--raw-repeat", str(repeat), "--port", str(port), "--rate", "500"],
-                             stdout=-1, stderr=-1, text=True)
+        def wedge(dst: str, peer: str, repeat: int):
+            return flood(lab, *payloads, "--raw-repeat", str(repeat), "--port", "500", "--rate", "500",
+                         dst=dst, peer=peer)
 
         dep.start("branch1")
         finished(wedge(BR_WAN, HQ_WAN, 50))  # 200 before hq even starts
@@ -166,12 +166,8 @@ def test_both_gateways_started_at_the_same_instant_fifty_times(tmp_path: Path) -
 
         def time_to_traffic(dep: Deployment, sites: list[str]) -> float:
             t0 = time.monotonic()
-            procs = []
             for site in sites:  # launched back to back, without waiting for either to be ready
-                gw = dep.gateways[site]
-                with gw.log.open("a") as log:
-                    gw.proc = lab.popen(f"{site}-gw", [*dep.command, "up", str(gw.config)], stdout=log, stderr=log)
-                procs.append(gw.proc)
+                dep.launch(site)
             while time.monotonic() - t0 < 30:
                 if ping(lab, "hq-host", dst, count=1, timeout=0.1).received:
                     elapsed = time.monotonic() - t0

@@ -125,8 +125,13 @@ def staged(stage: str, seed: int) -> tuple[IkeDispatcher, IkeDispatcher, Wire]:
     return hq, br, wire
 
 
+def drop_counts(d: IkeDispatcher) -> list[dict[str, int]]:
+    """The dispatcher's own drops and each tunnel's, by reason."""
+    return [d.drops.by_reason(), *(t.by_reason() for t in d.tunnel_drops.values())]
+
+
 def no_bug(d: IkeDispatcher) -> None:
-    counts = [d.drops.by_reason(), *(t.by_reason() for t in d.tunnel_drops.values())]
+    counts = drop_counts(d)
     assert not any("internal" in c for c in counts), counts
     for session in d.sessions.values():
         if session.state not in (IkeState.ESTABLISHED, IkeState.CLOSED):

@@ -102,9 +102,10 @@ class IkeDispatcher:
                 if s.config.tunnel == tunnel and s.local_spi not in self._retired]
 
     def find(self, spi_i: bytes, spi_r: bytes) -> IkeSession | None:
-        """The IKE SA with these SPIs, if any."""
-        for session in list(self.sessions.values()):
-            if session.spi_i == spi_i and session.spi_r == spi_r:
+        """The IKE SA with these SPIs, if any: indexed by our SPI, which is one of the two."""
+        for spi in (spi_i, spi_r):
+            session = self.sessions.get(spi)
+            if session is not None and session.spi_i == spi_i and session.spi_r == spi_r:
                 return session
         return None
 
