@@ -385,13 +385,45 @@ def test_duplicate_remote_id_across_tunnels(site: Path) -> None:
     ]
 
 
-def test_same_peer_address_for_two_ike_tunnels(site: Path) -> None:
-    second = SECOND_TUNNEL.replace("198.18.3.2", "198.18.2.2")
-    assert problems(write(site, GOOD + second)) == [
-        "C:18:16: tunnels[1].peer.address: 198.18.2.2 is also the peer address of tunnels[0]; the IKE responder "
-        "matches a new IKE SA to its tunnel by the peer's source address (for now), so each IKE tunnel needs its own "
-        "peer address"
+def test_two_ike_tunnels_may_share_a_peer_address(site: Path) -> None:
+    """Branches behind one NAT address: the responder tells them apart by their (unique) remote_id."""
+    config = load_config(write(site, GOOD + SECOND_TUNNEL.replace("198.18.3.2", "198.18.2.2")))
+    assert config.tunnels[0].peer.address == config.tunnels[1].peer.address
+
+
+def test_peer_address_any_responds_and_dns_name_is_kept(site: Path) -> None:
+    text = GOOD.replace("address: 198.18.2.2", "address: any") + SECOND_TUNNEL.replace(
+        "address: 198.18.3.2", "address: Branch2.Example.")
+    config = load_config(write(site, text))
+    first, second = config.tunnels
+    assert first.peer.is_any and first.peer.address is None and str(first.peer) == "any"
+    assert first.ike is not None and first.ike.start is StartMode.RESPOND  # nowhere to initiate to
+    assert second.peer.host == "branch2.example" and second.peer.address is None and not second.peer.is_any
+    assert second.ike is not None and second.ike.start is StartMode.INITIATE
+
+
+def test_peer_address_any_refuses_initiating(site: Path) -> None:
+    text = GOOD.replace("address: 198.18.2.2", "address: any") + "      start: on-demand\n"
+    assert problems(write(site, text)) == [
+        "C:16:14: tunnels[0].ike.start: start: on-demand needs an address to initiate to, and peer.address is any "
+        "(the tunnel only responds); use start: respond or give the peer's address or DNS name"
     ]
+
+
+def test_full_tunnel_and_summary_subnets_may_contain_the_local_ones(site: Path) -> None:
+    """A branch sending everything to HQ (0.0.0.0/0), HQ's side of it, a corporate summary route."""
+    branch = (GOOD.replace("remote_subnets: [10.2.0.0/24]", "remote_subnets: [0.0.0.0/0, '::/0']")
+              + SECOND_TUNNEL)  # and a direct tunnel to another branch: the longer prefix wins
+    config = load_config(write(site, branch))
+    assert [str(n) for n in config.tunnels[0].remote_subnets] == ["0.0.0.0/0", "::/0"]
+    hub = GOOD.replace("local_subnets: [10.1.0.0/24]", "local_subnets: [0.0.0.0/0]")
+    assert [str(n) for n in load_config(write(site, hub)).tunnels[0].local_subnets] == ["0.0.0.0/0"]
+    summary = GOOD.replace("remote_subnets: [10.2.0.0/24]", "remote_subnets: [10.0.0.0/8]")
+    assert [str(n) for n in load_config(write(site, summary)).tunnels[0].remote_subnets] == ["10.0.0.0/8"]
+    two_defaults = branch.replace("remote_subnets: [10.3.0.0/24]", "remote_subnets: [0.0.0.0/0]")
+    assert problems(write(site, two_defaults)) == [
+        "C:20:22: tunnels[1].remote_subnets[0]: 0.0.0.0/0 overlaps 0.0.0.0/0 (tunnels[0].remote_subnets[0]); "
+        "a packet must select exactly one tunnel"]
 
 
 def test_manual_keys_tunnel_may_share_a_peer_address_with_an_ike_tunnel(site: Path) -> None:

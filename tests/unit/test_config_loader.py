@@ -206,9 +206,16 @@ CASES = [
     ("peer family", "address: 198.18.2.2", "address: '2001:db8::2'",
      "C:8:16: tunnels[0].peer.address: peer is IPv6 but gateway.listen.address 198.18.1.2 is IPv4; "
      "the one UDP socket serves one address family"),
-    ("remote overlaps local", "remote_subnets: [10.2.0.0/24]", "remote_subnets: [10.2.0.0/24, 10.1.0.128/25]",
-     "C:10:35: tunnels[0].remote_subnets[1]: 10.1.0.128/25 overlaps this tunnel's local subnet 10.1.0.0/24; "
-     "local and remote must be disjoint"),
+    ("remote equals local", "remote_subnets: [10.2.0.0/24]", "remote_subnets: [10.2.0.0/24, 10.1.0.0/24]",
+     "C:10:35: tunnels[0].remote_subnets[1]: 10.1.0.0/24 is also this tunnel's local subnet; local and remote "
+     "must differ"),
+    ("bad peer name", "address: 198.18.2.2", "address: hub_1.example",
+     "C:8:16: tunnels[0].peer.address: 'hub_1.example' is not an IPv4 or IPv6 address, a DNS name or 'any'"),
+    ("mistyped peer address", "address: 198.18.2.2", "address: 198.18.2.256",
+     "C:8:16: tunnels[0].peer.address: '198.18.2.256' is not an IPv4 or IPv6 address, a DNS name or 'any'"),
+    ("manual keys need an address", "address: 198.18.2.2", "address: any",
+     "C:8:16: tunnels[0].peer.address: manual keys need the peer's IP address (not any): without IKE nothing "
+     "learns where the peer is"),
     ("remote overlaps within tunnel", "remote_subnets: [10.2.0.0/24]", "remote_subnets: [10.2.0.0/16, 10.2.3.0/24]",
      "C:10:35: tunnels[0].remote_subnets[1]: 10.2.3.0/24 overlaps 10.2.0.0/16 (tunnels[0].remote_subnets[0]); "
      "a packet must select exactly one tunnel"),

@@ -15,7 +15,7 @@ import pytest
 from tests.unit.test_config_ike import write_file
 from tests.unit.test_config_loader import write
 from tunnel.app.assemble import build_forwarder
-from tunnel.app.keying import VOLUME_GRACE, Keying, LocalPlane
+from tunnel.app.keying import RETRY_DELAY, VOLUME_GRACE, Keying, LocalPlane
 from tunnel.config.loader import load_config
 from tunnel.ike.constants import ExchangeType
 from tunnel.ike.message import parse_header
@@ -49,10 +49,10 @@ tunnels:
 
 class Site:
     def __init__(self, directory: Path, me: str, peer: str, start: str, extra: str = "", workers: int = 1,
-                 dpd: int = 0) -> None:
+                 dpd: int = 0, peer_addr: str | None = None) -> None:
         directory.mkdir()
         write_file(directory / f"{me}.psk", PSK + b"\n")
-        path = write(directory, CONFIG.format(me=me, peer=peer, my_addr=ADDR[me], peer_addr=ADDR[peer],
+        path = write(directory, CONFIG.format(me=me, peer=peer, my_addr=ADDR[me], peer_addr=peer_addr or ADDR[peer],
                                               my_net=SUBNET[me], peer_net=SUBNET[peer], start=start,
                                               extra=extra, dpd=dpd))
         config = load_config(path)
@@ -73,10 +73,11 @@ class Site:
 
 class Link:
     def __init__(self, tmp_path: Path, hq_extra: str = "", br_extra: str = "", workers: tuple[int, int] = (1, 1),
-                 dpd: int = 0) -> None:
+                 dpd: int = 0, peers: tuple[str | None, str | None] = (None, None)) -> None:
+        """peers: what each side's config says of the other's address (default: its IP address)."""
         self.now = 100.0
-        self.hq = Site(tmp_path / "hq", "hq", "branch1", "initiate", hq_extra, workers[0], dpd)
-        self.br = Site(tmp_path / "br", "branch1", "hq", "respond", br_extra, workers[1], dpd)
+        self.hq = Site(tmp_path / "hq", "hq", "branch1", "initiate", hq_extra, workers[0], dpd, peers[0])
+        self.br = Site(tmp_path / "br", "branch1", "hq", "respond", br_extra, workers[1], dpd, peers[1])
         self.sites = {ADDR["hq"]: self.hq, ADDR["branch1"]: self.br}
         self.lose_ike: Callable[[str, bytes], bool] = lambda sender, data: False
         self.ike_log: list[tuple[str, int, bool]] = []  # (sender, exchange, response)
@@ -90,8 +91,9 @@ class Link:
                     moved = True
                     h = parse_header(data)
                     self.ike_log.append((site.name, h.exchange, h.is_response))
-                    if not self.lose_ike(site.name, data):
-                        self.sites[remote[0]].keying.dispatcher.receive_datagram(data, (addr, local_port), remote[1], self.now)
+                    to = self.sites.get(remote[0])  # nobody at other addresses
+                    if to is not None and not self.lose_ike(site.name, data):
+                        to.keying.dispatcher.receive_datagram(data, (addr, local_port), remote[1], self.now)
             if not moved:
                 return
 
@@ -318,3 +320,29 @@ def test_simultaneous_start_carries_traffic_at_once(tmp_path: Path) -> None:
         assert link.send(link.hq, n) and link.send(link.br, n)
     assert len(link.hq.keying.dispatcher.sessions) == len(link.br.keying.dispatcher.sessions) == 1
     assert _spi_out(link.hq) == link.br.keying.tunnels["hq"].inbound_spis[-1]
+
+
+def test_a_dns_named_peer_is_resolved_before_every_attempt_and_an_any_peer_is_learnt(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """HQ knows the branch by a DNS name, the branch knows HQ as `any`: nothing goes out before the name
+    resolves, a failed lookup is retried with backoff (and counted), a changed answer is followed."""
+    link = Link(tmp_path, peers=("branch1.example", "any"))
+    hq = link.hq.keying
+    hq.start(link.now)
+    assert hq.take_resolves() == {"branch1": "branch1.example"} and not hq.dispatcher.sessions
+    hq.resolved("branch1", None, link.now, "Name or service not known")
+    assert hq.tunnels["branch1"].stats.handshakes_failed == {"dns": 1} and not hq.dispatcher.sessions
+    assert hq.take_resolves() == {}
+    link.advance(RETRY_DELAY)
+    assert hq.take_resolves() == {"branch1": "branch1.example"}
+    hq.resolved("branch1", "198.18.9.9", link.now)  # an old address: nobody answers there
+    assert [s.remote[0] for s in hq.dispatcher.sessions.values()] == ["198.18.9.9"]
+    hq.terminate("branch1", link.now)
+    link.pump()
+    hq.initiate("branch1", link.now, operator=True)
+    assert hq.take_resolves() == {"branch1": "branch1.example"}
+    hq.resolved("branch1", ADDR["branch1"], link.now)  # the branch's new address
+    assert "branch1.example now resolves to 198.18.2.2 (was 198.18.9.9)" in caplog.text
+    link.pump()
+    assert link.send(link.hq, 1) and link.send(link.br, 2)  # the `any` side learnt where HQ is
+    assert link.br.forwarder.tunnels["hq"].peer == (ADDR["hq"], 4500)

@@ -29,13 +29,17 @@ HARD_VOLUME_FACTOR = 1.1  # past soft * this without a new SA, the outbound SA i
 
 
 def peer_of(tunnel: Tunnel) -> tuple[str, int]:
-    """Where the tunnel's ESP (and IKE) goes until the peer is seen elsewhere."""
-    return str(tunnel.peer.address), tunnel.peer.port
+    """Where the tunnel's ESP (and IKE) goes until the peer is seen elsewhere; the host is "" while
+    unknown (a peer at `any` or a DNS name: its first Child SA says where it is)."""
+    address = tunnel.peer.address
+    return ("" if address is None else str(address)), tunnel.peer.port
 
 
 def tunnel_mtu(config: GatewayConfig, tunnel: Tunnel) -> int:
-    """The largest inner packet one ESP packet to this peer carries over the WAN path."""
-    return tunnel.mtu or inner_mtu(config.tun.wan_mtu, tunnel.peer.address.version == 6)
+    """The largest inner packet one ESP packet to this peer carries over the WAN path (a peer known by
+    name or identity only is reached over the listening socket's family)."""
+    family = (tunnel.peer.address or config.listen.address).version
+    return tunnel.mtu or inner_mtu(config.tun.wan_mtu, family == 6)
 
 
 def tunnel_policy(config: GatewayConfig, tunnel: Tunnel) -> TunnelPolicy:
@@ -114,12 +118,13 @@ def make_schedulers(config: GatewayConfig) -> tuple[PriorityScheduler, PriorityS
     return egress, PriorityScheduler(rate, limits)
 
 
-def ike_configs(config: GatewayConfig, workers: int) -> list[tuple[IkeConfig, str]]:
-    """Each IKE tunnel's IkeConfig and peer address (reading the PKI files when a tunnel uses
-    certificates: raises when they cannot be used)."""
+def ike_configs(config: GatewayConfig, workers: int) -> list[tuple[IkeConfig, str | None]]:
+    """Each IKE tunnel's IkeConfig and peer address, None when the peer may come from anywhere (`any`, a
+    DNS name) and is told by its identity (reading the PKI files when a tunnel uses certificates:
+    raises when they cannot be used)."""
     tunnels = [t for t in config.tunnels if t.ike is not None]
     cert_auth = _cert_auth(config) if any(t.ike is not None and t.ike.auth == "cert" for t in tunnels) else None
-    return [(ike_config(t, cert_auth, workers), peer_of(t)[0]) for t in tunnels]
+    return [(ike_config(t, cert_auth, workers), peer_of(t)[0] or None) for t in tunnels]
 
 
 def ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) -> IkeConfig:

@@ -43,6 +43,7 @@ from tunnel.ops.keylog import EspKeyLog, IkeKeyLog
 from tunnel.ops.metrics import MetricsServer
 
 log = logging.getLogger("sitelink.gateway")
+RESOLVE_TIMEOUT = 10.0  # seconds for the system resolver to name a DNS-named peer's address
 
 
 def tun_mtu(config: GatewayConfig) -> int:
@@ -93,7 +94,7 @@ class Gateway:
         self.keying: Keying | None = None
         self.readout = GatewayReadout(self)  # what operations (status, metrics, logs) read
         self._reload_lock = asyncio.Lock()
-        self._reloads: set[asyncio.Task] = set()  # SIGHUP reloads in progress (a reference keeps them alive)
+        self._tasks: set[asyncio.Task] = set()  # reloads and DNS lookups in progress (referenced: kept alive)
 
     # -- life cycle -----------------------------------------------------------------------------------
     @property
@@ -231,7 +232,7 @@ class Gateway:
             self._flush_ike()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            for task in list(self._reloads):
+            for task in list(self._tasks):
                 task.cancel()
             await control.close()
             self.log_counters()
@@ -313,8 +314,8 @@ class Gateway:
 
     def _on_sighup(self) -> None:
         task = asyncio.get_running_loop().create_task(self._reload_logged())
-        self._reloads.add(task)
-        task.add_done_callback(self._reloads.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _reload_logged(self) -> None:
         try:
@@ -399,7 +400,7 @@ class Gateway:
     # -- set-up helpers -------------------------------------------------------------------------------
     @staticmethod
     def _log_tunnel(tunnel: Tunnel) -> None:
-        where = (tunnel.name, str(tunnel.peer.address), tunnel.peer.port, ",".join(map(str, tunnel.local_subnets)),
+        where = (tunnel.name, str(tunnel.peer), tunnel.peer.port, ",".join(map(str, tunnel.local_subnets)),
                  ",".join(map(str, tunnel.remote_subnets)))
         keys, ike = tunnel.manual_keys, tunnel.ike
         if ike is not None:
@@ -477,12 +478,34 @@ class Gateway:
         worker's queue too, before the answer that lets the peer use them leaves), re-arm the one timer."""
         self._keying().process_events(time.monotonic())
         self._flush_ike()
+        for name, host in self._keying().take_resolves().items():
+            task = asyncio.get_running_loop().create_task(self._resolve(name, host))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         deadline = self._keying().get_timer()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
             self._timer = asyncio.get_running_loop().call_at(deadline, self._on_ike_timer)
+
+    async def _resolve(self, name: str, host: str) -> None:
+        """A DNS-named peer's address, in the listening socket's family, by the system resolver (in a
+        thread, so a slow DNS server never stalls the data path), then on to keying."""
+        family = socket.AF_INET6 if self.config.listen.address.version == 6 else socket.AF_INET
+        address, error = None, ""
+        try:
+            found = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
+                host, None, family=family, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT)
+            address = str(found[0][4][0]) if found else None
+            error = "" if found else "no address"
+        except TimeoutError:
+            error = f"no answer within {RESOLVE_TIMEOUT:.0f} s"
+        except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+            error = str(exc)
+        if self.keying is not None and not self._stopping.is_set():
+            self.keying.resolved(name, address, time.monotonic(), error)
+            self._after_ike()
 
     def _flush_ike(self) -> None:
         for data, remote, local_port in self._keying().dispatcher.datagrams_to_send(time.monotonic()):

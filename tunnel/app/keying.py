@@ -132,6 +132,7 @@ class TunnelRuntime:
     # Terminated by the operator: stay down (no restart, no on-demand or unknown-SPI initiation) until
     # `sitelink initiate`, or until the peer sets the tunnel up again.
     held: bool = False
+    resolved: str | None = None  # a DNS-named peer's address as last resolved
 
     @property
     def outbound_spi(self) -> int | None:
@@ -151,6 +152,9 @@ class Keying:
         self.tunnels = {t.name: self._runtime(t) for t in config.tunnels if t.ike is not None}
         self.dispatcher = IkeDispatcher(self.ike_configs(config), random_bytes)
         self._retiring: list[tuple[float, int, int, str]] = []  # (remove at, worker, inbound SPI, tunnel)
+        # Tunnels whose peer is a DNS name and that want to initiate: the gateway resolves the name
+        # (take_resolves) and hands the answer to resolved(), which initiates.
+        self._resolve: dict[str, str] = {}
         self._accept_ike()
 
     def _runtime(self, tunnel: Tunnel) -> TunnelRuntime:
@@ -161,12 +165,12 @@ class Keying:
             if self.tunnels and isinstance(plane, LocalPlane):
                 plane.forwarder.accept_ike = True
 
-    def ike_configs(self, config: GatewayConfig) -> list[tuple[IkeConfig, str]]:
+    def ike_configs(self, config: GatewayConfig) -> list[tuple[IkeConfig, str | None]]:
         """Each IKE tunnel's IkeConfig (reading the PKI files when a tunnel uses certificates)."""
         return ike_configs(config, len(self.planes))
 
     def reconfigure(self, config: GatewayConfig, plan: ReloadPlan, now: float,
-                    configs: list[tuple[IkeConfig, str]] | None = None) -> None:
+                    configs: list[tuple[IkeConfig, str | None]] | None = None) -> None:
         """A reload (app/reload.py): the IKE SAs of removed and replaced tunnels are deleted at the
         peer, kept tunnels keep theirs, new IKE SAs use the new configuration (and PKI files), new tunnels
         that initiate start now. configs: ike_configs(config) if already made (it raises, changing
@@ -205,9 +209,43 @@ class Keying:
             return
         if self.dispatcher.sessions_for(name):
             return  # one IKE SA at a time per tunnel (until rekeying arrives)
-        log.info("tunnel %s: initiating IKE SA with %s", name, runtime.config.peer.address)
         runtime.retry_at = None
+        host = runtime.config.peer.host
+        if host is not None:  # resolved before every attempt: a branch on a dynamic address is followed
+            self._resolve[name] = host
+            return
+        log.info("tunnel %s: initiating IKE SA with %s", name, runtime.config.peer.address)
         self.dispatcher.initiate(name, now, self.config.ike_port)
+
+    def take_resolves(self) -> dict[str, str]:
+        """{tunnel: DNS name} to resolve now (the gateway does, off the event loop's thread)."""
+        wanted, self._resolve = self._resolve, {}
+        return wanted
+
+    def resolved(self, name: str, address: str | None, now: float, error: str = "") -> None:
+        """The answer for a DNS-named peer: initiate to it (a changed address is followed and logged), or
+        try again later (backoff, as after a failed IKE SA)."""
+        runtime = self.tunnels.get(name)
+        if runtime is None or runtime.held or self.dispatcher.sessions_for(name):
+            return  # removed by a reload, terminated meanwhile, or the peer came to us first
+        host = runtime.config.peer.host
+        if address is None:
+            log.warning("tunnel %s: cannot resolve %s (%s); trying again in %.0f s", name, host, error,
+                        runtime.retry_delay)
+            failed = runtime.stats.handshakes_failed  # shown as sitelink_ike_handshakes_failed_total{reason="dns"}
+            failed["dns"] = failed.get("dns", 0) + 1
+            runtime.retry_at = now + runtime.retry_delay
+            runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
+            return
+        if address != runtime.resolved:
+            if runtime.resolved is None:
+                log.info("tunnel %s: %s resolves to %s", name, host, address)
+            else:
+                log.warning("tunnel %s: %s now resolves to %s (was %s); following it", name, host, address,
+                            runtime.resolved)
+            runtime.resolved = address
+        log.info("tunnel %s: initiating IKE SA with %s (%s)", name, host, address)
+        self.dispatcher.initiate(name, now, self.config.ike_port, address=address)
 
     def terminate(self, name: str, now: float) -> int:
         """Delete the tunnel's IKE SAs (and their Child SAs) at the peer; traffic fails closed until it is
@@ -272,7 +310,7 @@ class Keying:
         still uses SAs from before we restarted. Start a new IKE SA (with INITIAL_CONTACT, so the peer
         drops the stale ones) instead of waiting for its dead-peer detection. Also in respond mode."""
         for name, runtime in self.tunnels.items():
-            if peer_of(runtime.config)[0] != host or self.dispatcher.sessions_for(name):
+            if host not in (peer_of(runtime.config)[0], runtime.resolved) or self.dispatcher.sessions_for(name):
                 continue
             if runtime.unknown_spi_at is not None and now - runtime.unknown_spi_at < UNKNOWN_SPI_HOLDOFF:
                 continue

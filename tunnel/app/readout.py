@@ -58,8 +58,10 @@ class GatewayReadout:
                 continue
             sessions = keying.dispatcher.sessions_for(name)
             up = runtime.outbound_spi is not None
+            # Not seen yet (`any`, a DNS name): what the configuration says, or what the name resolved to.
+            peer = state.peer if state.peer[0] else (runtime.resolved or str(runtime.config.peer), state.peer[1])
             views.append(TunnelView(
-                name, state.peer, "ike", up, not up and bool(sessions), counters,
+                name, peer, "ike", up, not up and bool(sessions), counters,
                 keying.dispatcher.drops_for(name).by_reason(), runtime.established_at, runtime.stats,
                 _ike_view(keying.current_ike(name))))
         return views

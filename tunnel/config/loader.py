@@ -7,6 +7,7 @@ and no input (binary, empty, a directory, malformed YAML) ends in a traceback: o
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -18,7 +19,9 @@ from yaml.nodes import Node
 
 from tunnel.config.keyfile import read_manual_keys, read_psk, read_secret_file
 from tunnel.config.model import (
+    ANY_PEER,
     DEFAULT_REPLAY_WINDOW,
+    ESP_UDP_PORT,
     Endpoint,
     GatewayConfig,
     GatewayQos,
@@ -29,6 +32,7 @@ from tunnel.config.model import (
     KeyLog,
     ManualKeys,
     Metrics,
+    PeerEndpoint,
     Pki,
     StartMode,
     TunDevice,
@@ -252,13 +256,24 @@ def _tunnel_model(t: TunnelParts) -> Tunnel:
     """Only called when nothing was reported, so every part is present."""
     assert t.name is not None and t.peer is not None and t.local_subnets is not None
     assert t.remote_subnets is not None and t.replay_window is not None
+    ike = t.ike.model if t.ike else None
+    if ike is not None and t.peer.is_any:  # nowhere to send to: it can only answer (validate.py refuses more)
+        ike = dataclasses.replace(ike, start=StartMode.RESPOND)
     return Tunnel(name=t.name, peer=t.peer, local_subnets=t.local_subnets, remote_subnets=t.remote_subnets,
-                  manual_keys=t.manual_keys, ike=t.ike.model if t.ike else None, replay_window=t.replay_window,
+                  manual_keys=t.manual_keys, ike=ike, replay_window=t.replay_window,
                   mtu=t.mtu, firewall=t.firewall, qos=t.qos)
 
 
-def _peer(doc: Doc, node: Node, path: str) -> Endpoint | None:
-    return _section(doc, node, path, Endpoint, ("address",), {"address": _peer_address, "port": _PORT})
+def _peer(doc: Doc, node: Node, path: str) -> PeerEndpoint | None:
+    start = doc.checkpoint()
+    fields = doc.mapping(node, path, ("address",), ("port",))
+    values = _fields(doc, fields, path, {"address": _peer_address, "port": _PORT}) if fields is not None else {}
+    if not doc.clean_since(start):
+        return None
+    address, port = values["address"], values.get("port", ESP_UDP_PORT)
+    if isinstance(address, str):  # a DNS name, or any
+        return PeerEndpoint(None, None if address == ANY_PEER else address, port)
+    return PeerEndpoint(address, None, port)
 
 
 def _manual_keys(doc: Doc, node: Node, path: str, base_dir: Path) -> ManualKeys | None:
@@ -308,7 +323,7 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
                                                          "rekey has time to finish before the SA expires")
     remote = v.get("remote_id")
     parts = {"auth": auth, "remote_id": remote[0] if remote else None,
-             "remote_identity": remote[1] if remote else None}
+             "remote_identity": remote[1] if remote else None, "start": v.get("start")}
     if not doc.clean_since(start) or auth is None or remote is None:
         return IkeParts(**parts, model=None)
     model = Ike(auth=auth, local_id=v["local_id"][0], remote_id=remote[0], psk=psk,
@@ -432,9 +447,27 @@ def _listen_address(doc: Doc, node: Node, path: str) -> IPAddress | None:
     return address
 
 
-def _peer_address(doc: Doc, node: Node, path: str) -> IPAddress | None:
-    address = _ip_address(doc, node, path)
-    if address is None:
+# RFC 1123 §2.1 host names: dot-separated labels of letters, digits and inner hyphens, 63 characters each,
+# 253 in all, not all digits at the end (that would be a mistyped IPv4 address).
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _peer_address(doc: Doc, node: Node, path: str) -> IPAddress | str | None:
+    """An IP address, a DNS name (as a str) or `any` (ANY_PEER)."""
+    text = _address_text(doc, node, path, "an IP address, a DNS name or any")
+    if text is None:
+        return None
+    if text == ANY_PEER:
+        return ANY_PEER
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        name = text[:-1] if text.endswith(".") else text
+        labels = name.split(".")
+        if len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels) \
+                and not labels[-1].isdigit():
+            return name.lower()
+        doc.error(node, path, f"{quote(text)} is not an IPv4 or IPv6 address, a DNS name or 'any'")
         return None
     if address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
         doc.error(node, path, f"{address} is not a unicast address; the peer needs its concrete WAN address")

@@ -28,6 +28,27 @@ class Endpoint:
     port: int = ESP_UDP_PORT
 
 
+ANY_PEER = "any"  # peer.address: any -- the tunnel only responds; the peer is known by its IKE ID
+
+
+@dataclass(frozen=True)
+class PeerEndpoint:
+    """Where a tunnel's peer is: a literal IP address, a DNS name (resolved at start and before every
+    attempt, so a branch on a dynamic address is followed), or nowhere in particular (`any`: a branch
+    behind NAT or on a changing address, found by its authenticated IKE ID when it connects)."""
+
+    address: IPAddress | None = None  # a literal address
+    host: str | None = None  # a DNS name (address is None)
+    port: int = ESP_UDP_PORT
+
+    @property
+    def is_any(self) -> bool:
+        return self.address is None and self.host is None
+
+    def __str__(self) -> str:
+        return str(self.address) if self.address is not None else self.host or ANY_PEER
+
+
 @dataclass(frozen=True)
 class TunDevice:
     name: str = "sitelink0"
@@ -148,7 +169,7 @@ class KeyLog:
 @dataclass(frozen=True)
 class Tunnel:
     name: str
-    peer: Endpoint
+    peer: PeerEndpoint
     local_subnets: tuple[IPNetwork, ...]
     remote_subnets: tuple[IPNetwork, ...]
     # Exactly one of the two: IKEv2 (the normal case) or manually keyed SAs (testing only).

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunnel.config.model import Endpoint, Firewall, GatewayQos, Ike, IPNetwork, ManualKeys, TunDevice, TunnelQos
+from tunnel.config.model import (
+    Endpoint,
+    Firewall,
+    GatewayQos,
+    Ike,
+    IPNetwork,
+    ManualKeys,
+    PeerEndpoint,
+    StartMode,
+    TunDevice,
+    TunnelQos,
+)
 from tunnel.config.yamlnodes import Doc, quote
 from tunnel.dataplane.scheduler import DEFAULT_LIMITS
 from tunnel.esp.overhead import inner_mtu
@@ -25,6 +36,7 @@ class IkeParts:
     remote_id: str | None
     remote_identity: PeerIdentity | None  # remote_id parsed: `@gw.example` and `gw.example` are one identity
     model: Ike | None  # only when the whole section parsed cleanly
+    start: str | None = None  # ike.start as written, None when not given
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,7 @@ class TunnelParts:
 
     path: str  # "tunnels[2]"
     name: str | None
-    peer: Endpoint | None
+    peer: PeerEndpoint | None
     local_subnets: tuple[IPNetwork, ...] | None
     remote_subnets: tuple[IPNetwork, ...] | None
     manual_keys: ManualKeys | None
@@ -52,7 +64,7 @@ def cross_check(doc: Doc, listen: Endpoint | None, tun: TunDevice | None, tunnel
     _remote_subnets_disjoint(doc, tunnels)
     _remote_outside_local(doc, tunnels)
     _unique_inbound_spis(doc, tunnels)
-    _unique_ike_peers(doc, tunnels)
+    _dynamic_peers(doc, tunnels)
     _unique_remote_ids(doc, tunnels)
     if has_pki is False:
         _cert_needs_pki(doc, tunnels)
@@ -78,28 +90,34 @@ def _unique_names(doc: Doc, tunnels: list[TunnelParts]) -> None:
 
 
 def _remote_subnets_disjoint(doc: Doc, tunnels: list[TunnelParts]) -> None:
-    """An outbound packet must select exactly one tunnel, so no two remote subnets may overlap."""
-    seen: list[tuple[IPNetwork, str]] = []
+    """An outbound packet must select exactly one tunnel, so no two remote subnets may overlap, with one
+    exception: a full tunnel's default route (0.0.0.0/0, ::/0) takes whatever no other tunnel's subnet
+    does (the longest prefix wins, in the kernel and in the forwarder alike)."""
+    seen: list[tuple[IPNetwork, str, str]] = []
     for t in tunnels:
         for i, net in enumerate(t.remote_subnets or ()):
             here = f"{t.path}.remote_subnets[{i}]"
-            for other, there in seen:
+            for other, there, owner in seen:
+                default = net.prefixlen == 0 or other.prefixlen == 0
+                if default and owner != t.path and net != other:
+                    continue
                 if net.version == other.version and net.overlaps(other):
                     doc.error_at(here, f"{net} overlaps {other} ({there}); "
                                        "a packet must select exactly one tunnel")
                     break
-            seen.append((net, here))
+            seen.append((net, here, t.path))
 
 
 def _remote_outside_local(doc: Doc, tunnels: list[TunnelParts]) -> None:
+    """A remote subnet equal to a local one is a mistake. One that contains a local subnet (a full tunnel's
+    0.0.0.0/0, a branch's 10.0.0.0/8 to reach HQ and the other branches), or lies inside one (HQ's
+    0.0.0.0/0 as the local side of a full tunnel), is a topology: the longer prefix wins, as in any
+    routing table, so the local subnet stays on the LAN."""
     for t in tunnels:
         for i, net in enumerate(t.remote_subnets or ()):
-            for local in t.local_subnets or ():
-                if net.version == local.version and net.overlaps(local):
-                    doc.error_at(f"{t.path}.remote_subnets[{i}]",
-                                 f"{net} overlaps this tunnel's local subnet {local}; "
-                                 "local and remote must be disjoint")
-                    break
+            if net in (t.local_subnets or ()):
+                doc.error_at(f"{t.path}.remote_subnets[{i}]",
+                             f"{net} is also this tunnel's local subnet; local and remote must differ")
 
 
 def _unique_inbound_spis(doc: Doc, tunnels: list[TunnelParts]) -> None:
@@ -116,19 +134,20 @@ def _unique_inbound_spis(doc: Doc, tunnels: list[TunnelParts]) -> None:
                          f"({other.manual_keys.path}); the receiver tells tunnels apart by SPI")
 
 
-def _unique_ike_peers(doc: Doc, tunnels: list[TunnelParts]) -> None:
-    """The IKE responder matches a new IKE SA to its tunnel by the initiator's source address, so two IKE
-    tunnels cannot share a peer address (manual-keys tunnels are told apart by SPI and may)."""
-    first: dict[object, str] = {}
+def _dynamic_peers(doc: Doc, tunnels: list[TunnelParts]) -> None:
+    """Tunnels may share a peer address (branches behind one NAT): the IKE responder tells them apart by
+    the authenticated IDi (unique, _unique_remote_ids). A peer at `any` can only be answered, and manual
+    keys, which have no IKE, need a literal address to send to."""
     for t in tunnels:
-        if t.ike is None or t.peer is None:
+        if t.peer is None or t.peer.address is not None:
             continue
-        other = first.setdefault(t.peer.address, t.path)
-        if other != t.path:
-            doc.error_at(f"{t.path}.peer.address",
-                         f"{t.peer.address} is also the peer address of {other}; the IKE responder matches a new "
-                         "IKE SA to its tunnel by the peer's source address (for now), so each IKE tunnel needs "
-                         "its own peer address")
+        if t.manual_keys is not None:
+            doc.error_at(f"{t.path}.peer.address", f"manual keys need the peer's IP address (not {t.peer}): "
+                                                   "without IKE nothing learns where the peer is")
+        elif t.ike is not None and t.peer.is_any and t.ike.start not in (None, StartMode.RESPOND.value):
+            doc.error_at(f"{t.path}.ike.start", f"start: {t.ike.start} needs an address to initiate to, and "
+                                                "peer.address is any (the tunnel only responds); use start: "
+                                                "respond or give the peer's address or DNS name")
 
 
 def _unique_remote_ids(doc: Doc, tunnels: list[TunnelParts]) -> None:
@@ -188,7 +207,7 @@ def _ike_port_distinct(doc: Doc, listen: Endpoint, ike_port: int) -> None:
 def _peer_family(doc: Doc, listen: Endpoint, tunnels: list[TunnelParts]) -> None:
     """One UDP socket serves one address family, wildcard or not."""
     for t in tunnels:
-        if t.peer is not None and t.peer.address.version != listen.address.version:
+        if t.peer is not None and t.peer.address is not None and t.peer.address.version != listen.address.version:
             doc.error_at(f"{t.path}.peer.address",
                          f"peer is IPv{t.peer.address.version} but gateway.listen.address {listen.address} is "
                          f"IPv{listen.address.version}; the one UDP socket serves one address family")

@@ -1,5 +1,6 @@
 """All IKE SAs of one gateway behind one datagram interface: demultiplexing by our own SPI, responder
-SAs for new peers (made only for an IKE_SA_INIT request that parsed and was answered), DoS cookies when
+SAs for new peers (made only for an IKE_SA_INIT request that parsed and was answered; a peer several
+tunnels may be is told apart by its IKE identity at IKE_AUTH), DoS cookies when
 half-open SAs pile up (RFC 7296 §2.6) and a bounded half-open table, IKE SAs born of a rekey (§2.18),
 INITIAL_CONTACT (§2.4), and counted drops."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from tunnel.errors import MalformedPacket
 from tunnel.ike.config import IkeConfig
@@ -27,12 +29,14 @@ COOKIE_ROTATION = 120.0  # seconds between cookie secrets; a cookie is good for 
 class IkeDispatcher:
     def __init__(
         self,
-        configs: Iterable[tuple[IkeConfig, str]],
+        configs: Iterable[tuple[IkeConfig, str | None]],
         random_bytes: Callable[[int], bytes],
         cookie_threshold: int = DEFAULT_COOKIE_THRESHOLD,
     ) -> None:
-        """configs: (IkeConfig, peer address) per tunnel; a new IKE SA is matched to its tunnel by the
-        address it comes from, and its IDi must then match that tunnel's remote identity."""
+        """configs: (IkeConfig, peer address) per tunnel, the address None for a peer that may come from
+        anywhere (`any`, or a DNS name). A new IKE SA from an address is for the tunnels with that
+        address and those from anywhere; when that is more than one, its IDi says which (RFC 7296 §2.15,
+        as strongSwan picks a peer config by identity)."""
         self.set_configs(configs)
         self._random = random_bytes
         self._cookies = CookieJar(random_bytes)
@@ -52,14 +56,28 @@ class IkeDispatcher:
         # answered), but the gateway hears nothing more of them and sessions_for() no longer lists them.
         self._retired: set[bytes] = set()
 
-    def set_configs(self, configs: Iterable[tuple[IkeConfig, str]]) -> None:
+    def set_configs(self, configs: Iterable[tuple[IkeConfig, str | None]]) -> None:
         """The tunnels new IKE SAs are made for (a reload); IKE SAs that exist keep the config they have."""
         self._configs = {config.tunnel: (config, peer) for config, peer in configs}
-        self._by_peer = {peer: config for config, peer in self._configs.values()}
+        self._by_peer: dict[str, list[IkeConfig]] = {}
+        self._anywhere: list[IkeConfig] = []
+        for config, peer in self._configs.values():
+            if peer is None:
+                self._anywhere.append(config)
+            else:
+                self._by_peer.setdefault(peer, []).append(config)
+
+    def candidates(self, host: str) -> list[IkeConfig]:
+        """The tunnels a new IKE SA from this address may be for: those with this peer address first."""
+        return self._by_peer.get(host, []) + self._anywhere
 
     # -- commands -------------------------------------------------------------------------------------
-    def initiate(self, tunnel: str, now: float, port: int = IKE_PORT) -> IkeSession:
+    def initiate(self, tunnel: str, now: float, port: int = IKE_PORT, address: str | None = None) -> IkeSession:
+        """address: where the peer is now (a DNS name just resolved); by default its configured address."""
         config, peer = self._configs[tunnel]
+        peer = address or peer
+        if peer is None:
+            raise ValueError(f"tunnel {tunnel}: no address to initiate to")
         session = IkeSession(config, True, (peer, port), self._random, local_port=port,
                              drops=self.drops_for(tunnel))
         session.send_initial_contact = tunnel not in self._contacted
@@ -187,13 +205,19 @@ class IkeDispatcher:
         if known is not None:
             known.receive_datagram(data, remote, local_port, now)  # the same request: the cached answer
             return self._collect(known, now)
-        config = self._by_peer.get(remote[0])
-        if config is None:
+        candidates = self.candidates(remote[0])
+        if not candidates:
             return self._drop(IkeDrop.UNKNOWN_PEER)
         if self.half_open >= self.cookie_threshold and not self._cookie_ok(data, header, remote, local_port):
             return None
-        session = IkeSession(config, False, remote, self._random, local_port=local_port,
-                             drops=self.drops_for(config.tunnel), now=now)
+        # One candidate: the tunnel is known (its IDi must be its remote_id). Several: the SA belongs to no
+        # tunnel (its name "", its refusals nobody's) until IKE_AUTH names one (and _collect gives the SA
+        # that tunnel's counters).
+        config = candidates[0] if len(candidates) == 1 else replace(candidates[0], tunnel="")
+        drops = self.drops_for(config.tunnel) if len(candidates) == 1 else self.drops
+        session = IkeSession(config, False, remote, self._random, local_port=local_port, drops=drops, now=now)
+        if len(candidates) > 1:
+            session.candidates = tuple(candidates)
         session.spi_i = header.spi_i
         session.receive_datagram(data, remote, local_port, now)
         if session.state is IkeState.INIT_DONE:
@@ -247,6 +271,8 @@ class IkeDispatcher:
         return False
 
     def _collect(self, session: IkeSession, now: float) -> None:
+        if session.drops is self.drops and session.config.tunnel and not session.candidates:
+            session.drops = self.drops_for(session.config.tunnel)  # identified at IKE_AUTH
         if session.initial_contact_received:
             session.initial_contact_received = False
             self._initial_contact(session, now)

@@ -158,6 +158,10 @@ class IkeSa:
         self.quiet = False  # closing emits no IkeSaDeleted (a rekeyed or redundant IKE SA)
         self.delete_when_idle = False  # send our Delete for this SA once the window is free
         self.drops = drops if drops is not None else IkeDrops()
+        # A responder's SA for a peer several tunnels may be (branches behind one NAT address, tunnels
+        # whose peer is `any`): IKE_SA_INIT uses the first whose proposals match, IKE_AUTH the one whose
+        # remote_id is the peer's IDi (tasks/ike_auth.identify). Empty once the tunnel is known.
+        self.candidates: tuple[IkeConfig, ...] = ()
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
 

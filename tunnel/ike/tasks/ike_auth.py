@@ -103,6 +103,8 @@ def on_request(sa: IkeSa, data: bytes, message: Message, now: float) -> None:
     idi, auth = _find(message, IdPayload, True), message.get(AuthPayload)
     if idi is None or auth is None:
         raise AuthenticationFailed("IKE_AUTH request lacks IDi or AUTH")
+    if sa.candidates:
+        identify(sa, idi)
     _check_identity(sa, idi)
     octets = keys.signed_octets(crypto.init_request, crypto.nr, crypto.suite.prf, crypto.keys.sk_pi, idi.body())
     _verify(sa, auth, octets, idi, message)
@@ -205,13 +207,35 @@ def _verify(sa: IkeSa, auth: AuthPayload, octets: bytes, id_payload: IdPayload, 
 MAX_ID_LEN = 255  # an FQDN is at most 253 characters; a longer identity is no identity of ours
 
 
-def _check_identity(sa: IkeSa, id_payload: IdPayload) -> None:
-    expected = sa.config.remote_id
+def identify(sa: IkeSa, idi: IdPayload) -> None:
+    """Which of the tunnels the peer may be (several behind one address, or at `any`) it is: the one
+    whose remote_id is its IDi, as strongSwan picks a peer config by identity. That tunnel's credentials
+    (its PSK, or the certificate checks) then verify the AUTH payload, so a peer holding one tunnel's key
+    cannot claim another tunnel's identity. The IKE proposal chosen before the peer was known must be one
+    that tunnel allows."""
+    _sane_identity(idi)
+    found = next((c for c in sa.candidates if tuple(c.remote_id) == (idi.id_type, idi.data)), None)
+    if found is None:
+        raise AuthenticationFailed(f"peer identity {show_id(idi.id_type, idi.data)} is not the remote_id of any "
+                                   f"tunnel that accepts {sa.remote[0]}")
+    if _crypto(sa).suite not in found.ike_suites:
+        raise AuthenticationFailed(f"tunnel {found.tunnel} does not allow the IKE proposal "
+                                   f"{_crypto(sa).suite.name} negotiated before the peer was known")
+    sa.config, sa.candidates = found, ()
+
+
+def _sane_identity(id_payload: IdPayload) -> None:
     data = id_payload.data
     if len(data) > MAX_ID_LEN or id_payload.id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR) \
             and not all(0x21 <= b < 0x7F for b in data):
         raise BadIdentity(f"peer identity of type {id_payload.id_type}, {len(data)} bytes, is not a valid "
                           "name (too long, or not printable ASCII)")
+
+
+def _check_identity(sa: IkeSa, id_payload: IdPayload) -> None:
+    expected = sa.config.remote_id
+    data = id_payload.data
+    _sane_identity(id_payload)
     if (id_payload.id_type, data) != tuple(expected):
         raise AuthenticationFailed(
             f"peer identity {show_id(id_payload.id_type, data)} is not the configured {show_id(*expected)}")

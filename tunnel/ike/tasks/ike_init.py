@@ -5,14 +5,23 @@ exchange has made the keys (the engine starts it)."""
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tunnel.errors import MalformedPacket
 from tunnel.ike import dh, keys
 from tunnel.ike.config import CertAuth
 from tunnel.ike.constants import CertEncoding, ExchangeType, NotifyType
 from tunnel.ike.errors import DegeneratePublicValue, IkeError, InvalidKePayload, NoProposalChosen
-from tunnel.ike.message import CertReqPayload, KePayload, Message, NoncePayload, NotifyPayload, Payload, SaPayload
+from tunnel.ike.message import (
+    CertReqPayload,
+    KePayload,
+    Message,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    Proposal,
+    SaPayload,
+)
 from tunnel.ike.proposal import IkeSuite, accept_ike, offer_ike, select_ike
 from tunnel.ike.sa import MAX_INIT_RETRIES, Address, Exchange, IkeSa, IkeSaCrypto, IkeState, Task
 from tunnel.ike.sk import SkCipher
@@ -94,7 +103,7 @@ def on_request(sa: IkeSa, data: bytes, message: Message, now: float) -> None:
     if sa_payload is None or ke is None or nonce is None:
         return _refuse(sa, message, NotifyType.INVALID_SYNTAX, b"", "IKE_SA_INIT request lacks SA, KE or Nonce")
     try:
-        proposal, suite = select_ike(sa_payload, sa.config.ike_suites)
+        proposal, suite = _select(sa, sa_payload)
     except NoProposalChosen as exc:
         return _refuse(sa, message, NotifyType.NO_PROPOSAL_CHOSEN, b"", str(sa.refused(exc)))
     if ke.group != suite.dh:
@@ -109,11 +118,39 @@ def on_request(sa: IkeSa, data: bytes, message: Message, now: float) -> None:
     nr = sa.random(sa.config.nonce_len)
     payloads: list[Payload] = [SaPayload((proposal,)), KePayload(suite.dh, ours.public), NoncePayload(nr),
                                *_nat_notifies(sa, sa.spi_r, sa.remote), *_extras(sa)]
-    if isinstance(sa.config.auth, CertAuth):
-        payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE, sa.config.auth.ca_key_hashes))
+    cert = _cert_auth(sa)
+    if cert is not None:
+        payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE, cert.ca_key_hashes))
     response = sa.send_response(message, payloads, encrypted=False)
     sa.crypto = _derive(sa, suite, shared, nonce.data, nr, data, response, False)
     sa.enter(IkeState.INIT_DONE, now)  # its deadline: the half-open timeout
+
+
+def _select(sa: IkeSa, offer: SaPayload) -> tuple[Proposal, IkeSuite]:
+    """The proposal we accept. A peer several tunnels may be (sa.candidates) gets the first of them whose
+    proposals match; its name stays unknown (tunnel "") until IKE_AUTH says who the peer is."""
+    if not sa.candidates:
+        return select_ike(offer, sa.config.ike_suites)
+    refusal: NoProposalChosen | None = None
+    for candidate in sa.candidates:
+        try:
+            chosen = select_ike(offer, candidate.ike_suites)
+        except NoProposalChosen as exc:
+            refusal = refusal or exc
+            continue
+        sa.config = replace(candidate, tunnel="")
+        return chosen
+    assert refusal is not None
+    raise refusal
+
+
+def _cert_auth(sa: IkeSa) -> CertAuth | None:
+    """Certificates in use by the tunnel, or by any tunnel the peer may turn out to be: then CERTREQ and
+    SIGNATURE_HASH_ALGORITHMS go out, so a certificate peer sends its certificate (RFC 7296 §3.7)."""
+    for config in sa.candidates or (sa.config,):
+        if isinstance(config.auth, CertAuth):
+            return config.auth
+    return None
 
 
 def _refuse(sa: IkeSa, message: Message, notify: int, data: bytes, reason: str, fail: bool = True) -> None:
@@ -138,7 +175,7 @@ def _nat_notifies(sa: IkeSa, spi_r: bytes, peer: Address) -> list[NotifyPayload]
 
 
 def _extras(sa: IkeSa) -> list[NotifyPayload]:
-    if isinstance(sa.config.auth, CertAuth):
+    if _cert_auth(sa) is not None:
         return [NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=SIGNATURE_HASH_ALGORITHMS)]
     return []
 
