@@ -21,7 +21,7 @@ from .tools import (
                   ping,
                   wait_listening,
 )
-from .topology import Site, Topology, TopologyError, load_topology, parse_topology, validate
+from .topology import Site, Topology, TopologyError, hub_and_spoke_topology, load_topology, parse_topology, validate
 
 TOPOLOGIES = Path(__file__).resolve().parent.parent / "topologies"
 
@@ -29,5 +29,5 @@ __all__ = [
     "Capture", "CommandError", "CommandTimeout", "Lab", "LabBuildError", "LabError",
     "LabTeardownError", "Iperf3Error", "Iperf3Result", "PingResult", "ToolError", "iperf3",
     "parse_ping", "percentile", "ping", "wait_listening", "Site", "Topology", "TopologyError",
-    "load_topology", "parse_topology", "validate", "TOPOLOGIES",
+    "hub_and_spoke_topology", "load_topology", "parse_topology", "validate", "TOPOLOGIES",
 ]

@@ -183,6 +183,7 @@ class Lab:
         self._wan_loss = 0.0
         self._wan_blocked = False
         self._nat: tuple[str, int | None] | None = None  # (site behind the NAT, SNAT port base)
+        self._nat_sites: tuple[str, ...] = ()  # every site behind the NAT (set_nat with several)
         self._wan_nodes: dict[str, str] = {}  # extra WAN namespaces (add_wan_node): node -> its address
         self._state = "new"  # new -> building -> up -> closed
         self._lock = threading.RLock()
@@ -401,8 +402,10 @@ class Lab:
         """``(site, port_base)`` of the active NAT, or None."""
         return self._nat
 
-    def set_nat(self, site: str | None, port_base: int | None = None) -> None:
-        """Put ``site``'s gateway behind a NAT in the router; ``None`` removes the NAT.
+    def set_nat(self, site: str | Sequence[str] | None, port_base: int | None = None) -> None:
+        """Put ``site``'s gateway behind a NAT in the router; ``None`` removes the NAT. Several sites
+        (a list) share the NAT as branches behind one carrier-grade NAT do: seen from any other site,
+        all come from the router's address on that site's link, each flow on a port of its own.
 
         Traffic that enters the router from the site's link and leaves through
         another link is masqueraded to the router's address on the outgoing
@@ -413,13 +416,16 @@ class Lab:
         :meth:`flush_conntrack` (set_nat with a new port_base + flush_conntrack
         is a "NAT rebinding").
         """
-        if site is not None:
-            self.site(site)  # KeyError for unknown sites
+        sites = (site,) if isinstance(site, str) else tuple(site or ())
+        for one in sites:
+            self.site(one)  # KeyError for unknown sites
+        if sites:
             if port_base is not None and not 1024 <= port_base <= 65536 - self.NAT_PORT_RANGE:
                 raise ValueError(f"port_base must be within 1024..{65536 - self.NAT_PORT_RANGE}, got {port_base}")
         elif port_base is not None:
             raise ValueError("port_base needs a site")
-        self._nat = None if site is None else (site, port_base)
+        self._nat = (sites[0], port_base) if sites else None
+        self._nat_sites = sites
         self._apply_nft()
 
     def nat_public_address(self, site: str, peer: str | None = None) -> str:
@@ -429,7 +435,7 @@ class Lab:
         gateway's own WAN address.  ``peer`` may be omitted with two sites.
         """
         self.site(site)
-        if self._nat is None or self._nat[0] != site:
+        if site not in self._nat_sites:
             return self.addr(self.site(site).gw)
         others = [s.name for s in self.topology.sites if s.name != site]
         if peer is None:
@@ -459,9 +465,9 @@ class Lab:
     def _nat_rules(self) -> list[str]:
         if self._nat is None:
             return []
-        site, port_base = self._nat
-        inside = self.site(site).router_if
-        match = f'iifname "{inside}" oifname != "{inside}"'
+        _, port_base = self._nat
+        inside = ", ".join(f'"{self.site(s).router_if}"' for s in self._nat_sites)
+        match = f"iifname {{ {inside} }} oifname != {{ {inside} }}"
         if port_base is None:
             return [f"{match} counter masquerade"]
         ports = f"{port_base}-{port_base + self.NAT_PORT_RANGE - 1}"

@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .lab import Lab, LabError
 from .topology import Site
@@ -81,14 +82,17 @@ class Deployment:
                  ike_options: dict[str, int] | None = None, esp_proposals: list[str] | None = None,
                  peer_address_overrides: dict[tuple[str, str], str] | None = None, workers: int = 1,
                  gateway_yaml: list[str] | None = None, tunnel_yaml: list[str] | None = None,
-                 services_yaml: list[str] | None = None) -> None:
+                 services_yaml: list[str] | None = None, pairs: set[tuple[str, str]] | None = None,
+                 subnets: dict[tuple[str, str], tuple[list[str], list[str]]] | None = None) -> None:
         """initiators: (site, peer) pairs where site initiates; default: the first-listed site of each pair.
         peer_address_overrides: {(site, peer): address} writes that address into site's config for peer
         instead of the peer's WAN address (e.g. lab.nat_public_address(peer) when peer is behind the NAT).
         A site the lab runs something else on (e.g. strongSwan) simply is not started.
         gateway_yaml / tunnel_yaml: extra YAML lines for every gateway: section / tunnel entry (e.g.
         "qos: {scheduler: fifo}", "firewall: {default: deny, rules: [...]}"); services_yaml: a top-level
-        services: section's lines."""
+        services: section's lines. pairs: the site pairs that get a tunnel (default: every pair, a full
+        mesh; hub_and_spoke() gives a hub's). subnets: {(site, peer): (local, remote)} for that site's
+        tunnel to peer instead of the two sites' LAN subnets (summaries, a full tunnel's 0.0.0.0/0)."""
         if keying not in ("psk", "cert", "manual"):
             raise ValueError(f"keying must be psk, cert or manual, not {keying!r}")
         self.lab = lab
@@ -107,6 +111,7 @@ class Deployment:
         self.gateway_yaml = list(gateway_yaml or [])
         self.tunnel_yaml = list(tunnel_yaml or [])
         self.services_yaml = list(services_yaml or [])
+        self.subnets = dict(subnets or {})
         sites = lab.topology.sites
         self.gateways: dict[str, Gateway] = {
             s.name: Gateway(s, self.workdir / f"{s.name}.yaml", self.workdir / f"{s.name}.log") for s in sites
@@ -115,6 +120,8 @@ class Deployment:
             self._make_pki(sites)
         for i, a in enumerate(sites):
             for b in sites[i + 1 :]:
+                if pairs is not None and (a.name, b.name) not in pairs and (b.name, a.name) not in pairs:
+                    continue
                 if initiators is None:
                     self.initiators.add((a.name, b.name))
                 self._make_keys(a, b)
@@ -176,11 +183,12 @@ class Deployment:
         lines.append("tunnels:")
         for peer_name, keyfile in gw.keys.items():
             p = self.gateways[peer_name].site
+            local, remote = self.subnets.get((s.name, peer_name), (_subnets(s), _subnets(p)))
             lines += [
                 f"  - name: {peer_name}",
                 f"    peer: {{address: {self.peer_address_overrides.get((s.name, peer_name), p.gw_wan4)}, port: 4500}}",
-                f"    local_subnets: [{', '.join(_subnets(s))}]",
-                f"    remote_subnets: [{', '.join(_subnets(p))}]",
+                f"    local_subnets: [{', '.join(map(_quoted, local))}]",
+                f"    remote_subnets: [{', '.join(map(_quoted, remote))}]",
                 *(f"    {line}" for line in self.tunnel_yaml),
             ]
             if self.keying == "manual":
@@ -297,6 +305,26 @@ def _one(directory: Path, pattern: str) -> Path:
 
 def site_gw(gw: Gateway) -> str:
     return gw.site.gw
+
+
+def _quoted(subnet: str) -> str:
+    return f"'{subnet}'" if ":" in subnet else subnet  # YAML: '::/0' would be a mapping key otherwise
+
+
+def hub_and_spoke(lab: Lab, hub: str, summary: str = "10.0.0.0/8",
+                  full_tunnel: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Deployment arguments for a hub and the lab's other sites as its branches: one tunnel per branch,
+    to the hub only, the branch initiating. A branch reaches the hub and every other branch through the
+    hub by one summary route (spoke to spoke), or with full_tunnel sends everything (0.0.0.0/0) through
+    the hub, which offers it every destination (local 0.0.0.0/0)."""
+    branches = [s for s in lab.topology.sites if s.name != hub]
+    subnets: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+    for branch in branches:
+        everything = branch.name in full_tunnel
+        subnets[(branch.name, hub)] = (_subnets(branch), ["0.0.0.0/0"] if everything else [summary])
+        subnets[(hub, branch.name)] = (["0.0.0.0/0"] if everything else [summary], _subnets(branch))
+    return {"pairs": {(b.name, hub) for b in branches}, "initiators": {(b.name, hub) for b in branches},
+            "subnets": subnets}
 
 
 def _subnets(site: Site) -> list[str]:

@@ -336,3 +336,16 @@ def iter_links(topo: Topology) -> Iterator[tuple[str, str, str, str]]:
     for s in topo.sites:
         yield s.host, s.host_if, s.gw, s.gw_lan_if
         yield s.gw, s.gw_wan_if, topo.router, s.router_if
+
+
+def hub_and_spoke_topology(branches: int, name: str = "hub-and-spoke") -> Topology:
+    """An HQ site and ``branches`` branch sites (branch1..N), IPv4: site k (HQ is 1) has the LAN
+    10.k.0.0/24 and the WAN link 198.18.k.0/24 to the router, as in two-sites.yaml."""
+    if not 1 <= branches <= 200:
+        raise TopologyError(f"branches must be within 1..200, got {branches}")
+    sites = []
+    for k, site in enumerate(["hq", *(f"branch{i}" for i in range(1, branches + 1))], start=1):
+        sites.append({"name": site,
+                      "lan": {"subnet4": f"10.{k}.0.0/24", "host4": f"10.{k}.0.10", "gw4": f"10.{k}.0.1"},
+                      "wan": {"subnet4": f"198.18.{k}.0/24", "router4": f"198.18.{k}.1", "gw4": f"198.18.{k}.2"}})
+    return parse_topology({"name": name, "sites": sites}, source=f"hub_and_spoke_topology({branches})")

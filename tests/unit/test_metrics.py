@@ -105,6 +105,29 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
             MetricsServer(gateway.readout, "127.0.0.1", taken.getsockname()[1])
 
 
+def test_the_exporter_starts_without_asking_the_resolver(tmp_path: Path, monkeypatch) -> None:
+    """http.server looks up the host's FQDN when it binds: with the resolver unreachable (a full tunnel's
+    DNS behind a tunnel not up yet) the gateway's start waited on it. The exporter must not ask."""
+    import socket
+    import urllib.request
+
+    from tunnel.ops.metrics import MetricsServer
+
+    def no_dns(*args: object) -> str:
+        raise AssertionError("the resolver was asked")
+
+    monkeypatch.setattr(socket, "getfqdn", no_dns)
+    make_keys(tmp_path, "b1", "b2")
+    gateway = Gateway(load_config(write(tmp_path, GOOD)))
+    server = MetricsServer(gateway.readout, "127.0.0.1", 0)
+    try:
+        port = server.server.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            assert b"sitelink_build_info" in answer.read()
+    finally:
+        server.close()
+
+
 def test_ike_timings_come_from_the_sessions(tmp_path: Path) -> None:
     """Handshake duration, Child SA age and remaining lifetime, DPD round trip and peer last seen, on two
     control planes exchanging real IKE messages under a hand-driven clock."""

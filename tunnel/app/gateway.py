@@ -33,7 +33,7 @@ from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.events import DataEvent
 from tunnel.dataplane.scheduler import ClassStats
 from tunnel.drivers import pumps, udp
-from tunnel.drivers.netlink import Netlink
+from tunnel.drivers.netlink import FULL_TUNNEL_MARK, Netlink
 from tunnel.drivers.tun import TunDevice
 from tunnel.errors import ConfigError, DriverError, KeyFileError, ReloadFailed, ReloadRefused, SitelinkError
 from tunnel.esp.encap import NAT_KEEPALIVE, frame_ike
@@ -48,6 +48,15 @@ RESOLVE_TIMEOUT = 10.0  # seconds for the system resolver to name a DNS-named pe
 
 def tun_mtu(config: GatewayConfig) -> int:
     return config.tun.mtu or config.tun.wan_mtu
+
+
+def full_tunnel(config: GatewayConfig) -> bool:
+    """A tunnel takes the default route (0.0.0.0/0 or ::/0): the gateway's own sockets must bypass it."""
+    return any(net.prefixlen == 0 for t in config.tunnels for net in t.remote_subnets)
+
+
+def socket_mark(config: GatewayConfig) -> int:
+    return FULL_TUNNEL_MARK if full_tunnel(config) else 0
 
 
 def format_counters(name: str, counters: Counters) -> str:
@@ -156,12 +165,14 @@ class Gateway:
         if stale:  # tunnels removed from the configuration while the gateway was stopped: on purpose
             log.info("removing the routes of subnets no tunnel has any more: %s", ", ".join(map(str, stale)))
             netlink.delete_routes(tun_index, stale)
+        mark = socket_mark(self.config)
         sock = stack.enter_context(udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes,
-                                                   zero_checksum=False, reuseport=self.config.workers > 1))
+                                                   zero_checksum=False, reuseport=self.config.workers > 1, mark=mark))
         udp.enable_gro(sock)  # and the TOS of each datagram
         ike_sock = None
         if any(t.ike is not None for t in self.config.tunnels):
-            ike_sock = stack.enter_context(udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20))
+            ike_sock = stack.enter_context(udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20,
+                                                           mark=mark))
         return _Io(netlink, tun_index, device, sock, udp.SegmentingSender(sock), ike_sock)
 
     def _spawn_workers(self, io: _Io, n: int) -> None:
@@ -169,8 +180,8 @@ class Gateway:
         sockets by joining order), forked before the event loop exists."""
         listen = self.config.listen
         extra = [(TunDevice(self.config.tun.name), udp.open_socket(
-            str(listen.address), listen.port, self.config.socket_buffer_bytes, zero_checksum=False, reuseport=True))
-            for _ in range(1, n)]
+            str(listen.address), listen.port, self.config.socket_buffer_bytes, zero_checksum=False, reuseport=True,
+            mark=socket_mark(self.config))) for _ in range(1, n)]
         udp.steer_by_spi(io.sock, n)
         for k, (tun, sock) in enumerate(extra, start=1):
             others: list[TunDevice | socket.socket] = [io.tun, io.sock, *([io.ike_sock] if io.ike_sock else [])]
@@ -250,6 +261,9 @@ class Gateway:
             log.info("reloading %s", path)
             new = load_config(path)
             plan = plan_reload(self.config, new)
+            if full_tunnel(new) and not full_tunnel(self.config):
+                raise ReloadRefused("a full tunnel (0.0.0.0/0 or ::/0) needs the gateway's sockets marked to bypass "
+                                    "it; restart the gateway to add the first one")
             for tunnel in plan.new:
                 owner = tunnel.manual_keys and self.forwarder.inbound_tunnel(tunnel.manual_keys.inbound.spi)
                 if owner and owner not in plan.gone:

@@ -7,6 +7,14 @@ subnet also gets a backstop: an `unreachable` route of the same prefix with a fa
 takes over if the TUN route goes (the device deleted, or a kernel told to ignore routes of a device
 without carrier). Both are marked `proto 199`. A restart attaches to the same device; only a deliberate
 act removes them (a reload that removes the tunnel, `sitelink down`).
+
+A full tunnel (a remote subnet 0.0.0.0/0 or ::/0) cannot simply be a route in the main table: it would
+replace the site's default route and capture the gateway's own IKE and ESP to the hub. Its route and
+backstop go into a table of their own, FULL_TUNNEL_TABLE, which two policy rules put in front of the
+main table for everything but the gateway's own sockets (marked FULL_TUNNEL_MARK), as wg-quick does:
+the main table still decides first for anything more specific than a default route (the LAN, the WAN
+link), the gateway's marked IKE and ESP follow the site's default route, and everything else goes into
+the TUN (or, with the gateway stopped, nowhere: the table and rules outlive the process like the routes).
 """
 
 from __future__ import annotations
@@ -29,6 +37,12 @@ _ADDR_GEN_MODE_NONE = 1  # IN6_ADDR_GEN_MODE_NONE
 RTPROT_SITELINK = 199  # the routes sitelink adds: `ip route` shows them as "proto 199"
 BACKSTOP_METRIC = 4_000_000  # far above any route an admin would give the same prefix (IPv6's default: 1024)
 _UNICAST, _UNREACHABLE = 1, 7  # rtm_type
+FULL_TUNNEL_TABLE = 5174  # `ip route show table 5174`: a full tunnel's default routes
+FULL_TUNNEL_MARK = 0x5174  # the gateway's own WAN sockets (SO_MARK): they bypass FULL_TUNNEL_TABLE
+_MAIN_TABLE = 254
+_SUPPRESS_PRIORITY, _FULL_TUNNEL_PRIORITY = 32761, 32762  # just before the main table's rule (32766)
+_FIB_RULE_INVERT = 2  # "not fwmark"
+_FAMILIES = {4: 2, 6: 10}  # IP version -> AF_INET / AF_INET6
 
 
 class Netlink:
@@ -108,10 +122,30 @@ class Netlink:
             try:
                 self._ipr.route("replace", **kwargs)
                 self._ipr.route("replace", **self._route(network, type="unreachable", priority=BACKSTOP_METRIC))
+                if network.prefixlen == 0:
+                    self._full_tunnel_rules(network.version, add=True)
             except NetlinkError as exc:
                 raise DriverError(f"cannot add route to {network}: {exc}") from exc
             added.append(network)
         return added
+
+    def _full_tunnel_rules(self, version: int, add: bool) -> None:
+        """The two policy rules of a full tunnel (module docstring), added or removed, for one family."""
+        family = _FAMILIES[version]
+        if version == 4 and add:  # replies to the marked sockets pass rp_filter (as wg-quick sets it)
+            _sysctl("net/ipv4/conf/all/src_valid_mark", "1")
+        rules = ({"table": _MAIN_TABLE, "priority": _SUPPRESS_PRIORITY, "suppress_prefixlen": 0},
+                 {"table": FULL_TUNNEL_TABLE, "priority": _FULL_TUNNEL_PRIORITY, "fwmark": FULL_TUNNEL_MARK,
+                  "fwmask": 0xFFFFFFFF, "flags": _FIB_RULE_INVERT})
+        present = {rule.get_attr("FRA_PRIORITY") for rule in self._ipr.get_rules(family=family)}
+        for rule in rules:
+            if add and rule["priority"] not in present:
+                self._ipr.rule("add", family=family, **rule)
+            elif not add and rule["priority"] in present:
+                try:
+                    self._ipr.rule("del", family=family, priority=rule["priority"], table=rule["table"])
+                except NetlinkError as exc:
+                    log.warning("could not delete the full-tunnel rule %d: %s", rule["priority"], exc)
 
     def delete_routes(self, index: int, networks: Iterable[Network]) -> None:
         """Remove the subnets' TUN routes and backstops: their traffic follows the host's other routes."""
@@ -123,6 +157,8 @@ class Netlink:
                 except NetlinkError as exc:
                     if exc.code != 3:  # ESRCH: it was not there
                         log.warning("could not delete route to %s: %s", network, exc)
+            if network.prefixlen == 0:
+                self._full_tunnel_rules(network.version, add=False)
 
     def stale_routes(self, index: int, wanted: Iterable[Network]) -> list[Network]:
         """Our routes into the TUN for subnets no tunnel has any more (the configuration changed while
@@ -130,11 +166,12 @@ class Netlink:
         keep = {str(n) for n in wanted}
         found = []
         for family in (2, 10):
-            for route in self._ipr.get_routes(family=family, proto=RTPROT_SITELINK):
+            for route in self._ipr.get_routes(family=family, proto=RTPROT_SITELINK):  # every table
                 if route.get("type") != _UNICAST or route.get_attr("RTA_OIF") != index:
                     continue
-                network = ipaddress.ip_network(f"{route.get_attr('RTA_DST')}/{route['dst_len']}")
-                if str(network) not in keep:
+                dst = route.get_attr("RTA_DST") or ("0.0.0.0" if family == 2 else "::")  # a default route has none
+                network = ipaddress.ip_network(f"{dst}/{route['dst_len']}")
+                if str(network) not in keep and network not in found:
                     found.append(network)
         return found
 
@@ -153,6 +190,8 @@ class Netlink:
         kwargs.update(dst=str(network), proto=RTPROT_SITELINK)
         if network.version == 6:
             kwargs["family"] = 10
+        if network.prefixlen == 0:
+            kwargs["table"] = FULL_TUNNEL_TABLE
         return kwargs
 
     def delete_link(self, index: int) -> None:
@@ -165,6 +204,14 @@ class Netlink:
         link = self._ipr.get_links(index)[0]
         info = link.get_attr("IFLA_LINKINFO")
         return info.get_attr("IFLA_INFO_KIND") if info else None
+
+
+def _sysctl(key: str, value: str) -> None:
+    try:
+        with open(f"/proc/sys/{key}", "w") as knob:
+            knob.write(value)
+    except OSError as exc:
+        log.warning("cannot set %s=%s: %s", key.replace("/", "."), value, exc)
 
 
 def _tun_flags(name: str) -> int:

@@ -21,10 +21,11 @@ IP_RECVTOS = 13
 
 
 def open_socket(address: str, port: int, buffer_bytes: int, zero_checksum: bool = True,
-                reuseport: bool = False) -> socket.socket:
+                reuseport: bool = False, mark: int = 0) -> socket.socket:
     """zero_checksum: RFC 3948 §2.1 says the UDP checksum SHOULD be zero (ESP's ICV protects the payload),
     but the kernel refuses UDP_SEGMENT sends without checksums, so the batching data path turns it off:
-    receivers MUST accept either, and the checksum is computed by offload, not by us."""
+    receivers MUST accept either, and the checksum is computed by offload, not by us. mark: SO_MARK, how
+    the gateway's own datagrams escape a full tunnel's routing table (netlink.py)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -34,12 +35,17 @@ def open_socket(address: str, port: int, buffer_bytes: int, zero_checksum: bool 
         _set_buffers(sock, buffer_bytes)
         if family == socket.AF_INET and zero_checksum:
             sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        if mark:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
         sock.bind((address, port))
     except OSError as exc:
         sock.close()
         raise DriverError(f"cannot listen on UDP [{address}]:{port}: {exc.strerror}") from exc
     sock.setblocking(False)
     return sock
+
+
+SO_MARK = 36  # socket.SO_MARK from Python 3.12 on
 
 
 def _set_buffers(sock: socket.socket, size: int) -> None:

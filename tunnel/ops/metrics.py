@@ -11,11 +11,16 @@ directions; never addresses, ports or flows.
 from __future__ import annotations
 
 import logging
+import socket
+import socketserver
+import threading
 import time
 from collections.abc import Iterator
 from importlib import metadata
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -166,6 +171,25 @@ def _version() -> str:
         return "unknown"
 
 
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        """Scrapes are not worth a log line each."""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """prometheus_client's server, without its one blocking step: HTTPServer.server_bind asks the
+    resolver for this host's FQDN, so a gateway whose DNS is unreachable (a full tunnel's resolver sits
+    behind the tunnel that is not up yet) would wait on it before serving anything."""
+
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+        self.setup_environ()
+
+
 class MetricsServer:
     """The exporter's HTTP endpoint (GET /metrics), in a thread of its own."""
 
@@ -173,10 +197,13 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(readout))
         try:
-            self.server, self.thread = start_http_server(port, address, registry=self.registry)
+            _Server.address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            self.server = make_server(address, port, make_wsgi_app(self.registry), _Server, _Quiet)
         except OSError as exc:  # e.g. another gateway on this host already serves the default port
             raise DriverError(f"cannot serve metrics on {address} port {port}: {exc.strerror or exc} "
                               "(set gateway.metrics.port, or enabled: false)") from None
+        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+        self.thread.start()
         log.info("metrics on http://%s:%d/metrics", f"[{address}]" if ":" in address else address, port)
 
     def close(self) -> None:
