@@ -39,7 +39,7 @@ ALLOWED: dict[str, set[str]] = {
 PURE = ("policy", "tunnel.esp", "tunnel.ike", "tunnel.dataplane")
 # What a pure core may import from outside the project: computation only. No socket, file, clock, event
 # loop, process, global random generator, logging, YAML or metrics.
-PURE_MAY_IMPORT = {"__future__", "abc", "bisect", "collections", "dataclasses", "datetime", "difflib", "enum",
+PURE_MAY_IMPORT = {"__future__", "abc", "bisect", "collections", "dataclasses", "datetime", "difflib", "enum", "heapq",
                    "functools", "hashlib", "hmac", "ipaddress", "itertools", "math", "re", "struct", "types",
                    "typing", "cryptography"}
 

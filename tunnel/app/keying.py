@@ -155,6 +155,9 @@ class Keying:
         # Tunnels whose peer is a DNS name and that want to initiate: the gateway resolves the name
         # (take_resolves) and hands the answer to resolved(), which initiates.
         self._resolve: dict[str, str] = {}
+        # Tunnels that may have a retry_at or a lane's drop_at: the timers look at these, not at every
+        # tunnel (a hub with a thousand of them asks for its next deadline after every IKE message).
+        self._timed: set[str] = set()
         self._accept_ike()
 
     def _runtime(self, tunnel: Tunnel) -> TunnelRuntime:
@@ -236,6 +239,7 @@ class Keying:
             failed["dns"] = failed.get("dns", 0) + 1
             runtime.retry_at = now + runtime.retry_delay
             runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
+            self._timed.add(name)
             return
         if address != runtime.resolved:
             if runtime.resolved is None:
@@ -354,10 +358,11 @@ class Keying:
             self.dispatcher.rekey_child(event.tunnel, now)
         else:
             lane.drop_at = max(now, lane.volume_rekey_at + VOLUME_GRACE)
+            self._timed.add(event.tunnel)
             self._drop_over_volume(now)
 
     def _drop_over_volume(self, now: float) -> None:
-        for name, runtime in self.tunnels.items():
+        for name, runtime in self._timed_tunnels():
             for worker, lane in enumerate(runtime.lanes):
                 if lane.drop_at is not None and lane.drop_at <= now:
                     lane.drop_at = None
@@ -374,17 +379,28 @@ class Keying:
             _, worker, spi, _ = self._retiring.pop(0)
             self.planes[worker].remove_inbound(spi)
         self._drop_over_volume(now)
-        for name, runtime in self.tunnels.items():
+        for name, runtime in self._timed_tunnels():
             if runtime.retry_at is not None and now >= runtime.retry_at:
                 self.initiate(name, now)
 
     def get_timer(self) -> float | None:
         times = [self.dispatcher.get_timer(), self._retiring[0][0] if self._retiring else None]
-        for runtime in self.tunnels.values():
+        for _, runtime in self._timed_tunnels():
             times.append(runtime.retry_at)
             times += [lane.drop_at for lane in runtime.lanes]
         found = [t for t in times if t is not None]
         return min(found) if found else None
+
+    def _timed_tunnels(self) -> list[tuple[str, TunnelRuntime]]:
+        """The tunnels with a retry or a volume drop pending (forgetting those that have none any more)."""
+        found = []
+        for name in list(self._timed):
+            runtime = self.tunnels.get(name)
+            if runtime is None or (runtime.retry_at is None and all(lane.drop_at is None for lane in runtime.lanes)):
+                self._timed.discard(name)
+            else:
+                found.append((name, runtime))
+        return found
 
     # -- IKE events ---------------------------------------------------------------------------------------
     def process_events(self, now: float) -> None:
@@ -431,6 +447,7 @@ class Keying:
         if _restarts(runtime.config) and not runtime.held and not self.dispatcher.sessions_for(event.tunnel):
             runtime.retry_at = now + runtime.retry_delay
             runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
+            self._timed.add(event.tunnel)
 
     def _log_ike_keys(self, spi_i: bytes, spi_r: bytes) -> None:
         session = self.dispatcher.find(spi_i, spi_r)

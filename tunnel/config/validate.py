@@ -93,6 +93,8 @@ def _remote_subnets_disjoint(doc: Doc, tunnels: list[TunnelParts]) -> None:
     """An outbound packet must select exactly one tunnel, so no two remote subnets may overlap, with one
     exception: a full tunnel's default route (0.0.0.0/0, ::/0) takes whatever no other tunnel's subnet
     does (the longest prefix wins, in the kernel and in the forwarder alike)."""
+    if not _may_overlap(tunnels):  # the usual case, in O(n log n): a hub has a thousand tunnels
+        return
     seen: list[tuple[IPNetwork, str, str]] = []
     for t in tunnels:
         for i, net in enumerate(t.remote_subnets or ()):
@@ -106,6 +108,30 @@ def _remote_subnets_disjoint(doc: Doc, tunnels: list[TunnelParts]) -> None:
                                        "a packet must select exactly one tunnel")
                     break
             seen.append((net, here, t.path))
+
+
+def _may_overlap(tunnels: list[TunnelParts]) -> bool:
+    """Whether _remote_subnets_disjoint has anything to report: any two remote subnets nest (found by
+    sorting them, since two prefixes overlap only if one contains the other), or a default route shares
+    its tunnel or its family's default with another subnet. False means certainly nothing to report."""
+    nets: list[tuple[int, int, int, int]] = []  # (version, first address, prefix length, last address)
+    defaults: dict[int, int] = {}
+    for t in tunnels:
+        own = t.remote_subnets or ()
+        for net in own:
+            if net.prefixlen == 0:
+                defaults[net.version] = defaults.get(net.version, 0) + 1
+                if sum(other.version == net.version for other in own) > 1:
+                    return True
+            else:
+                nets.append((net.version, int(net.network_address), net.prefixlen, int(net.broadcast_address)))
+    if any(count > 1 for count in defaults.values()):
+        return True
+    nets.sort()
+    for before, after in zip(nets, nets[1:]):
+        if before[0] == after[0] and after[1] <= before[3]:  # sorted by start: nesting shows in neighbours
+            return True
+    return False
 
 
 def _remote_outside_local(doc: Doc, tunnels: list[TunnelParts]) -> None:

@@ -6,7 +6,9 @@ INITIAL_CONTACT (§2.4), and counted drops."""
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -55,6 +57,13 @@ class IkeDispatcher:
         # IKE SAs of tunnels a reload removed or replaced: their Delete is out (and retransmitted until
         # answered), but the gateway hears nothing more of them and sessions_for() no longer lists them.
         self._retired: set[bytes] = set()
+        # Every IKE SA's next deadline in a heap, so a thousand tunnels cost a timer look-up O(log n), not
+        # a walk over every SA after each message. Lazy: _collect pushes an SA's deadline whenever it may
+        # have come earlier; an entry whose SA has an earlier one queued, or has closed, is skipped; an SA
+        # whose deadline moved later wakes early once and is queued again (handle_timer).
+        self._timers: list[tuple[float, int, IkeSession]] = []
+        self._queued: dict[int, float] = {}  # id(session) -> the deadline its live heap entry has
+        self._timer_order = itertools.count()
 
     def set_configs(self, configs: Iterable[tuple[IkeConfig, str | None]]) -> None:
         """The tunnels new IKE SAs are made for (a reload); IKE SAs that exist keep the config they have."""
@@ -139,7 +148,9 @@ class IkeDispatcher:
             self._collect(session, now)
 
     def note_esp_received(self, tunnel: str, now: float) -> None:
-        """Inbound ESP for the tunnel authenticated: liveness for dead-peer detection (RFC 7296 §2.4)."""
+        """Inbound ESP for the tunnel authenticated: liveness for dead-peer detection (RFC 7296 §2.4). It
+        only moves the DPD deadline later, so the timer heap needs no new entry (the old one wakes the
+        SA early once, and it queues its real deadline then)."""
         for session in self._owners(tunnel):
             session.note_esp_received(now)
 
@@ -170,18 +181,35 @@ class IkeDispatcher:
         return out
 
     def get_timer(self) -> float | None:
-        timers = [t for s in self.sessions.values() if (t := s.get_timer()) is not None]
-        if self._cookie_rotate_at is not None:
-            timers.append(self._cookie_rotate_at)
-        return min(timers) if timers else None
+        timers = self._timers
+        while timers and self._queued.get(id(timers[0][2])) != timers[0][0]:
+            heapq.heappop(timers)  # superseded by an earlier entry of its SA, or already served
+        found = [t for t in (timers[0][0] if timers else None, self._cookie_rotate_at) if t is not None]
+        return min(found) if found else None
 
     def handle_timer(self, now: float) -> None:
         self._rotate_cookies(now)
-        for session in list(self.sessions.values()):
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, _, session = heapq.heappop(timers)
+            if self._queued.get(id(session)) != deadline:
+                continue
+            del self._queued[id(session)]
             timer = session.get_timer()
             if timer is not None and timer <= now:
                 session.handle_timer(now)
-                self._collect(session, now)
+            self._collect(session, now)  # queues its next deadline
+
+    def _schedule(self, session: IkeSession) -> None:
+        """Queue the SA's next deadline unless an entry at or before it is queued already."""
+        deadline = session.get_timer()
+        if deadline is None or self.sessions.get(session.local_spi) is not session:
+            return
+        queued = self._queued.get(id(session))
+        if queued is not None and queued <= deadline:
+            return
+        self._queued[id(session)] = deadline
+        heapq.heappush(self._timers, (deadline, next(self._timer_order), session))
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -289,6 +317,9 @@ class IkeDispatcher:
             if self.sessions.get(session.local_spi) is session:
                 del self.sessions[session.local_spi]
             self._retired.discard(session.local_spi)
+            self._queued.pop(id(session), None)
+        else:
+            self._schedule(session)
         spawned, session.spawned = session.spawned, []
         for new in spawned:  # §2.18: the new IKE SA is found by our SPI of it
             if new.local_spi in self.sessions:  # 2**-64; never merged with another SA
