@@ -15,7 +15,7 @@ from tunnel.app.gateway import Gateway
 from tunnel.config.loader import load_config
 from tunnel.errors import DriverError
 from tunnel.ops.control_socket import ControlServer, request
-from tunnel.ops.status import render
+from tunnel.ops.status import render, render_brief, select
 
 
 def manual_gateway(tmp_path: Path) -> Gateway:
@@ -39,6 +39,24 @@ def test_commands_answer_or_refuse_in_one_line(tmp_path: Path) -> None:
                           ({}, "unknown command None")):
         answer = server.handle(bad)
         assert not answer["ok"] and expected in answer["error"], answer
+
+
+def test_brief_status_and_filters_for_many_tunnels(tmp_path: Path) -> None:
+    """`sitelink status --brief --tunnel 'b*' --state down`: a count by state, then one line per tunnel."""
+    gateway = manual_gateway(tmp_path)
+    snap = ControlServer(gateway.readout, gateway, tmp_path / "c.sock").handle({"command": "status"})["status"]
+    assert [t["name"] for t in snap["tunnels"]] == ["branch1"]
+    snap["tunnels"].append({**snap["tunnels"][0], "name": "branch2", "state": "down"})  # a second, SA gone
+    text = render_brief(snap)
+    lines = text.splitlines()
+    assert lines[0] == "gateway hq, listening on udp 198.18.1.2:4500: 2 tunnels, 1 up, 0 connecting, 1 down"
+    assert lines[1].split() == ["TUNNEL", "STATE", "PEER", "HANDSHAKE", "SENT", "RECEIVED", "DROPS"]
+    assert lines[2].split()[:3] == ["branch1", "up", "198.18.2.2:4500"] and len(lines) == 4
+    down = select(snap, state="down")
+    assert [t["name"] for t in down["tunnels"]] == ["branch2"]
+    assert render_brief(down, 2).startswith("gateway hq, listening on udp 198.18.1.2:4500: 1 of 2 tunnels, 0 up")
+    assert [t["name"] for t in select(snap, "*1")["tunnels"]] == ["branch1"]
+    assert select(snap, "hq*")["tunnels"] == [] and render_brief(select(snap, "hq*"), 2).count("\n") == 0
 
 
 def test_socket_round_trip_and_garbage(tmp_path: Path) -> None:

@@ -39,5 +39,11 @@ def test_dashboard_panels_query_sitelink_metrics() -> None:
         assert p["targets"] and all("sitelink_" in t["expr"] or "up{" in t["expr"] for t in p["targets"]), p["title"]
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("tunnel state", "throughput", "drops", "handshakes", "handshake duration", "rekeys", "qos",
-                  "hard expiry", "dpd"):
+                  "hard expiry", "dpd", "tunnels down"):
         assert topic in titles, topic
+    # A hub with hundreds of branches: a tunnel selector that every per-tunnel series follows.
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["tunnel"]["query"].startswith("label_values(sitelink_tunnel_up")
+    per_tunnel = [t["expr"] for p in dashboard["panels"] if "down" not in p["title"].lower() for t in p["targets"]
+                  if "tunnel" in t.get("legendFormat", "") or "by (instance, tunnel" in t["expr"]]
+    assert per_tunnel and all('tunnel=~"$tunnel"' in e for e in per_tunnel), per_tunnel

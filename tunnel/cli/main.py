@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show a running gateway's tunnels, SAs, traffic and drops")
     _control_target(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--brief", action="store_true", help="one line per tunnel (for gateways with many)")
+    status.add_argument("--tunnel", metavar="PATTERN", help="only tunnels whose name matches, e.g. 'branch*'")
+    status.add_argument("--state", choices=("up", "connecting", "down"), help="only tunnels in this state")
     status.set_defaults(handler=_cmd_status)
     for name, text in (("initiate", "set up a tunnel's IKE SA now"),
                        ("terminate", "delete a tunnel's IKE and Child SAs (traffic fails closed)"),
@@ -98,10 +101,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
     from tunnel.ops.control_socket import request
-    from tunnel.ops.status import render
+    from tunnel.ops.status import render, render_brief, select
 
-    answer = request(_socket_path(args), {"command": "status"})
-    print(json.dumps(answer["status"], indent=2) if args.json else render(answer["status"]))
+    full = request(_socket_path(args), {"command": "status"})["status"]
+    snap = select(full, args.tunnel, args.state)
+    if args.json:
+        print(json.dumps(snap, indent=2))
+    elif args.brief:
+        print(render_brief(snap, len(full["tunnels"])))
+    else:
+        print(render(snap))
     return 0
 
 

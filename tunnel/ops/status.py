@@ -5,6 +5,7 @@ Never key material: SPIs, algorithms, counters and times only (a test greps the 
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 from policy.qos import QosClass
@@ -110,4 +111,34 @@ def render(snap: dict[str, Any]) -> str:
         lines.append("drops outside any tunnel: " + _counts(snap["unowned_drops"]))
     if snap["unowned_ike_drops"]:
         lines.append("IKE drops outside any tunnel: " + _counts(snap["unowned_ike_drops"]))
+    return "\n".join(lines)
+
+
+def select(snap: dict[str, Any], pattern: str | None = None, state: str | None = None) -> dict[str, Any]:
+    """The snapshot with only the tunnels whose name matches the glob `pattern` (branch*, *-dc?) and
+    whose state is `state` (up, connecting, down)."""
+    tunnels = [t for t in snap["tunnels"] if (pattern is None or fnmatch.fnmatchcase(t["name"], pattern))
+               and (state is None or t["state"] == state)]
+    return {**snap, "tunnels": tunnels}
+
+
+def render_brief(snap: dict[str, Any], total: int | None = None) -> str:
+    """One line per tunnel, after a one-line count by state: what an admin with hundreds of branches
+    reads first (`sitelink status --brief --state down`). total: tunnels before a filter."""
+    tunnels = snap["tunnels"]
+    states = {state: sum(t["state"] == state for t in tunnels) for state in ("up", "connecting", "down")}
+    shown = f"{len(tunnels)} of {total} tunnels" if total is not None and total != len(tunnels) \
+        else f"{len(tunnels)} tunnels"
+    lines = [f"gateway {snap['gateway']}, listening on udp {snap['listen']}: {shown}, "
+             + ", ".join(f"{n} {state}" for state, n in states.items())]
+    if not tunnels:
+        return lines[0]
+    rows = [("TUNNEL", "STATE", "PEER", "HANDSHAKE", "SENT", "RECEIVED", "DROPS")]
+    for t in tunnels:
+        handshake = t.get("last_handshake_ago_s")
+        rows.append((t["name"], t["state"], t["peer"], "-" if handshake is None else f"{_secs(handshake)} ago",
+                     _size(t["tx_bytes"]), _size(t["rx_bytes"]),
+                     str(sum(t["drops"].values()) + sum(t["ike_drops"].values()))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
