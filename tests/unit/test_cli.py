@@ -48,6 +48,21 @@ def test_check_accepts_the_example_configs(site: Path) -> None:
         assert "OK" in result.stdout
 
 
+def test_check_accepts_the_branch_network_examples(tmp_path: Path) -> None:
+    """configs/branch-network: a hub with branches behind one NAT address, at `any`, spoke to spoke and a
+    full tunnel; a branch that finds the hub by DNS name; the full-tunnel branch."""
+    shutil.copytree(REPO / "configs" / "branch-network", tmp_path, dirs_exist_ok=True)
+    (tmp_path / "keys").mkdir()
+    for name in ("hub-branch1", "hub-branch2", "hub-branch3", "hub-branch4", "hub-kiosk", "branch2-hub",
+                 "kiosk-hub"):
+        fd = os.open(tmp_path / "keys" / f"{name}.psk", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(base64.b64encode(os.urandom(32)) + b"\n")
+    for name in ("hub.yaml", "branch.yaml", "kiosk.yaml"):
+        result = sitelink("check", name, cwd=tmp_path)
+        assert result.returncode == 0 and "OK" in result.stdout, (name, result.stderr)
+
+
 def test_check_lists_every_problem_with_position(site: Path) -> None:
     text = (site / "hq.yaml").read_text()
     text = text.replace("port: 4500", "port: 99999", 1).replace("name: branch1", "name: branch1\n    colour: red", 1)
