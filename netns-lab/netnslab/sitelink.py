@@ -83,7 +83,8 @@ class Deployment:
                  peer_address_overrides: dict[tuple[str, str], str] | None = None, workers: int = 1,
                  gateway_yaml: list[str] | None = None, tunnel_yaml: list[str] | None = None,
                  services_yaml: list[str] | None = None, pairs: set[tuple[str, str]] | None = None,
-                 subnets: dict[tuple[str, str], tuple[list[str], list[str]]] | None = None) -> None:
+                 subnets: dict[tuple[str, str], tuple[list[str], list[str]]] | None = None,
+                 listen: dict[str, str] | None = None) -> None:
         """initiators: (site, peer) pairs where site initiates; default: the first-listed site of each pair.
         peer_address_overrides: {(site, peer): address} writes that address into site's config for peer
         instead of the peer's WAN address (e.g. lab.nat_public_address(peer) when peer is behind the NAT).
@@ -92,7 +93,8 @@ class Deployment:
         "qos: {scheduler: fifo}", "firewall: {default: deny, rules: [...]}"); services_yaml: a top-level
         services: section's lines. pairs: the site pairs that get a tunnel (default: every pair, a full
         mesh; hub_and_spoke() gives a hub's). subnets: {(site, peer): (local, remote)} for that site's
-        tunnel to peer instead of the two sites' LAN subnets (summaries, a full tunnel's 0.0.0.0/0)."""
+        tunnel to peer instead of the two sites' LAN subnets (summaries, a full tunnel's 0.0.0.0/0). listen:
+        {site: YAML for gateway.listen.address} instead of the site's IPv4 WAN address (IPv6, dual stack)."""
         if keying not in ("psk", "cert", "manual"):
             raise ValueError(f"keying must be psk, cert or manual, not {keying!r}")
         self.lab = lab
@@ -112,6 +114,7 @@ class Deployment:
         self.tunnel_yaml = list(tunnel_yaml or [])
         self.services_yaml = list(services_yaml or [])
         self.subnets = dict(subnets or {})
+        self.listen = dict(listen or {})
         sites = lab.topology.sites
         self.gateways: dict[str, Gateway] = {
             s.name: Gateway(s, self.workdir / f"{s.name}.yaml", self.workdir / f"{s.name}.log") for s in sites
@@ -164,7 +167,7 @@ class Deployment:
             f"# sitelink gateway for site {s.name}, written by netns-lab",
             "gateway:",
             f"  name: {s.name}",
-            f"  listen: {{address: {s.gw_wan4}, port: 4500}}",
+            f"  listen: {{address: {self.listen.get(s.name, s.gw_wan4)}, port: 4500}}",
             f"  tun: {{name: {TUN_NAME}, wan_mtu: {self.lab.topology.mtu}, addresses: [{', '.join(tun_addrs)}]}}",
             f"  log_level: {log_level}",
             f"  control_socket: {self.control_socket(s.name)}",  # one per lab gateway, not /run/sitelink/<name>

@@ -622,3 +622,14 @@ def test_workers(site: Path) -> None:
     assert load_config(write(site, GOOD)).workers == 1
     found = problems(write(site, GOOD.replace("gateway:\n", "gateway:\n  workers: 17\n")))
     assert len(found) == 1 and "2:12: gateway.workers:" in found[0], found
+
+
+def test_dual_stack_listen_serves_peers_of_both_families(site: Path) -> None:
+    text = (GOOD.replace("address: 198.18.1.2", "address: [198.18.1.2, 'fd00:ff:1::2']")
+            + SECOND_TUNNEL.replace("address: 198.18.3.2", "address: 'fd00:ff:3::2'"))
+    config = load_config(write(site, text))
+    assert [str(a) for a in config.listen.addresses] == ["198.18.1.2", "fd00:ff:1::2"]
+    assert str(config.listen) == "198.18.1.2:4500 and [fd00:ff:1::2]:4500"
+    assert problems(write(site, text.replace("  listen:\n", "  workers: 2\n  listen:\n"))) == [
+        "C:3:12: gateway.workers: workers > 1 needs one listening address (for now): the workers' sockets share "
+        "one family's SPI steering; use workers: 1 with a dual-stack listen.address"]

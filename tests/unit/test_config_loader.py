@@ -205,7 +205,9 @@ CASES = [
      None),  # replaced below: needs an IPv6 subnet too
     ("peer family", "address: 198.18.2.2", "address: '2001:db8::2'",
      "C:8:16: tunnels[0].peer.address: peer is IPv6 but gateway.listen.address 198.18.1.2 is IPv4; "
-     "the one UDP socket serves one address family"),
+     "a socket serves one address family (list one address of each family in gateway.listen.address for both)"),
+    ("two listen addresses of one family", "address: 198.18.1.2", "address: [198.18.1.2, 198.18.1.3]",
+     "C:4:14: gateway.listen.address: give one address, or one IPv4 and one IPv6 address (dual stack)"),
     ("remote equals local", "remote_subnets: [10.2.0.0/24]", "remote_subnets: [10.2.0.0/24, 10.1.0.0/24]",
      "C:10:35: tunnels[0].remote_subnets[1]: 10.1.0.0/24 is also this tunnel's local subnet; local and remote "
      "must differ"),

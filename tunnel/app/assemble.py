@@ -37,9 +37,10 @@ def peer_of(tunnel: Tunnel) -> tuple[str, int]:
 
 def tunnel_mtu(config: GatewayConfig, tunnel: Tunnel) -> int:
     """The largest inner packet one ESP packet to this peer carries over the WAN path (a peer known by
-    name or identity only is reached over the listening socket's family)."""
-    family = (tunnel.peer.address or config.listen.address).version
-    return tunnel.mtu or inner_mtu(config.tun.wan_mtu, family == 6)
+    name or identity only may come over IPv6 when the gateway listens on it: the larger overhead)."""
+    address = tunnel.peer.address
+    v6 = address.version == 6 if address is not None else config.listen.serves(6)
+    return tunnel.mtu or inner_mtu(config.tun.wan_mtu, v6)
 
 
 def tunnel_policy(config: GatewayConfig, tunnel: Tunnel) -> TunnelPolicy:
@@ -113,7 +114,7 @@ def make_schedulers(config: GatewayConfig) -> tuple[PriorityScheduler, PriorityS
     limits = dict(qos.queue_packets)
     rate = qos.realtime_rate_mbit * 1_000_000
     # Shaping counts ESP-in-UDP bytes: the inner packet plus outer IP, UDP, ESP header, IV, trailer, ICV.
-    overhead = (40 if config.listen.address.version == 6 else 20) + 8 + 8 + 8 + 2 + 16
+    overhead = (40 if config.listen.serves(6) else 20) + 8 + 8 + 8 + 2 + 16
     egress = PriorityScheduler(rate, limits, shape_bps=int(qos.wan_rate_mbit * 1_000_000), overhead=overhead)
     return egress, PriorityScheduler(rate, limits)
 

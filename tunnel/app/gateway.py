@@ -81,8 +81,27 @@ class _Io:
     tun_index: int
     tun: TunDevice
     sock: socket.socket  # ESP-in-UDP, and IKE after IKE_SA_INIT (listen.port)
-    sender: udp.SegmentingSender
+    sender: pumps.Sender  # by the peer's family, on a dual-stack gateway
     ike_sock: socket.socket | None  # IKE_SA_INIT (ike_port), when any tunnel uses IKE
+    # A dual-stack gateway's sockets of the other family (listen.dual), at the same ports.
+    dual_sock: socket.socket | None = None
+    dual_ike_sock: socket.socket | None = None
+
+    @property
+    def esp_socks(self) -> list[socket.socket]:
+        return [self.sock] if self.dual_sock is None else [self.sock, self.dual_sock]
+
+    @property
+    def ike_socks(self) -> list[socket.socket]:
+        return [s for s in (self.ike_sock, self.dual_ike_sock) if s is not None]
+
+    def socket_for(self, host: str, local_port: int, listen_port: int) -> socket.socket | None:
+        """The socket that sends to `host` from `local_port` (listen.port, or the IKE port)."""
+        v6 = ":" in host
+        for sock, ike in ((self.sock, self.ike_sock), (self.dual_sock, self.dual_ike_sock)):
+            if sock is not None and (sock.family == socket.AF_INET6) == v6:
+                return sock if local_port == listen_port else ike
+        return None
 
 
 class Gateway:
@@ -123,7 +142,8 @@ class Gateway:
                     install_manual_keys(self.forwarder, tunnel)
             key_log = None
             if self._esp_key_log is not None:
-                key_log = stack.enter_context(closing(EspKeyLog(self._esp_key_log, str(self.config.listen.address))))
+                key_log = stack.enter_context(closing(EspKeyLog(
+                    self._esp_key_log, *map(str, self.config.listen.addresses))))
                 log.warning("exporting ESP keys to %s: anyone who can read it can decrypt the tunnels",
                             self._esp_key_log)
             ike_key_log = None
@@ -134,7 +154,7 @@ class Gateway:
             stack.callback(setattr, self, "_open", None)
             schedulers = make_schedulers(self.config)
             if schedulers is not None:
-                self.qos_pump = pumps.QosPump(self.forwarder, io.tun, io.sock, io.sender, *schedulers)
+                self.qos_pump = pumps.QosPump(self.forwarder, io.tun, io.esp_socks, io.sender, *schedulers)
             if self.config.workers > 1:
                 stack.callback(self._stop_workers)
                 self._spawn_workers(io, self.config.workers)
@@ -147,9 +167,8 @@ class Gateway:
             self._release = stack.pop_all()
         listen = self.config.listen
         log.info(
-            "gateway %s listening on udp [%s]:%d, TUN %s mtu %d, %d tunnel(s)",
-            self.config.name, listen.address, listen.port, self.config.tun.name, tun_mtu(self.config),
-            len(self.config.tunnels),
+            "gateway %s listening on udp %s, TUN %s mtu %d, %d tunnel(s)",
+            self.config.name, listen, self.config.tun.name, tun_mtu(self.config), len(self.config.tunnels),
         )
 
     def _open_io(self, stack: ExitStack) -> _Io:
@@ -169,11 +188,22 @@ class Gateway:
         sock = stack.enter_context(udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes,
                                                    zero_checksum=False, reuseport=self.config.workers > 1, mark=mark))
         udp.enable_gro(sock)  # and the TOS of each datagram
+        ike = any(t.ike is not None for t in self.config.tunnels)
         ike_sock = None
-        if any(t.ike is not None for t in self.config.tunnels):
+        if ike:
             ike_sock = stack.enter_context(udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20,
                                                            mark=mark))
-        return _Io(netlink, tun_index, device, sock, udp.SegmentingSender(sock), ike_sock)
+        io = _Io(netlink, tun_index, device, sock, udp.SegmentingSender(sock), ike_sock)
+        if listen.dual is not None:  # dual stack: the other family at the same ports
+            io.dual_sock = stack.enter_context(udp.open_socket(
+                str(listen.dual), listen.port, self.config.socket_buffer_bytes, zero_checksum=False, mark=mark))
+            udp.enable_gro(io.dual_sock)
+            if ike:
+                io.dual_ike_sock = stack.enter_context(udp.open_socket(str(listen.dual), self.config.ike_port,
+                                                                       1 << 20, mark=mark))
+            v4, v6 = sorted((io.sock, io.dual_sock), key=lambda s: s.family == socket.AF_INET6)
+            io.sender = udp.FamilySender(udp.SegmentingSender(v4), udp.SegmentingSender(v6))
+        return io
 
     def _spawn_workers(self, io: _Io, n: int) -> None:
         """Workers 1..n-1: a TUN queue and a socket each, joined in order (the SPI filter numbers the
@@ -214,9 +244,10 @@ class Gateway:
         loop.add_signal_handler(signal.SIGUSR1, self.log_counters)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         loop.add_reader(io.tun.fd, self._on_tun_readable)
-        loop.add_reader(io.sock.fileno(), self._on_udp_readable)
-        if io.ike_sock is not None:
-            loop.add_reader(io.ike_sock.fileno(), self._on_ike_readable)
+        for sock in io.esp_socks:
+            loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
+        for ike_sock in io.ike_socks:
+            loop.add_reader(ike_sock.fileno(), self._on_ike_readable, ike_sock)
         for worker in self.worker_proxies:
             loop.add_reader(worker.conn.fileno(), self._on_worker_report, worker)
         control = ControlServer(self.readout, self, self.config.control_socket or default_path(self.config.name))
@@ -229,9 +260,8 @@ class Gateway:
             await stopping.wait()
         finally:
             loop.remove_reader(io.tun.fd)
-            loop.remove_reader(io.sock.fileno())
-            if io.ike_sock is not None:
-                loop.remove_reader(io.ike_sock.fileno())
+            for sock in (*io.esp_socks, *io.ike_socks):
+                loop.remove_reader(sock.fileno())
             for worker in self.worker_proxies:
                 loop.remove_reader(worker.conn.fileno())
             if self._timer is not None:
@@ -378,8 +408,10 @@ class Gateway:
     def _send_keepalives(self) -> None:
         # A NAT between the gateways forgets an idle UDP mapping; one byte every 20 s keeps it (RFC 3948 §2.3).
         for peer in self._keying().keepalive_targets():
+            sock = self._io.socket_for(peer[0], self.config.listen.port, self.config.listen.port)
             try:
-                self._io.sock.sendto(NAT_KEEPALIVE, peer)
+                if sock is not None:
+                    sock.sendto(NAT_KEEPALIVE, peer)
             except OSError:
                 pass
         self._keepalive = asyncio.get_running_loop().call_later(KEEPALIVE_INTERVAL, self._send_keepalives)
@@ -439,11 +471,11 @@ class Gateway:
         pumps.tun_to_udp(self.forwarder, self._io.tun, self._io.sender)
         self._take_events()
 
-    def _on_udp_readable(self) -> None:
+    def _on_udp_readable(self, sock: socket.socket) -> None:
         if self.qos_pump is not None:
             self._serve_queues()
             return
-        pumps.udp_to_tun(self.forwarder, self._io.sock, self._io.tun, self._take_events)
+        pumps.udp_to_tun(self.forwarder, sock, self._io.tun, self._take_events)
         self._take_events()
 
     def _serve_queues(self) -> None:
@@ -474,10 +506,8 @@ class Gateway:
         if self._keying().on_data_events(events, time.monotonic()):
             self._after_ike()
 
-    def _on_ike_readable(self) -> None:
+    def _on_ike_readable(self, ike_sock: socket.socket) -> None:
         now = time.monotonic()
-        ike_sock = self._io.ike_sock
-        assert ike_sock is not None  # its reader exists only with the socket
         for datagram, peer in udp.recv_batch(ike_sock, pumps.BATCH):
             self._keying().dispatcher.receive_datagram(datagram, peer[:2], self.config.ike_port, now)
         self._after_ike()
@@ -504,15 +534,19 @@ class Gateway:
             self._timer = asyncio.get_running_loop().call_at(deadline, self._on_ike_timer)
 
     async def _resolve(self, name: str, host: str) -> None:
-        """A DNS-named peer's address, in the listening socket's family, by the system resolver (in a
-        thread, so a slow DNS server never stalls the data path), then on to keying."""
-        family = socket.AF_INET6 if self.config.listen.address.version == 6 else socket.AF_INET
+        """A DNS-named peer's address, of a family the gateway listens on (a dual-stack gateway takes the
+        resolver's first choice, RFC 6724 order), by the system resolver (in a thread, so a slow DNS server
+        never stalls the data path), then on to keying."""
+        listen = self.config.listen
+        family = socket.AF_UNSPEC if listen.dual is not None else (
+            socket.AF_INET6 if listen.address.version == 6 else socket.AF_INET)
         address, error = None, ""
         try:
             found = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
                 host, None, family=family, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT)
-            address = str(found[0][4][0]) if found else None
-            error = "" if found else "no address"
+            served = [info for info in found if info[0] in (socket.AF_INET, socket.AF_INET6)]
+            address = str(served[0][4][0]) if served else None
+            error = "" if served else "no address"
         except TimeoutError:
             error = f"no answer within {RESOLVE_TIMEOUT:.0f} s"
         except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
@@ -525,7 +559,7 @@ class Gateway:
         for data, remote, local_port in self._keying().dispatcher.datagrams_to_send(time.monotonic()):
             if local_port == NAT_T_PORT:
                 data = frame_ike(data)  # RFC 3948 §2.2: the non-ESP marker tells IKE from ESP
-            sock = self._io.sock if local_port == self.config.listen.port else self._io.ike_sock
+            sock = self._io.socket_for(remote[0], local_port, self.config.listen.port)
             if sock is None:
                 continue
             try:

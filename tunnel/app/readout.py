@@ -43,8 +43,7 @@ class GatewayReadout:
 
     @property
     def listen(self) -> str:
-        listen = self._gateway.config.listen
-        return f"{listen.address}:{listen.port}"
+        return str(self._gateway.config.listen)
 
     def tunnels(self) -> list[TunnelView]:
         gateway, views = self._gateway, []

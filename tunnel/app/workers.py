@@ -161,7 +161,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
     sender = udp.SegmentingSender(sock)
     udp.enable_gro(sock)
     schedulers = make_schedulers(config)
-    qos = pumps.QosPump(forwarder, tun, sock, sender, *schedulers) if schedulers is not None else None
+    qos = pumps.QosPump(forwarder, tun, [sock], sender, *schedulers) if schedulers is not None else None
     selector = selectors.DefaultSelector()
     selector.register(tun.fd, selectors.EVENT_READ, "tun")
     selector.register(sock, selectors.EVENT_READ, "udp")

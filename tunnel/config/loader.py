@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from yaml.nodes import Node
+from yaml.nodes import Node, SequenceNode
 
 from tunnel.config.keyfile import read_manual_keys, read_psk, read_secret_file
 from tunnel.config.model import (
@@ -159,7 +159,24 @@ def _metrics(doc: Doc, node: Node, path: str) -> Metrics | None:
 
 
 def _listen(doc: Doc, node: Node, path: str) -> Endpoint | None:
-    return _section(doc, node, path, Endpoint, ("address",), {"address": _listen_address, "port": _PORT})
+    """address: one address, or a list of one IPv4 and one IPv6 address (dual stack)."""
+    start = doc.checkpoint()
+    fields = doc.mapping(node, path, ("address",), ("port",))
+    if fields is None:
+        return None
+    port = _PORT(doc, fields["port"], key_path(path, "port")) if "port" in fields else ESP_UDP_PORT
+    where = key_path(path, "address")
+    if isinstance(fields.get("address"), SequenceNode):
+        addresses = _items(_listen_address, non_empty=True)(doc, fields["address"], where) or ()
+        if len(addresses) > 2 or len({a.version for a in addresses}) != len(addresses):
+            doc.error(fields["address"], where, "give one address, or one IPv4 and one IPv6 address (dual stack)")
+            return None
+    else:
+        one = _listen_address(doc, fields["address"], where)
+        addresses = (one,) if one is not None else ()
+    if not doc.clean_since(start) or not addresses:
+        return None
+    return Endpoint(addresses[0], port, addresses[1] if len(addresses) == 2 else None)
 
 
 def _tun(doc: Doc, node: Node, path: str) -> TunDevice | None:

@@ -26,6 +26,19 @@ DEFAULT_WAN_MTU = 1500
 class Endpoint:
     address: IPAddress
     port: int = ESP_UDP_PORT
+    # gateway.listen only: the other family's address of a dual-stack gateway (`address: [v4, v6]`),
+    # listened on at the same ports, so IPv4 and IPv6 peers (a branch behind DS-Lite) reach it at once.
+    dual: IPAddress | None = None
+
+    @property
+    def addresses(self) -> tuple[IPAddress, ...]:
+        return (self.address,) if self.dual is None else (self.address, self.dual)
+
+    def serves(self, version: int) -> bool:
+        return any(a.version == version for a in self.addresses)
+
+    def __str__(self) -> str:
+        return " and ".join(f"[{a}]:{self.port}" if a.version == 6 else f"{a}:{self.port}" for a in self.addresses)
 
 
 ANY_PEER = "any"  # peer.address: any -- the tunnel only responds; the peer is known by its IKE ID

@@ -70,6 +70,10 @@ def cross_check(doc: Doc, listen: Endpoint | None, tun: TunDevice | None, tunnel
         _cert_needs_pki(doc, tunnels)
     if workers is not None and workers > 1:
         _workers_need_ike(doc, tunnels)
+        if listen is not None and listen.dual is not None:
+            doc.error_at("gateway.workers", "workers > 1 needs one listening address (for now): the workers' "
+                                            "sockets share one family's SPI steering; use workers: 1 with "
+                                            "a dual-stack listen.address")
     if listen is not None:
         _peer_family(doc, listen, tunnels)
         if ike_port is not None:
@@ -231,21 +235,25 @@ def _ike_port_distinct(doc: Doc, listen: Endpoint, ike_port: int) -> None:
 
 
 def _peer_family(doc: Doc, listen: Endpoint, tunnels: list[TunnelParts]) -> None:
-    """One UDP socket serves one address family, wildcard or not."""
+    """A UDP socket serves one address family, wildcard or not: a peer needs a listening address of its
+    family (a dual-stack gateway lists one of each)."""
     for t in tunnels:
-        if t.peer is not None and t.peer.address is not None and t.peer.address.version != listen.address.version:
+        if t.peer is not None and t.peer.address is not None and not listen.serves(t.peer.address.version):
             doc.error_at(f"{t.path}.peer.address",
                          f"peer is IPv{t.peer.address.version} but gateway.listen.address {listen.address} is "
-                         f"IPv{listen.address.version}; the one UDP socket serves one address family")
+                         f"IPv{listen.address.version}; a socket serves one address family (list one address "
+                         "of each family in gateway.listen.address for both)")
 
 
 def _tun_mtu(doc: Doc, listen: Endpoint, tun: TunDevice, tunnels: list[TunnelParts]) -> None:
     """Each tunnel's MTU (the largest inner packet one ESP packet carries) fits the WAN path; the TUN
     device's may be larger: the gateway fragments or answers ICMP for what does not fit, and counts it."""
-    outer_ipv6 = listen.address.version == 6
+    outer_ipv6 = listen.serves(6)  # the larger overhead, when some peer may be reached over IPv6
     ceiling = inner_mtu(tun.wan_mtu, outer_ipv6)
     wan = f"a {tun.wan_mtu}-byte IPv{6 if outer_ipv6 else 4} WAN path"
     for t in tunnels:
+        v6 = outer_ipv6 if t.peer is None or t.peer.address is None else t.peer.address.version == 6
+        ceiling, wan = inner_mtu(tun.wan_mtu, v6), f"a {tun.wan_mtu}-byte IPv{6 if v6 else 4} WAN path"
         if t.mtu is not None and t.mtu > ceiling:
             doc.error_at(f"{t.path}.mtu", f"{t.mtu} exceeds {ceiling}, the largest inner packet that fits {wan} "
                                           "after ESP-in-UDP overhead; lower mtu or raise gateway.tun.wan_mtu")
@@ -254,6 +262,7 @@ def _tun_mtu(doc: Doc, listen: Endpoint, tun: TunDevice, tunnels: list[TunnelPar
                                           "(RFC 8200 §5), and this tunnel carries IPv6")
     if not _carries_ipv6(tun, tunnels):
         return
+    ceiling, wan = inner_mtu(tun.wan_mtu, outer_ipv6), f"a {tun.wan_mtu}-byte IPv{6 if outer_ipv6 else 4} WAN path"
     if tun.mtu is not None and tun.mtu < IPV6_MIN_MTU:
         doc.error_at("gateway.tun.mtu", f"{tun.mtu} is below {IPV6_MIN_MTU}, the minimum IPv6 link MTU "
                                         "(RFC 8200 §5), and this gateway carries IPv6")

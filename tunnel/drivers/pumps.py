@@ -10,7 +10,7 @@ that priority decides, not a FIFO nobody can see).
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from policy.qos import DSCP_CLASS, QosClass
 from tunnel.dataplane.forwarder import Classified, Forwarder, Sealed
@@ -33,7 +33,10 @@ CHUNK = 64
 ROUNDS = 8  # rounds per readiness callback before the event loop gets its turn (timers, IKE, reports)
 
 
-def tun_to_udp(forwarder: Forwarder, tun: TunDevice, sender: udp.SegmentingSender) -> None:
+Sender = udp.SegmentingSender | udp.FamilySender
+
+
+def tun_to_udp(forwarder: Forwarder, tun: TunDevice, sender: Sender) -> None:
     """IP packets from the TUN queue, sealed; runs of equal-size ESP packets leave in one UDP_SEGMENT
     send. A failure (socket buffer full, no route to the peer) is counted, never retried in clear."""
     out: Sealed = []
@@ -81,9 +84,10 @@ class QosPump:
     causes inside one SA stays far inside the replay window (queues hold at most a few thousand packets,
     the window 8192 by default: config validation keeps it so)."""
 
-    def __init__(self, forwarder: Forwarder, tun: TunDevice, sock: socket.socket, sender: udp.SegmentingSender,
+    def __init__(self, forwarder: Forwarder, tun: TunDevice, socks: Sequence[socket.socket], sender: Sender,
                  egress: PriorityScheduler, ingress: PriorityScheduler) -> None:
-        self.forwarder, self.tun, self.sock, self.sender = forwarder, tun, sock, sender
+        """socks: the ESP sockets to read (two on a dual-stack gateway)."""
+        self.forwarder, self.tun, self.socks, self.sender = forwarder, tun, list(socks or ()), sender
         self.egress, self.ingress = egress, ingress
 
     def pending(self, now: float) -> bool:
@@ -125,7 +129,9 @@ class QosPump:
 
     def pull_udp(self, now: float) -> int:
         enqueue, counters = self.ingress.enqueue, self.forwarder.counters
-        items = udp.recv_gro_batch(self.sock, PULL)
+        items = udp.recv_gro_batch(self.socks[0], PULL)
+        for sock in self.socks[1:]:
+            items += udp.recv_gro_batch(sock, PULL)
         for item in items:
             data = item[0]
             # IKE (RFC 3948 non-ESP marker) is signalling whatever its DSCP: a data path full of bulk

@@ -183,6 +183,28 @@ class SegmentingSender:
                 self.sock.sendmsg([batch[k][0]], cmsgs[1:], 0, peer)
 
 
+class FamilySender:
+    """A dual-stack gateway's sender: each datagram leaves through the socket of its peer's family (an
+    IPv6 peer's host has a colon), each socket's SegmentingSender batching as usual."""
+
+    def __init__(self, v4: SegmentingSender, v6: SegmentingSender) -> None:
+        self.v4, self.v6 = v4, v6
+
+    @property
+    def gso_sends(self) -> int:
+        return self.v4.gso_sends + self.v6.gso_sends
+
+    def send(self, batch: list[tuple[bytes, tuple, int]]) -> int:
+        v4 = [item for item in batch if ":" not in item[1][0]]
+        if len(v4) == len(batch):
+            return self.v4.send(batch)
+        v6 = [item for item in batch if ":" in item[1][0]]
+        return (self.v4.send(v4) if v4 else 0) + self.v6.send(v6)
+
+    def socket_for(self, host: str) -> socket.socket:
+        return (self.v6 if ":" in host else self.v4).sock
+
+
 SO_ATTACH_REUSEPORT_CBPF = 51
 _BPF_LD_W_ABS, _BPF_ALU_MOD_K, _BPF_RET_A = 0x20, 0x94, 0x16
 

@@ -51,15 +51,17 @@ class _KeyFile:
 
 
 class EspKeyLog(_KeyFile):
-    def __init__(self, path: Path, local_address: str) -> None:
+    def __init__(self, path: Path, *local_addresses: str) -> None:
+        """local_addresses: the listening address of each family (two on a dual-stack gateway)."""
         super().__init__(path)
-        self.local = local_address if local_address not in ("0.0.0.0", "::") else "*"
+        self.local = {":" in a: a if a not in ("0.0.0.0", "::") else "*" for a in local_addresses}
 
     def __call__(self, event: ChildSaEstablished) -> None:
-        family = "IPv6" if ":" in event.remote[0] else "IPv4"
+        v6 = ":" in event.remote[0]
+        family, local = "IPv6" if v6 else "IPv4", self.local.get(v6, "*")
         rows = [
-            (self.local, event.remote[0], event.spi_out, event.key_out.reveal()),
-            (event.remote[0], self.local, event.spi_in, event.key_in.reveal()),
+            (local, event.remote[0], event.spi_out, event.key_out.reveal()),
+            (event.remote[0], local, event.spi_in, event.key_in.reveal()),
         ]
         self.write("".join(f'"{family}","{src}","{dst}","{spi:#010x}","{ESP_GCM16}","0x{key.hex()}","NULL",""\n'
                            for src, dst, spi, key in rows))
