@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -135,7 +136,11 @@ swanctl {{
         return self.lab.run(self.node, ["env", *self.env, SWANCTL, *args], timeout=timeout).stdout
 
     def established(self) -> int:
-        return self.log.read_text(errors="replace").count(" established with SPIs") if self.log.exists() else 0
+        """CHILD_SAs established (a rekey's new one is logged twice, as inbound then outbound)."""
+        if not self.log.exists():
+            return 0
+        text = self.log.read_text(errors="replace")
+        return text.count(" established with SPIs") - text.count("outbound CHILD_SA")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -407,6 +412,7 @@ def run_hub(lab: Lab, workdir: Path, kind: str, n: int, psks: list[str], args: a
     result["sample_size"] = len(samples(n))
     result["tcp_mbit_n"] = round(iperf(lab, args.seconds), 1)
     result["tcp_ratio_n_to_1"] = round(result["tcp_mbit_n"] / result["tcp_mbit_1"], 3)
+    result.update(rekey_storm(lab, hub, branches, n))
     if kind == "sitelink":
         seconds, size = timed(lab, "hq-gw", [*sitelink_command(), "status", "--socket", str(hub.socket)])
         result["status_s"], result["status_bytes"] = round(seconds, 3), size
@@ -422,6 +428,31 @@ def run_hub(lab: Lab, workdir: Path, kind: str, n: int, psks: list[str], args: a
     probe.stop()
     hub.stop()
     return result
+
+
+def rekey_storm(lab: Lab, hub: Any, branches: Charon, n: int) -> dict:
+    """Every branch rekeys its Child SA (the hub answers N CREATE_CHILD_SA requests) as fast as swanctl
+    can ask, while a ping crosses one of the tunnels every 20 ms: how long until the hub holds N new
+    Child SAs, and what the flow lost."""
+    before = hub.established()
+    source = str(branch_lan(n // 2)[1])
+    flow = lab.popen("branch1-gw", ["ping", "-n", "-i", "0.02", "-I", source, lab.addr("hq-host")],
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    script = (f"for i in $(seq 0 {n - 1}); do {SWANCTL} --rekey --ike b$i --child c >/dev/null "
+              "|| echo failed $i; done")
+    failed = lab.run("branch1-gw", ["env", *branches.env, "sh", "-c", script], timeout=600).stdout.count("failed")
+    asked = time.monotonic() - t0
+    took = wait_for(lambda: hub.established() - before, n, 120)
+    done = time.monotonic() - t0
+    time.sleep(1.0)
+    lab.stop(flow, sig=signal.SIGINT)
+    out = flow.stdout.read() if flow.stdout else ""
+    sent, received = re.search(r"(\d+) packets transmitted, (\d+) received", out).groups()
+    return {"rekey_requests_s": round(asked, 2), "rekey_all_done_s": None if took is None else round(done, 2),
+            "rekeyed": hub.established() - before, "rekey_swanctl_failed": failed,
+            "rekey_flow_sent": int(sent), "rekey_flow_lost": int(sent) - int(received)}
 
 
 def reload_churn(lab: Lab, hub: SitelinkHub, n: int) -> dict:
@@ -498,6 +529,8 @@ def report(results: list[dict]) -> None:
             ("TCP via the hub, all up, Mbit/s", "tcp_mbit_n"),
             ("TCP all / 1", "tcp_ratio_n_to_1"), ("status, s", "status_s"), ("status, bytes", "status_bytes"),
             ("/metrics scrape, s", "scrape_s"), ("/metrics, bytes", "scrape_bytes"),
+            ("rekey storm: all N Child SAs rekeyed, s", "rekey_all_done_s"), ("rekeyed", "rekeyed"),
+            ("ping through a rekeyed tunnel: lost / sent", "rekey_flow_lost"), ("", "rekey_flow_sent"),
             ("reload removing and adding tunnels, s", "reload_s"), ("kept tunnels untouched", "reload_kept_unchanged"),
             ("flow through reload, received/250", "reload_flow_received")]
     hubs = list(by)

@@ -3,7 +3,8 @@ the branches, each with its own address, identity, subnet and PSK, against a sit
 one of them only as `any` (so each IKE_AUTH picks its tunnel among 31 by identity), and against a
 strongSwan hub as the anchor. Every branch's tunnel comes up and carries traffic, a flow through the hub
 keeps most of its rate with all tunnels up, and a reload that removes and adds tunnels leaves the others'
-Child SAs and a flow through one of them untouched. Figures are printed; the 1,000-branch run is the
+Child SAs and a flow through one of them untouched; when every branch rekeys at once, a flow through a
+rekeyed tunnel loses nothing. Figures are printed; the 1,000-branch run is the
 README's benchmark command."""
 
 from __future__ import annotations
@@ -44,3 +45,6 @@ def test_one_charon_as_thirty_branches_against_both_hubs(tmp_path: Path) -> None
     kept = BRANCHES - min(hub_scale.RELOAD_CHURN, BRANCHES // 2)
     assert sitelink["reload_kept"] == kept and sitelink["reload_kept_unchanged"] == kept, sitelink
     assert sitelink["reload_flow_received"] == sitelink["reload_flow_sent"], sitelink
+    # Every branch rekeys at once: the hub answers them all, and a ping through one of them loses nothing.
+    assert sitelink["rekeyed"] == BRANCHES and sitelink["rekey_swanctl_failed"] == 0, sitelink
+    assert sitelink["rekey_flow_lost"] == 0 and sitelink["rekey_flow_sent"] > 20, sitelink
