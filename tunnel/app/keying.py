@@ -235,7 +235,7 @@ class Keying:
         if address is None:
             log.warning("tunnel %s: cannot resolve %s (%s); trying again in %.0f s", name, host, error,
                         runtime.retry_delay)
-            failed = runtime.stats.handshakes_failed  # shown as sitelink_ike_handshakes_failed_total{reason="dns"}
+            failed = runtime.stats.handshakes_failed  # sitelink_ike_handshakes_total{result="failure",notify="dns"}
             failed["dns"] = failed.get("dns", 0) + 1
             runtime.retry_at = now + runtime.retry_delay
             runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)

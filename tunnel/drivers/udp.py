@@ -201,9 +201,6 @@ class FamilySender:
         v6 = [item for item in batch if ":" in item[1][0]]
         return (self.v4.send(v4) if v4 else 0) + self.v6.send(v6)
 
-    def socket_for(self, host: str) -> socket.socket:
-        return (self.v6 if ":" in host else self.v4).sock
-
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 _BPF_LD_W_ABS, _BPF_ALU_MOD_K, _BPF_RET_A = 0x20, 0x94, 0x16
