@@ -162,7 +162,7 @@ def _listen(doc: Doc, node: Node, path: str) -> Endpoint | None:
     """address: one address, or a list of one IPv4 and one IPv6 address (dual stack)."""
     start = doc.checkpoint()
     fields = doc.mapping(node, path, ("address",), ("port",))
-    if fields is None:
+    if fields is None or "address" not in fields:  # reported by mapping()
         return None
     port = _PORT(doc, fields["port"], key_path(path, "port")) if "port" in fields else ESP_UDP_PORT
     where = key_path(path, "address")
