@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "netns-lab"))
 
 from netnslab import Lab, hub_and_spoke_topology  # noqa: E402
 from netnslab.sitelink import sitelink_command  # noqa: E402
-from netnslab.strongswan import CHARON, PLUGINS, SWANCTL  # noqa: E402
+from netnslab.strongswan import CHARON, PLUGINS, SWANCTL, common_sections  # noqa: E402
 
 BRANCH_WAN = ipaddress.ip_network("100.64.0.0/16")  # the branches' addresses, all on the one charon
 BRANCH_LANS = ipaddress.ip_network("172.16.0.0/12")  # branch i: the i-th /24 of it
@@ -83,20 +83,7 @@ class Charon:
     retransmit_tries = 3
     ikesa_table_size = 4096
     ikesa_table_segments = 16
-    plugins {{
-        vici {{
-            socket = unix://{self.vici}
-        }}
-        socket-default {{
-            use_ipv6 = no
-        }}
-    }}
-    syslog {{
-        daemon {{
-            default = -1
-        }}
-    }}
-    filelog {{
+{common_sections(f'unix://{self.vici}')}    filelog {{
         main {{
             path = {self.log}
             default = 0
@@ -148,94 +135,54 @@ swanctl {{
             self.proc = None
 
 
-def branch_connections(n: int, psks: list[str], hub_addr: str) -> tuple[str, str]:
-    conns, creds = [], []
-    for i in range(n):
-        conns.append(f"""  b{i} {{
+def connection(name: str, local_addr: str, remote_addr: str, local_id: str, remote_id: str, local_ts: object,
+               remote_ts: object, psk: str, start_action: str = "none") -> tuple[str, str]:
+    """One swanctl.conf connection (PSK, ESP in UDP, one child "c") and its secret."""
+    conn = f"""  {name} {{
     version = 2
-    local_addrs = {branch_addr(i)}
-    remote_addrs = {hub_addr}
+    local_addrs = {local_addr}
+    remote_addrs = {remote_addr}
     encap = yes
     mobike = no
     proposals = {PROPOSAL}
     local {{
       auth = psk
-      id = {branch_id(i)}
+      id = {local_id}
     }}
     remote {{
       auth = psk
-      id = {HUB_ID}
+      id = {remote_id}
     }}
     children {{
       c {{
-        local_ts = {branch_lan(i)}
-        remote_ts = {HUB_LAN}
+        local_ts = {local_ts}
+        remote_ts = {remote_ts}
         esp_proposals = {ESP}
-        start_action = start
+        start_action = {start_action}
       }}
     }}
   }}
-""")
-        creds.append(f"  ike-b{i} {{\n    id-a = {branch_id(i)}\n    id-b = {HUB_ID}\n    secret = 0x{psks[i].encode().hex()}\n  }}\n")
-    return "".join(conns), "".join(creds)
+"""
+    secret = f"  ike-{name} {{\n    id-a = {local_id}\n    id-b = {remote_id}\n    secret = 0x{psk.encode().hex()}\n  }}\n"
+    return conn, secret
+
+
+def _joined(pairs: list[tuple[str, str]]) -> tuple[str, str]:
+    return "".join(conn for conn, _ in pairs), "".join(secret for _, secret in pairs)
+
+
+def branch_connections(n: int, psks: list[str], hub_addr: str) -> tuple[str, str]:
+    """The N branches, each initiating as soon as it is loaded."""
+    return _joined([connection(f"b{i}", branch_addr(i), hub_addr, branch_id(i), HUB_ID, branch_lan(i), HUB_LAN,
+                               psks[i], "start") for i in range(n)])
 
 
 def hub_connections(n: int, psks: list[str], hub_addr: str, any_peer: bool) -> tuple[str, str]:
-    conns, creds = [], []
-    for i in range(n):
-        conns.append(f"""  h{i} {{
-    version = 2
-    local_addrs = {hub_addr}
-    remote_addrs = {'%any' if any_peer else branch_addr(i)}
-    encap = yes
-    mobike = no
-    proposals = {PROPOSAL}
-    local {{
-      auth = psk
-      id = {HUB_ID}
-    }}
-    remote {{
-      auth = psk
-      id = {branch_id(i)}
-    }}
-    children {{
-      c {{
-        local_ts = {HUB_LAN}
-        remote_ts = {branch_lan(i)}
-        esp_proposals = {ESP}
-      }}
-    }}
-  }}
-""")
-        creds.append(f"  ike-h{i} {{\n    id-a = {HUB_ID}\n    id-b = {branch_id(i)}\n"
-                     f"    secret = 0x{psks[i].encode().hex()}\n  }}\n")
-    conns.append(f"""  probe {{
-    version = 2
-    local_addrs = {hub_addr}
-    remote_addrs = {PROBE_WAN}
-    encap = yes
-    mobike = no
-    proposals = {PROPOSAL}
-    local {{
-      auth = psk
-      id = {HUB_ID}
-    }}
-    remote {{
-      auth = psk
-      id = {PROBE_ID}
-    }}
-    children {{
-      c {{
-        local_ts = {HUB_LAN}
-        remote_ts = {PROBE_LAN}
-        esp_proposals = {ESP}
-      }}
-    }}
-  }}
-""")
-    creds.append(f"  ike-probe {{\n    id-a = {HUB_ID}\n    id-b = {PROBE_ID}\n"
-                 f"    secret = 0x{psks[-1].encode().hex()}\n  }}\n")
-    return "".join(conns), "".join(creds)
+    """The strongSwan hub: one connection per branch (by address, or %any and identity), and the probe's."""
+    pairs = [connection(f"h{i}", hub_addr, "%any" if any_peer else branch_addr(i), HUB_ID, branch_id(i), HUB_LAN,
+                        branch_lan(i), psks[i]) for i in range(n)]
+    pairs.append(connection("probe", hub_addr, PROBE_WAN, HUB_ID, PROBE_ID, HUB_LAN, PROBE_LAN, psks[-1]))
+    return _joined(pairs)
 
 
 def write_psk(path: Path, psk: str) -> Path:
@@ -436,7 +383,7 @@ def rekey_storm(lab: Lab, hub: Any, branches: Charon, n: int) -> dict:
     Child SAs, and what the flow lost."""
     before = hub.established()
     source = str(branch_lan(n // 2)[1])
-    flow = lab.popen("branch1-gw", ["ping", "-n", "-i", "0.02", "-I", source, lab.addr("hq-host")],
+    flow = lab.popen("branch1-gw", ["ping", "-n", "-q", "-i", "0.02", "-I", source, lab.addr("hq-host")],
                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(0.5)
     t0 = time.monotonic()
@@ -449,7 +396,8 @@ def rekey_storm(lab: Lab, hub: Any, branches: Charon, n: int) -> dict:
     time.sleep(1.0)
     lab.stop(flow, sig=signal.SIGINT)
     out = flow.stdout.read() if flow.stdout else ""
-    sent, received = re.search(r"(\d+) packets transmitted, (\d+) received", out).groups()
+    found = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    sent, received = found.groups() if found else ("0", "0")  # -q: only the summary, so the pipe never fills
     return {"rekey_requests_s": round(asked, 2), "rekey_all_done_s": None if took is None else round(done, 2),
             "rekeyed": hub.established() - before, "rekey_swanctl_failed": failed,
             "rekey_flow_sent": int(sent), "rekey_flow_lost": int(sent) - int(received)}
@@ -467,7 +415,7 @@ def reload_churn(lab: Lab, hub: SitelinkHub, n: int) -> dict:
 
     before = spis()
     source = str(branch_lan(n - 1)[1])
-    flow = lab.popen("branch1-gw", ["ping", "-n", "-i", "0.02", "-c", "250", "-I", source, lab.addr("hq-host")],
+    flow = lab.popen("branch1-gw", ["ping", "-n", "-q", "-i", "0.02", "-c", "250", "-I", source, lab.addr("hq-host")],
                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)
     hub.write([*kept, *range(n, n + churn)])

@@ -67,6 +67,24 @@ def strongswan_installed() -> str | None:
 # configuration: pure data + rendering (no root needed, unit-testable)
 
 
+def common_sections(vici: str) -> str:
+    """The charon { } lines every lab charon shares: its vici socket, IPv4 sockets only, no syslog."""
+    return f"""    plugins {{
+        vici {{
+            socket = {vici}
+        }}
+        socket-default {{
+            use_ipv6 = no
+        }}
+    }}
+    syslog {{
+        daemon {{
+            default = -1
+        }}
+    }}
+"""
+
+
 @dataclass
 class SwanPeer:
     """Everything one charon instance needs: its files, addresses, identities, credentials, timers."""
@@ -162,20 +180,7 @@ charon {{
     port_nat_t = {nat_t}
     install_routes = yes
     retransmit_tries = 3
-    plugins {{
-        vici {{
-            socket = {vici}
-        }}
-        socket-default {{
-            use_ipv6 = no
-        }}
-    }}
-    syslog {{
-        daemon {{
-            default = -1
-        }}
-    }}
-    filelog {{
+{common_sections(vici)}    filelog {{
         main {{
             path = {self.log_path}
             time_format = %H:%M:%S

@@ -66,14 +66,21 @@ def established(evts: list) -> dict[str, ChildSaEstablished]:
     return {e.tunnel: e for e in evts if isinstance(e, ChildSaEstablished)}
 
 
+def connect(h: IkeDispatcher, branches: dict[str, IkeDispatcher], now: float = 0.0) -> NatWire:
+    """Every branch initiates at `now`, through the NAT, until nothing moves."""
+    wire = NatWire(h, branches)
+    wire.now = now
+    for side in branches.values():
+        side.initiate("hq", now)
+    wire.pump()
+    return wire
+
+
 def test_two_branches_behind_one_nat_address_each_reach_their_own_tunnel() -> None:
     for peer in (NAT, None):  # the hub lists NAT's address for both tunnels, or `any`
         b1, b2 = branch("b1", "10.2.0.0/24", PSK1), branch("b2", "10.3.0.0/24", PSK2)
         h = hub(peer)
-        wire = NatWire(h, {"b1": b1, "b2": b2})
-        b1.initiate("hq", 0.0)
-        b2.initiate("hq", 0.0)
-        wire.pump()
+        wire = connect(h, {"b1": b1, "b2": b2})
         got = established(events(h))
         assert set(got) == {"branch1", "branch2"}, peer
         # Each tunnel's ESP goes to its own NAT mapping, and carries that branch's selectors.
@@ -90,9 +97,7 @@ def test_a_branch_claiming_another_branchs_identity_is_refused() -> None:
     """branch1's key with branch2's identity: the AUTH is checked with branch2's PSK and fails."""
     h = hub(None)
     thief = branch("b1", "10.3.0.0/24", PSK1, local_id=b"br2.test")
-    wire = NatWire(h, {"b1": thief})
-    thief.initiate("hq", 0.0)
-    wire.pump()
+    connect(h, {"b1": thief})
     hub_events = events(h)
     assert not established(hub_events) and not any(isinstance(e, IkeSaEstablished) for e in hub_events)
     assert any(isinstance(e, IkeSaFailed) and "AUTHENTICATION_FAILED" in e.reason for e in events(thief))
@@ -102,9 +107,7 @@ def test_a_branch_claiming_another_branchs_identity_is_refused() -> None:
 def test_an_unknown_identity_is_refused_and_counted_to_nobody() -> None:
     h = hub(None)
     stranger = branch("b3", "10.9.0.0/24", PSK1, local_id=b"nobody.test")
-    wire = NatWire(h, {"b3": stranger})
-    stranger.initiate("hq", 0.0)
-    wire.pump()
+    wire = connect(h, {"b3": stranger})
     failed = [e for e in events(h) if isinstance(e, IkeSaFailed)]
     # The failure belongs to no tunnel (keying ignores it): the peer never said who it was.
     assert failed and all(e.tunnel == "" for e in failed) and "nobody.test" in failed[0].reason
@@ -121,15 +124,11 @@ def test_the_proposal_chosen_before_the_identity_must_suit_its_tunnel() -> None:
     ecp = (IkeSuite(dh=DhGroup.ECP_256),)
     h = hub(None, hub_suites=ecp)
     lax = branch("b2", "10.3.0.0/24", PSK2, suites=(IkeSuite(), *ecp))
-    wire = NatWire(h, {"b2": lax})
-    lax.initiate("hq", 0.0)
-    wire.pump()
+    connect(h, {"b2": lax})
     assert not established(events(h))
     assert any(isinstance(e, IkeSaFailed) and "AUTHENTICATION_FAILED" in e.reason for e in events(lax))
     strict = branch("b2", "10.3.0.0/24", PSK2, suites=ecp)
-    wire = NatWire(h, {"b2": strict})
-    strict.initiate("hq", 0.0)
-    wire.pump()
+    connect(h, {"b2": strict})
     assert set(established(events(h))) == {"branch2"}
     suites = [e.suite for e in events(strict) if isinstance(e, IkeSaEstablished)]
     assert len(suites) == 1 and suites[0].endswith("ECP_256")
@@ -140,10 +139,7 @@ def test_initial_contact_from_a_new_address_replaces_the_old_sa_of_that_tunnel_o
     branch2's, although both came from the same address."""
     b1, b2 = branch("b1", "10.2.0.0/24", PSK1), branch("b2", "10.3.0.0/24", PSK2)
     h = hub(NAT)
-    wire = NatWire(h, {"b1": b1, "b2": b2})
-    b1.initiate("hq", 0.0)
-    b2.initiate("hq", 0.0)
-    wire.pump()
+    wire = connect(h, {"b1": b1, "b2": b2})
     old1, old2 = h.sessions_for("branch1")[0], h.sessions_for("branch2")[0]
     events(h)
     restarted = branch("b1", "10.2.0.0/24", PSK1)
