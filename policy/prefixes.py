@@ -36,6 +36,38 @@ class PrefixTable(Generic[V]):
             for version in (4, 6)
         }
 
+    def add(self, entries: Iterable[tuple[Network, V]]) -> None:
+        """Add networks in place (a thousand tunnels added one by one stay linear); all or nothing: a
+        network already present raises ValueError before anything changes."""
+        entries = list(entries)
+        keys = [(n.version, n.prefixlen, int(n.network_address) >> (_BITS[n.version] - n.prefixlen))
+                for n, _ in entries]
+        for (version, plen, key), (network, _) in zip(keys, entries):
+            level = self._level(version, plen)
+            if (level is not None and key in level) or keys.count((version, plen, key)) > 1:
+                raise ValueError(f"duplicate network {network}")
+        for (version, plen, key), (_, value) in zip(keys, entries):
+            level = self._level(version, plen)
+            if level is None:
+                level = {}
+                levels = self._levels[version]
+                levels.append((_BITS[version] - plen, level))
+                levels.sort(key=lambda item: item[0])  # longest prefix (smallest shift) first
+            level[key] = value
+
+    def remove(self, networks: Iterable[Network]) -> None:
+        """Remove networks in place (absent ones are ignored); empty levels go."""
+        for n in networks:
+            level = self._level(n.version, n.prefixlen)
+            if level is not None:
+                level.pop(int(n.network_address) >> (_BITS[n.version] - n.prefixlen), None)
+        for version in (4, 6):
+            self._levels[version] = [(shift, table) for shift, table in self._levels[version] if table]
+
+    def _level(self, version: int, prefixlen: int) -> dict[int, V] | None:
+        shift = _BITS[version] - prefixlen
+        return next((table for s, table in self._levels[version] if s == shift), None)
+
     def lookup(self, version: int, address: int) -> V | None:
         for shift, table in self._levels.get(version, ()):
             value = table.get(address >> shift)

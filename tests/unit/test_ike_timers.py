@@ -56,6 +56,9 @@ def test_the_timer_heap_serves_a_hub_of_branches_through_hours_of_rekeys() -> No
         wire.pump()
         after = hub.get_timer()
         assert after is None or after > wire.now or (true_deadline(hub) or 0) <= wire.now, "a wake-up made no progress"
+        for k in range(BRANCHES):  # the per-tunnel index agrees with a walk over every SA
+            walked = [s for s in hub.sessions.values() if s.config.tunnel == f"b{k}"]
+            assert sorted(map(id, hub.sessions_for(f"b{k}"))) == sorted(map(id, walked))
         for event in events(hub):
             children += isinstance(event, ChildSaEstablished)
             ike_rekeys += isinstance(event, IkeSaRekeyed)

@@ -70,9 +70,8 @@ class Forwarder:
             raise ValueError(f"tunnel {name!r} exists")
         remote = list(remote)
         state = TunnelState(name, peer, local, remote, policy)
-        entries = self._route_entries + [(net, state) for net in remote]
-        self._routes = PrefixTable(entries)  # raises on a remote subnet claimed twice
-        self._route_entries = entries
+        self._routes.add((net, state) for net in remote)  # raises on a remote subnet claimed twice
+        self._route_entries += [(net, state) for net in remote]
         self.tunnels[name] = state
         return state
 
@@ -80,9 +79,8 @@ class Forwarder:
         """Forget a tunnel, its routes and its SAs (a reload removed it). Packets of it still queued for
         the scheduler are dropped as no_sa when dequeued, without asking for a new SA."""
         state = self.tunnels.pop(name)
-        entries = [(net, s) for net, s in self._route_entries if s is not state]
-        self._routes = PrefixTable(entries)
-        self._route_entries = entries
+        self._routes.remove(net for net, s in self._route_entries if s is state)
+        self._route_entries = [(net, s) for net, s in self._route_entries if s is not state]
         for spi in [spi for spi, (owner, _) in self._inbound.items() if owner is state]:
             self.remove_inbound(spi)
         state.outbound = None

@@ -61,6 +61,10 @@ class IkeDispatcher:
         # a walk over every SA after each message. Lazy: _collect pushes an SA's deadline whenever it may
         # have come earlier; an entry whose SA has an earlier one queued, or has closed, is skipped; an SA
         # whose deadline moved later wakes early once and is queued again (handle_timer).
+        # Each tunnel's IKE SAs by our SPI (sessions_for without a walk over every SA); an SA is indexed
+        # under its tunnel once it has one (a candidate SA names its tunnel at IKE_AUTH).
+        self._by_tunnel: dict[str, dict[bytes, IkeSession]] = {}
+        self._tunnel_of: dict[bytes, str] = {}
         self._timers: list[tuple[float, int, IkeSession]] = []
         self._queued: dict[int, float] = {}  # id(session) -> the deadline its live heap entry has
         self._timer_order = itertools.count()
@@ -125,8 +129,26 @@ class IkeDispatcher:
 
     def sessions_for(self, tunnel: str) -> list[IkeSession]:
         # list(): one step under the GIL, so the metrics thread may call this while the loop adds sessions
-        return [s for s in list(self.sessions.values())
-                if s.config.tunnel == tunnel and s.local_spi not in self._retired]
+        return [s for s in list(self._by_tunnel.get(tunnel, {}).values()) if s.local_spi not in self._retired]
+
+    def _index(self, session: IkeSession) -> None:
+        """Keep _by_tunnel in step with `sessions` and with the SA's tunnel (which may have just been named)."""
+        spi = session.local_spi
+        name = session.config.tunnel if self.sessions.get(spi) is session else None
+        old = self._tunnel_of.get(spi)
+        owned = self._by_tunnel.get(old, {}) if old is not None else {}
+        if old is not None and owned.get(spi) is not session:
+            return  # the entry under this SPI is another SA's (this one lost an SPI collision): not ours
+        if old == name:
+            return
+        if old is not None:
+            del owned[spi]
+            if not owned:
+                del self._by_tunnel[old]
+            del self._tunnel_of[spi]
+        if name is not None:
+            self._by_tunnel.setdefault(name, {})[spi] = session
+            self._tunnel_of[spi] = name
 
     def find(self, spi_i: bytes, spi_r: bytes) -> IkeSession | None:
         """The IKE SA with these SPIs, if any: indexed by our SPI, which is one of the two."""
@@ -316,9 +338,11 @@ class IkeDispatcher:
         if session.state is IkeState.CLOSED:
             if self.sessions.get(session.local_spi) is session:
                 del self.sessions[session.local_spi]
+                self._index(session)
             self._retired.discard(session.local_spi)
             self._queued.pop(id(session), None)
         else:
+            self._index(session)
             self._schedule(session)
         spawned, session.spawned = session.spawned, []
         for new in spawned:  # §2.18: the new IKE SA is found by our SPI of it
