@@ -33,7 +33,7 @@ CHUNK = 64
 ROUNDS = 8  # rounds per readiness callback before the event loop gets its turn (timers, IKE, reports)
 
 
-Sender = udp.SegmentingSender | udp.FamilySender
+Sender = udp.SegmentingSender | udp.FamilySender  # one socket's, or a dual-stack gateway's (by the peer's family)
 
 
 def tun_to_udp(forwarder: Forwarder, tun: TunDevice, sender: Sender) -> None:

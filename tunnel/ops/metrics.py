@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from importlib import metadata
-from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -176,7 +175,7 @@ class _Quiet(WSGIRequestHandler):
         """Scrapes are not worth a log line each."""
 
 
-class _Server(ThreadingMixIn, WSGIServer):
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
     """prometheus_client's server, without its one blocking step: HTTPServer.server_bind asks the
     resolver for this host's FQDN, so a gateway whose DNS is unreachable (a full tunnel's resolver sits
     behind the tunnel that is not up yet) would wait on it before serving anything."""
