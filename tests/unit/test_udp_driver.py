@@ -143,3 +143,21 @@ def test_tos_travels_per_datagram_and_splits_runs() -> None:
     finally:
         tx.close()
         rx.close()
+
+
+def test_a_dual_stack_sender_sends_each_datagram_through_its_peers_family() -> None:
+    """A dual-stack gateway: one batch mixing IPv4 and IPv6 peers leaves through both sockets, each
+    datagram through its own family's, none lost, the IPv4 run still segmented."""
+    rx4, rx6 = udp.open_socket("127.0.0.1", 0, 1 << 22), udp.open_socket("::1", 0, 1 << 22)
+    tx4, tx6 = udp.open_socket("127.0.0.1", 0, 1 << 22, zero_checksum=False), udp.open_socket("::1", 0, 1 << 22)
+    try:
+        sender = udp.FamilySender(udp.SegmentingSender(tx4), udp.SegmentingSender(tx6))
+        to4, to6 = rx4.getsockname()[:2], rx6.getsockname()[:2]
+        batch = [(d, to4, 0) for d in _datagrams([900] * 4)] + [(d, to6, 0) for d in _datagrams([700] * 3)]
+        assert sender.send(batch) == 0
+        assert _drain(rx4, False, 4) == [d for d, _, _ in batch[:4]]
+        assert _drain(rx6, False, 3) == [d for d, _, _ in batch[4:]]
+        assert sender.gso_sends >= 1
+    finally:
+        for sock in (rx4, rx6, tx4, tx6):
+            sock.close()
