@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -465,12 +466,17 @@ def main() -> None:
         parser.error("--branches must be within 1..4000")
     psks = [secrets.token_hex(32) for _ in range(n + RELOAD_CHURN + 1)]  # the last: the probe's
     results = []
-    work = Path(f"/tmp/hub-scale-{os.getpid()}")
-    with Lab(hub_and_spoke_topology(2), mode="tunnel") as lab:
-        prepare(lab, n)
-        for kind in args.hubs.split(","):
-            results.append(run_hub(lab, work, kind, n, psks, args))
-            print(json.dumps(results[-1]), flush=True)
+    work = Path(f"/tmp/hub-scale-{os.getpid()}")  # configs, PSKs and logs; kept only when a run fails
+    try:
+        with Lab(hub_and_spoke_topology(2), mode="tunnel") as lab:
+            prepare(lab, n)
+            for kind in args.hubs.split(","):
+                results.append(run_hub(lab, work, kind, n, psks, args))
+                print(json.dumps(results[-1]), flush=True)
+    except BaseException:
+        print(f"hub_scale failed; configs and logs are in {work}", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"branches": n, "any": args.any, "results": results}, indent=2) + "\n")
