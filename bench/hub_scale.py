@@ -36,9 +36,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "netns-lab"))
 
-from netnslab import Lab, hub_and_spoke_topology  # noqa: E402
-from netnslab.sitelink import sitelink_command  # noqa: E402
-from netnslab.strongswan import CHARON, PLUGINS, SWANCTL, common_sections  # noqa: E402
+from netnslab import Lab, hub_and_spoke_topology, parse_ping  # noqa: E402
+from netnslab.sitelink import sitelink_command, write_secret  # noqa: E402
+from netnslab.strongswan import PLUGINS, SWANCTL, common_sections, launch_charon  # noqa: E402
 
 BRANCH_WAN = ipaddress.ip_network("100.64.0.0/16")  # the branches' addresses, all on the one charon
 BRANCH_LANS = ipaddress.ip_network("172.16.0.0/12")  # branch i: the i-th /24 of it
@@ -108,11 +108,8 @@ swanctl {{
         path.chmod(0o600)
 
     def start(self) -> None:
-        script = f'mount --bind "$1" /run && exec {CHARON}'
-        argv = ["env", *self.env, "unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
-                str(self.dir / "run")]
-        with (self.dir / "charon.out").open("w") as out:
-            self.proc = self.lab.popen(self.node, argv, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = launch_charon(self.lab, self.node, self.dir / "strongswan.conf", self.dir / "run",
+                                  self.dir / "charon.out")
         deadline = time.monotonic() + 10
         while not self.vici.exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -187,11 +184,7 @@ def hub_connections(n: int, psks: list[str], hub_addr: str, any_peer: bool) -> t
 
 
 def write_psk(path: Path, psk: str) -> Path:
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{psk}\n")
-    return path
+    return path if path.exists() else write_secret(path, f"{psk}\n".encode())
 
 
 class Probe:
@@ -434,21 +427,20 @@ def reload_churn(lab: Lab, hub: SitelinkHub, n: int) -> dict:
     took = time.monotonic() - t0
     out, _ = flow.communicate(timeout=30)
     after = spis()
-    unchanged = sum(1 for i in kept if before.get(f"b{i}") and before[f"b{i}"] == after.get(f"b{i}"))
     changed = {f"b{i}": (before.get(f"b{i}"), after.get(f"b{i}")) for i in kept
                if not before.get(f"b{i}") or before[f"b{i}"] != after.get(f"b{i}")}
-    loss = re.search(r"(\d+) received", out)
     return {"reload_s": round(took, 3), "reload_summary": answer.strip()[:200], "reload_kept": len(kept),
-            "reload_kept_unchanged": unchanged, "reload_flow_received": int(loss[1]) if loss else 0,
+            "reload_kept_unchanged": len(kept) - len(changed),
+            "reload_flow_received": parse_ping(lab.addr("hq-host"), out).received,
             "reload_flow_sent": 250, "reload_changed": dict(list(changed.items())[:5])}
 
 
 def _ping_from(lab: Lab, i: int) -> int:
     """Replies to 3 pings from branch i's subnet to the hub's LAN host (through branch i's tunnel)."""
+    dst = lab.addr("hq-host")
     out = lab.run("branch1-gw", ["ping", "-n", "-c", "3", "-i", "0.05", "-W", "2", "-I", str(branch_lan(i)[1]),
-                                 lab.addr("hq-host")], check=False).stdout
-    found = re.search(r"(\d+) received", out)
-    return int(found[1]) if found else 0
+                                 dst], check=False).stdout
+    return parse_ping(dst, out).received
 
 
 def main() -> None:

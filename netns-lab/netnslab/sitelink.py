@@ -140,9 +140,7 @@ class Deployment:
             ka, kb = self.workdir / f"{a.name}-{b.name}.psk", self.workdir / f"{b.name}-{a.name}.psk"
             psk = base64.b64encode(secrets.token_bytes(32)) + b"\n"
             for path in (ka, kb):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(psk)
+                write_secret(path, psk)
         else:
             ka, kb = self.workdir / f"{a.name}-{b.name}.keys", self.workdir / f"{b.name}-{a.name}.keys"
             subprocess.run([*self.command, "manual-keys", str(ka), str(kb)], check=True, capture_output=True, timeout=30)
@@ -293,6 +291,14 @@ class Deployment:
     def _tun_up(self, gw: Gateway) -> bool:
         out = self.lab.run(site_gw(gw), ["ip", "-o", "link", "show", "dev", TUN_NAME], check=False, timeout=5)
         return out.returncode == 0 and ",UP" in out.stdout
+
+
+def write_secret(path: Path, data: bytes) -> Path:
+    """A key file as sitelink wants it: new (never overwritten), mode 0600 from the start."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
 
 
 def identity(site: str) -> str:

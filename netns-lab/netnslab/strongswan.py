@@ -303,6 +303,17 @@ def _private_key_dir(pem: str) -> str:
     raise ValueError("key is not a PEM private key (EC, RSA or PKCS#8)")
 
 
+def launch_charon(lab: Lab, node: str, conf: Path, run_dir: Path, out_path: Path) -> subprocess.Popen:
+    """charon in `node` with the strongswan.conf `conf`: `ip netns exec` -> unshare (own mount namespace,
+    /run replaced by run_dir: the PID file is hard-coded to /var/run/charon.pid) -> sh -> exec charon, so
+    the Popen's pid is charon itself; stdout and stderr to out_path."""
+    script = f'mount --bind "$1" /run && exec {CHARON}'
+    argv = ["env", f"STRONGSWAN_CONF={conf}", "unshare", "-m", "--propagation", "private",
+            "sh", "-c", script, "sh", str(run_dir)]
+    with out_path.open("w") as out:
+        return lab.popen(node, argv, stdout=out, stderr=subprocess.STDOUT)
+
+
 # --------------------------------------------------------------------------------------------------
 # parsing swanctl --list-sas
 
@@ -567,13 +578,7 @@ class StrongSwan:
         if self.running():
             raise self._error(f"already running (pid {self.proc.pid})")
         self.peer.write()
-        # `ip netns exec` -> unshare (own mount ns, /run replaced: the PID file is hard-coded to
-        # /var/run/charon.pid) -> sh -> exec charon: the Popen's pid is charon itself.
-        script = f'mount --bind "$1" /run && exec {CHARON}'
-        argv = ["env", f"STRONGSWAN_CONF={self.peer.conf_path}", "unshare", "-m", "--propagation", "private",
-                "sh", "-c", script, "sh", str(self.peer.run_dir)]
-        with self.peer.out_path.open("w") as out:
-            self.proc = self.lab.popen(self.node, argv, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = launch_charon(self.lab, self.node, self.peer.conf_path, self.peer.run_dir, self.peer.out_path)
         deadline = time.monotonic() + timeout
         while not self.peer.vici_path.exists():
             if self.proc.poll() is not None:
