@@ -19,7 +19,7 @@ from tests.unit.test_config_loader import problems as loader_problems  # noqa: E
 from tests.unit.test_config_loader import write
 from tunnel.config.keyfile import write_manual_key_pair
 from tunnel.config.loader import load_config
-from tunnel.config.model import Ike, Pki, StartMode
+from tunnel.config.model import Ike, Pki, PkiCredential, Revocation, StartMode
 from tunnel.config.proposals import parse_esp_proposal, parse_ike_proposal
 from tunnel.errors import ConfigError
 from tunnel.ike.constants import DhGroup, EncrId, Esn, PrfId
@@ -131,10 +131,36 @@ def test_every_start_mode(site: Path, start: StartMode) -> None:
     assert config.tunnels[0].ike.start is start
 
 
+def test_company_pki_settings(site: Path) -> None:
+    """CA list (rollover), intermediates, a second certificate, CRLs, soft fail and RSA-PSS."""
+    for name in ("ca2.crt", "sub.crt", "new.crt", "a.crl", "b.crl"):
+        write_file(site / "pki" / name, b"-----BEGIN X-----\n", 0o644)
+    write_file(site / "pki" / "new.key", b"-----BEGIN PRIVATE KEY-----\n")
+    pki = PKI.replace("    ca: pki/ca.crt\n", "    ca: [pki/ca.crt, pki/ca2.crt]\n") + (
+        "    intermediates: [pki/sub.crt]\n"
+        "    alternates:\n      - {certificate: pki/new.crt, private_key: pki/new.key}\n"
+        "    crl: [pki/a.crl, pki/b.crl]\n    revocation: soft\n    rsa_pss: true\n")
+    config = load_config(write(site, cert_variant(GOOD.replace("  listen:\n", pki + "  listen:\n"))))
+    p = site / "pki"
+    assert config.pki == Pki((p / "ca.crt", p / "ca2.crt"), p / "hq.crt", p / "hq.key", (p / "sub.crt",),
+                             (PkiCredential(p / "new.crt", p / "new.key"),), (p / "a.crl", p / "b.crl"),
+                             Revocation.SOFT, True)
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ("    revocation: maybe\n", "gateway.pki.revocation: 'maybe' is not one of hard, soft"),
+    ("    crl: [pki/none.crl]\n", "gateway.pki.crl[0]: CRL file {dir}/pki/none.crl does not exist"),
+    ("    alternates:\n      - {certificate: pki/hq.crt}\n", "gateway.pki.alternates[0].private_key: missing"),
+])
+def test_company_pki_mistakes(site: Path, extra: str, expected: str) -> None:
+    found = problems(write(site, cert_variant(GOOD.replace("  listen:\n", PKI + extra + "  listen:\n"))))
+    assert any(expected.format(dir=site) in p for p in found), found
+
+
 def test_cert_tunnel_with_pki(site: Path) -> None:
     text = cert_variant(GOOD.replace("  listen:\n", PKI + "  listen:\n"))
     config = load_config(write(site, text))
-    assert config.pki == Pki(site / "pki/ca.crt", site / "pki/hq.crt", site / "pki/hq.key")
+    assert config.pki == Pki((site / "pki/ca.crt",), site / "pki/hq.crt", site / "pki/hq.key")
     assert config.tunnels[0].ike.auth == "cert" and config.tunnels[0].ike.psk is None
 
 

@@ -4,7 +4,6 @@ with ECDSA and RSA gateway keys, and AUTHENTICATION_FAILED for an expired or for
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tunnel.ike.config import CertAuth, IkeConfig
 from tunnel.ike.constants import NotifyType
 from tunnel.ike.dispatcher import IkeDispatcher
 from tunnel.ike.events import ChildSaEstablished, IkeSaFailed
+from tunnel.ike.trust import Credential, key_hash
 from tunnel.ike.window import Backoff
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -37,11 +37,10 @@ def make_pki(directory: Path, key_type: str, name: str = "Site CA") -> dict[str,
 
 def cert_auth(own: tuple, ca) -> CertAuth:
     verifier = CertVerifier([ca])
-    spki = ca.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return CertAuth(
-        own[1], (own[0].public_bytes(serialization.Encoding.DER),),
+        (Credential(own[1], (own[0].public_bytes(serialization.Encoding.DER),), (key_hash(ca),)),),
         lambda chain, id_type, data, now: verifier.verify(chain, PeerIdentity(id_type, data), now),
-        hashlib.sha1(spki).digest(),
+        key_hash(ca),
     )
 
 

@@ -624,3 +624,32 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         cli("pki", "show", str(garbage))
     with pytest.raises(ConfigError, match="does not exist"):
         cli("pki", "issue", "--ca-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--id", "gw.example")
+
+
+def test_cli_intermediate_issue_revoke_and_crl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A root, an intermediate under it, a gateway issued by the intermediate, then revoked: the CRL is
+    the intermediate's, signed by it, lists that serial, and `pki crl` signs it again with a higher
+    number and a later nextUpdate without dropping the entry."""
+    root, sub, out = tmp_path / "root", tmp_path / "sub", tmp_path / "out"
+    assert cli("pki", "ca", str(root), "--name", "Acme Root") == 0
+    assert cli("pki", "intermediate", str(sub), "--ca-dir", str(root), "--name", "Acme Branch CA") == 0
+    assert "created intermediate CA CN=Acme Branch CA under CN=Acme Root" in capsys.readouterr().out
+    sub_cert = pkifiles.load_certificate(sub / "ca.crt")
+    assert sub_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
+    assert cli("pki", "issue", "--ca-dir", str(sub), "--out", str(out), "--id", "gw.branch7.example") == 0
+    leaf = out / "gw.branch7.example.crt"
+    assert pkifiles.load_certificate(leaf).issuer == sub_cert.subject
+    capsys.readouterr()
+    assert cli("pki", "revoke", "--ca-dir", str(sub), str(leaf), "--days", "3") == 0
+    assert "1 revoked certificate(s)" in capsys.readouterr().out
+    (crl,) = pkifiles.load_crls(sub / "ca.crl")
+    assert crl.issuer == sub_cert.subject and crl.is_signature_valid(sub_cert.public_key())
+    serial = pkifiles.load_certificate(leaf).serial_number
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    assert cli("pki", "crl", "--ca-dir", str(sub), "--days", "30") == 0
+    (again,) = pkifiles.load_crls(sub / "ca.crl")
+    number = lambda c: c.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number  # noqa: E731
+    assert number(again) == number(crl) + 1 and again.next_update_utc > crl.next_update_utc
+    assert again.get_revoked_certificate_by_serial_number(serial) is not None
+    with pytest.raises(pkifiles.PkiError, match="not by this CA"):
+        cli("pki", "revoke", "--ca-dir", str(root), str(leaf))  # the root did not issue it

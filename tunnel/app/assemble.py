@@ -5,23 +5,19 @@ volume limits and manual SAs, and the gateway's queues."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
-from collections.abc import Sequence
-
-from cryptography.hazmat.primitives import serialization
 
 from policy.match import compile_rules
 from policy.qos import QosClass
 from policy.ts import ranges
+from tunnel.app import credentials
 from tunnel.config.model import GatewayConfig, Tunnel
-from tunnel.config.pkifiles import load_certificate, load_private_key
 from tunnel.dataplane.forwarder import Forwarder
 from tunnel.dataplane.scheduler import PriorityScheduler
 from tunnel.dataplane.tunnels import NO_LIMIT, TunnelPolicy, VolumeLimits
 from tunnel.esp.overhead import inner_mtu
 from tunnel.esp.sa import InboundSa, OutboundSa
-from tunnel.ike.certs import CertVerifier, PeerIdentity, PublicKey
+from tunnel.ike.certs import PeerIdentity
 from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
 
 SEQ_SOFT_LIMIT = 3 * 2**30  # rekey long before the 32-bit sequence numbers run out (RFC 4303 §3.3.3)
@@ -124,7 +120,8 @@ def ike_configs(config: GatewayConfig, workers: int) -> list[tuple[IkeConfig, st
     DNS name) and is told by its identity (reading the PKI files when a tunnel uses certificates:
     raises when they cannot be used)."""
     tunnels = [t for t in config.tunnels if t.ike is not None]
-    cert_auth = _cert_auth(config) if any(t.ike is not None and t.ike.auth == "cert" for t in tunnels) else None
+    uses_certs = any(t.ike is not None and t.ike.auth == "cert" for t in tunnels)
+    cert_auth = credentials.cert_auth(config) if uses_certs else None
     return [(ike_config(t, cert_auth, workers), peer_of(t)[0] or None) for t in tunnels]
 
 
@@ -155,18 +152,3 @@ def ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) -> 
         dpd_delay=float(ike.dpd_delay),
         workers=workers,
     )
-
-
-def _cert_auth(config: GatewayConfig) -> CertAuth:
-    pki = config.pki
-    assert pki is not None
-    ca = load_certificate(pki.ca)
-    cert = load_certificate(pki.certificate)
-    key = load_private_key(pki.private_key)
-    verifier = CertVerifier([ca])
-    spki = ca.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-    def verify_peer(chain: Sequence[bytes], id_type: int, data: bytes, now: dt.datetime) -> PublicKey:
-        return verifier.verify(chain, PeerIdentity(id_type, data), now)
-
-    return CertAuth(key, (cert.public_bytes(serialization.Encoding.DER),), verify_peer, hashlib.sha1(spki).digest())

@@ -35,9 +35,10 @@ from tunnel.dataplane.events import (
 from tunnel.dataplane.forwarder import Forwarder
 from tunnel.dataplane.tunnels import VolumeLimits
 from tunnel.esp.sa import InboundSa, OutboundSa
-from tunnel.ike.config import IkeConfig
+from tunnel.ike.config import CertAuth, IkeConfig
 from tunnel.ike.constants import NAT_T_PORT, NotifyType
 from tunnel.ike.dispatcher import IkeDispatcher
+from tunnel.ike.errors import AuthenticationFailed
 from tunnel.ike.events import (
     ChildSaDeleted,
     ChildSaEstablished,
@@ -190,6 +191,7 @@ class Keying:
         for tunnel in plan.kept:
             if tunnel.name in self.tunnels:
                 self.tunnels[tunnel.name].config = tunnel
+        self._recheck_peers([t.name for t in plan.kept], configs, now)
         for tunnel in plan.new:
             if tunnel.ike is not None:
                 self.tunnels[tunnel.name] = self._runtime(tunnel)
@@ -197,6 +199,27 @@ class Keying:
         for tunnel in plan.new:
             if tunnel.ike is not None and tunnel.ike.start is StartMode.INITIATE:
                 self.initiate(tunnel.name, now)
+
+    def _recheck_peers(self, names: Iterable[str], configs: list[tuple[IkeConfig, str | None]], now: float) -> None:
+        """A reload may bring a CRL that revokes a peer's certificate, or drop the CA that issued it: the
+        IKE SAs that peer authenticated with it end now (deleted at the peer), not at their next
+        re-authentication; the tunnel's next attempt meets the same refusal, counted."""
+        by_name = {config.tunnel: config for config, _ in configs}
+        for name in names:
+            config = by_name.get(name)
+            if config is None or not isinstance(config.auth, CertAuth) or config.wall_clock is None:
+                continue
+            for session in self.dispatcher.sessions_for(name):
+                if not session.peer_chain:
+                    continue
+                try:
+                    config.auth.verify_peer(session.peer_chain, *config.remote_id, config.wall_clock())
+                except AuthenticationFailed as exc:
+                    session.refused(exc)
+                    log.warning("tunnel %s: the peer's certificate is no longer accepted (%s); deleting its "
+                                "IKE SA(s)", name, exc)
+                    self.dispatcher.delete_tunnel(name, now)
+                    break
 
     # -- commands -----------------------------------------------------------------------------------------
     def start(self, now: float) -> None:

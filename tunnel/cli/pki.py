@@ -1,4 +1,4 @@
-"""`sitelink pki ca|issue|show`: a site CA for IKEv2 certificate authentication.
+"""`sitelink pki ca|intermediate|issue|revoke|crl|show`: a site CA for IKEv2 certificate authentication.
 
 tunnel/cli/main.py calls add_commands(commands) with its sub-parser collection; each sub-command sets
 `handler`, which returns the exit status. Errors are raised as SitelinkError (one line from cli.main).
@@ -39,6 +39,34 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF00
                             "user@example.net or 'CN=gw1,O=Acme'")
     _key_options(issue, default_days=825)
     issue.set_defaults(handler=_cmd_issue)
+
+    sub = commands.add_parser(
+        "intermediate", help="create an intermediate CA signed by a CA (e.g. one per region)",
+        description="Creates DIR/ca.crt and DIR/ca.key signed by the CA in --ca-dir; `issue --ca-dir DIR` then "
+                    "issues from it. Gateways with such certificates list DIR/ca.crt in gateway.pki.intermediates.",
+    )
+    sub.add_argument("directory", type=Path, metavar="DIR")
+    sub.add_argument("--ca-dir", type=Path, required=True, metavar="PARENT",
+                     help="holds the parent's ca.crt and ca.key")
+    sub.add_argument("--name", required=True, help="the intermediate CA's common name")
+    _key_options(sub, default_days=1825)
+    sub.set_defaults(handler=_cmd_intermediate)
+
+    revoke = commands.add_parser(
+        "revoke", help="revoke certificates: add them to the CA's CRL (DIR/ca.crl) and sign it again",
+        description="Adds each CERT's serial to DIR/ca.crl (created if missing) and signs it again. Copy the CRL "
+                    "to every gateway (gateway.pki.crl) and run `sitelink reload`: SAs of a revoked peer end.",
+    )
+    revoke.add_argument("--ca-dir", type=Path, required=True, metavar="DIR", help="the CA that issued them")
+    revoke.add_argument("certificates", type=Path, nargs="+", metavar="CERT")
+    revoke.add_argument("--days", type=_days, default=7, metavar="N",
+                        help="the CRL's validity: sign it again (`pki crl`) before it ends (default: %(default)s)")
+    revoke.set_defaults(handler=_cmd_revoke)
+
+    crl = commands.add_parser("crl", help="sign the CA's CRL again (a fresh nextUpdate), revoking nothing new")
+    crl.add_argument("--ca-dir", type=Path, required=True, metavar="DIR")
+    crl.add_argument("--days", type=_days, default=7, metavar="N", help="validity (default: %(default)s)")
+    crl.set_defaults(handler=_cmd_revoke, certificates=[])
 
     show = commands.add_parser("show", help="print a certificate's subject, issuer, names, validity and key")
     show.add_argument("certificate", type=Path, metavar="CERT")
@@ -81,6 +109,30 @@ def _cmd_issue(args: argparse.Namespace) -> int:
           f"({pkifiles.key_description(cert.public_key())}), valid until {cert.not_valid_after_utc:%Y-%m-%d}")
     print(f"  {cert_path}")
     print(f"  {key_path}  mode 0600; copy it to that gateway only")
+    return 0
+
+
+def _cmd_intermediate(args: argparse.Namespace) -> int:
+    parent: Path = args.ca_dir
+    cert_path, key_path = pkifiles.create_intermediate(parent / pkifiles.CA_CERT_NAME, parent / pkifiles.CA_KEY_NAME,
+                                                       args.directory, args.name, args.key_type, args.days)
+    cert = pkifiles.load_certificate(cert_path)
+    print(f"created intermediate CA {cert.subject.rfc4514_string()} under {cert.issuer.rfc4514_string()} "
+          f"({pkifiles.key_description(cert.public_key())}), valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+    print(f"  {cert_path}  list it in gateway.pki.intermediates of the gateways it issues for")
+    print(f"  {key_path}  mode 0600; keep it off the gateways")
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    ca_dir: Path = args.ca_dir
+    crl_path = ca_dir / pkifiles.CRL_NAME
+    crl = pkifiles.revoke(ca_dir / pkifiles.CA_CERT_NAME, ca_dir / pkifiles.CA_KEY_NAME, crl_path,
+                          args.certificates, args.days)
+    for path in args.certificates:
+        print(f"revoked {path} (serial {pkifiles.load_certificate(path).serial_number:x})")
+    print(f"{crl_path}: {len(list(crl))} revoked certificate(s), next update due "
+          f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC; copy it to every gateway and run `sitelink reload`")
     return 0
 
 

@@ -8,6 +8,7 @@ and no input (binary, empty, a directory, malformed YAML) ends in a traceback: o
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import os
 import re
@@ -34,6 +35,8 @@ from tunnel.config.model import (
     Metrics,
     PeerEndpoint,
     Pki,
+    PkiCredential,
+    Revocation,
     StartMode,
     TunDevice,
     Tunnel,
@@ -191,12 +194,40 @@ def _tun(doc: Doc, node: Node, path: str) -> TunDevice | None:
 
 
 def _pki(doc: Doc, node: Node, path: str, base_dir: Path) -> Pki | None:
+    certificate = _pki_file(base_dir, "certificate file", private=False)
+    private_key = _pki_file(base_dir, "private key file", private=True)
     parsers: dict[str, Parser] = {
-        "ca": _pki_file(base_dir, "CA certificate file", private=False),
-        "certificate": _pki_file(base_dir, "certificate file", private=False),
-        "private_key": _pki_file(base_dir, "private key file", private=True),
+        "ca": _one_or_more(_pki_file(base_dir, "CA certificate file", private=False)),
+        "certificate": certificate,
+        "private_key": private_key,
+        "intermediates": _items(_pki_file(base_dir, "intermediate CA certificate file", private=False),
+                                non_empty=False),
+        "alternates": _items(lambda doc, node, path: _section(
+            doc, node, path, PkiCredential, ("certificate", "private_key"),
+            {"certificate": certificate, "private_key": private_key}), non_empty=False),
+        "crl": _one_or_more(_pki_file(base_dir, "CRL file", private=False)),
+        "revocation": lambda doc, node, path: _enum(doc, node, path, Revocation),
+        "rsa_pss": Doc.boolean,
     }
-    return _section(doc, node, path, Pki, tuple(parsers), parsers)
+    return _section(doc, node, path, Pki, ("ca", "certificate", "private_key"), parsers)
+
+
+def _one_or_more(parse: Parser) -> Parser:
+    """One value, or a non-empty list of them: always a tuple."""
+    many = _items(parse, non_empty=True)
+
+    def parse_one_or_more(doc: Doc, node: Node, path: str) -> tuple[Any, ...] | None:
+        if isinstance(node, SequenceNode):
+            return many(doc, node, path)
+        one = parse(doc, node, path)
+        return None if one is None else (one,)
+
+    return parse_one_or_more
+
+
+def _enum(doc: Doc, node: Node, path: str, kind: type[enum.Enum]) -> Any:
+    value = doc.choice(node, path, tuple(str(m.value) for m in kind))
+    return None if value is None else kind(value)
 
 
 def _pki_file(base_dir: Path, what: str, private: bool) -> Parser:

@@ -122,12 +122,32 @@ class Ike:
 
 
 @dataclass(frozen=True)
+class PkiCredential:
+    """One more certificate of this gateway with its key (e.g. from the new CA during a rollover)."""
+
+    certificate: Path  # PEM: the certificate, optionally followed by its intermediates
+    private_key: Path
+
+
+class Revocation(str, enum.Enum):
+    HARD = "hard"  # a certificate whose status is unknown (stale or unverifiable CRL) is refused
+    SOFT = "soft"  # ... is accepted, with a warning; a certificate known to be revoked is refused either way
+
+
+@dataclass(frozen=True)
 class Pki:
     """Certificate authentication material, shared by all tunnels with auth: cert."""
 
-    ca: Path  # site CA certificate (PEM) that peers' certificates must chain to
-    certificate: Path  # this gateway's certificate (PEM); its subjectAltName holds local_id
+    # CA certificates peers' certificates must chain to (PEM or DER files, a file may hold several):
+    # more than one while moving to a new CA, so old and new certificates are both accepted.
+    ca: tuple[Path, ...]
+    certificate: Path  # this gateway's certificate (PEM), optionally followed by its intermediates
     private_key: Path  # its key (PEM, mode 0600)
+    intermediates: tuple[Path, ...] = ()  # CA certificates between ours and a root, sent after ours
+    alternates: tuple[PkiCredential, ...] = ()  # further certificates; the peer's CERTREQ picks one
+    crl: tuple[Path, ...] = ()  # CRL files (PEM or DER), read at start and at every reload
+    revocation: Revocation = Revocation.HARD
+    rsa_pss: bool = False  # sign AUTH with RSASSA-PSS (RFC 7427) when the key is RSA
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,24 @@ def load_certificate(path: Path) -> x509.Certificate:
     return certs[0]
 
 
+def load_crls(path: Path) -> list[x509.CertificateRevocationList]:
+    """Every CRL in a PEM file, or the one CRL of a DER file (as `openssl ca -gencrl` or a CA's CDP gives)."""
+    path = Path(path)
+    data = _read(path, None, CertificateFileError)
+    if b"-----BEGIN" in data:
+        blocks = re.findall(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----", data, re.DOTALL)
+        if not blocks:
+            raise CertificateFileError(path, "holds no PEM CRL (expected '-----BEGIN X509 CRL-----' blocks)")
+        try:
+            return [x509.load_pem_x509_crl(block) for block in blocks]
+        except ValueError:
+            raise CertificateFileError(path, "holds a PEM CRL that does not parse") from None
+    try:
+        return [x509.load_der_x509_crl(data)]
+    except ValueError:
+        raise CertificateFileError(path, "is not a CRL (neither PEM nor DER X.509 CRL)") from None
+
+
 def load_private_key(path: Path) -> PrivateKey:
     """An unencrypted PEM (or DER) ECDSA or RSA private key from a file only its owner can read."""
     path = Path(path)
@@ -148,6 +166,99 @@ def create_ca(directory: Path, name: str, key_type: str = "ecdsa-p256", days: in
     cert = builder.sign(key, hashes.SHA256())
     _write_pair(cert_path, cert, key_path, key)
     return cert_path, key_path
+
+
+def create_intermediate(parent_cert_path: Path, parent_key_path: Path, directory: Path, name: str,
+                        key_type: str = "ecdsa-p256", days: int = 1825,
+                        now: dt.datetime | None = None) -> tuple[Path, Path]:
+    """An intermediate CA signed by the parent CA: DIRECTORY/ca.crt and ca.key, as create_ca writes them
+    (so `issue --ca-dir DIRECTORY` issues from it). pathLenConstraint 0: it issues gateways, not CAs."""
+    directory = Path(directory)
+    name = name.strip()
+    if not name:
+        raise PkiError("an intermediate CA needs a name (--name 'Acme Branch CA')")
+    _check_days(days)
+    parent, parent_key = load_certificate(parent_cert_path), load_private_key(parent_key_path)
+    _check_ca_pair(parent, parent_key, Path(parent_cert_path), Path(parent_key_path))
+    now = _now(now)
+    if now >= parent.not_valid_after_utc:
+        raise PkiError(f"{parent_cert_path}: the CA expired {parent.not_valid_after_utc:%Y-%m-%d}")
+    cert_path, key_path = directory / CA_CERT_NAME, directory / CA_KEY_NAME
+    _make_directory(directory)
+    _refuse_existing(cert_path, key_path)
+    key = generate_key(key_type)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])).issuer_name(parent.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(max(now - BACKDATE, parent.not_valid_before_utc))
+        .not_valid_after(min(now + dt.timedelta(days=days), parent.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(key_cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(_authority_key_identifier(parent), critical=False)
+    )
+    _write_pair(cert_path, builder.sign(parent_key, hashes.SHA256()), key_path, key)
+    return cert_path, key_path
+
+
+CRL_NAME = "ca.crl"
+
+
+def revoke(ca_cert_path: Path, ca_key_path: Path, crl_path: Path, certificates: list[Path], days: int = 7,
+           now: dt.datetime | None = None) -> x509.CertificateRevocationList:
+    """Add the certificates' serials to the CA's CRL (created if missing) and sign it again, valid for
+    `days` (its nextUpdate: gateways in hard-fail mode refuse the CA's certificates once it passes, so
+    run this again, with no certificate, before then). Written atomically (temporary file, rename)."""
+    _check_days(days)
+    ca_cert, ca_key = load_certificate(ca_cert_path), load_private_key(ca_key_path)
+    _check_ca_pair(ca_cert, ca_key, Path(ca_cert_path), Path(ca_key_path))
+    now = _now(now)
+    crl_path = Path(crl_path)
+    entries: dict[int, x509.RevokedCertificate] = {}
+    number = 0
+    if crl_path.exists():
+        for old in load_crls(crl_path):
+            if old.issuer != ca_cert.subject or not old.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
+                raise PkiError(f"{crl_path}: not a CRL of {ca_cert.subject.rfc4514_string()}")
+            entries.update((entry.serial_number, entry) for entry in old)
+            try:
+                number = max(number, old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+            except x509.ExtensionNotFound:
+                pass
+    for path in certificates:
+        cert = load_certificate(path)
+        if cert.issuer != ca_cert.subject:
+            raise PkiError(f"{path}: issued by {cert.issuer.rfc4514_string()}, not by this CA "
+                           f"({ca_cert.subject.rfc4514_string()})")
+        entries.setdefault(cert.serial_number, x509.RevokedCertificateBuilder()
+                           .serial_number(cert.serial_number).revocation_date(now).build())
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - BACKDATE)
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number + 1), critical=False)
+        .add_extension(_authority_key_identifier(ca_cert), critical=False)
+    )
+    for entry in entries.values():
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    _replace(crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    return crl
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if os.path.lexists(temporary):
+        os.unlink(temporary)
+    _create(temporary, data, mode)
+    try:
+        os.replace(temporary, path)
+    except OSError as exc:
+        os.unlink(temporary)
+        raise PkiError(f"{path}: cannot replace: {exc.strerror}") from None
 
 
 def issue(ca_cert_path: Path, ca_key_path: Path, out_dir: Path, identity: str, key_type: str = "ecdsa-p256",

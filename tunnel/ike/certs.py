@@ -43,6 +43,7 @@ from cryptography.x509.verification import (
 from tunnel.errors import MalformedPacket, SitelinkError
 from tunnel.ike.constants import AuthMethod, IdType
 from tunnel.ike.errors import AuthenticationFailed
+from tunnel.ike.revocation import RevocationChecker
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -171,7 +172,8 @@ class CertVerifier:
     is enforced too. Both must accept.
     """
 
-    def __init__(self, ca_certificates: Sequence[x509.Certificate]) -> None:
+    def __init__(self, ca_certificates: Sequence[x509.Certificate],
+                 revocation: RevocationChecker | None = None) -> None:
         anchors = list(ca_certificates)
         if not anchors:
             raise InvalidTrustAnchor("no CA certificate configured: certificate authentication needs at least one")
@@ -180,6 +182,7 @@ class CertVerifier:
                 raise InvalidTrustAnchor(f"{_subject(ca)} is not a CA certificate (basicConstraints CA=true missing)")
         self._anchors = anchors
         self._store = Store(anchors)
+        self._revocation = revocation
 
     def verify(self, chain: Sequence[bytes], identity: PeerIdentity, now: dt.datetime) -> PublicKey:
         """Return the end entity's public key (to check AUTH with) or raise AuthenticationFailed."""
@@ -190,6 +193,8 @@ class CertVerifier:
         _check_end_entity(leaf)
         _check_identity(leaf, identity)
         self._library_check(leaf, intermediates, now, path)
+        if self._revocation:
+            self._revocation.check(path, now)
         key = leaf.public_key()
         if isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
             _check_key_strength(key, _label(leaf))

@@ -12,7 +12,8 @@ from tunnel.ike.proposal import EspSuite, IkeSuite
 from tunnel.ike.window import Backoff
 
 if TYPE_CHECKING:  # the x509 machinery is loaded only by a gateway that uses certificates
-    from tunnel.ike.certs import PrivateKey, PublicKey
+    from tunnel.ike.certs import PublicKey
+    from tunnel.ike.trust import Credential
 
 # (certificate chain DER, peer identity (id_type, data), now) -> public key; raises AuthenticationFailed
 ChainVerifier = Callable[[Sequence[bytes], int, bytes, datetime], "PublicKey"]
@@ -25,9 +26,10 @@ class PskAuth:
 
 @dataclass(frozen=True)
 class CertAuth:
-    private_key: PrivateKey = field(repr=False)  # ECDSA P-256 or RSA
-    chain: tuple[bytes, ...]  # our certificate (DER) first, then intermediates
-    verify_peer: ChainVerifier  # checks the peer's chain against the site CA and the expected identity
+    # Our certificates with their keys (more than one during a CA rollover); the peer's CERTREQ picks
+    # (tunnel/ike/trust.py), the first is the default.
+    credentials: tuple[Credential, ...]
+    verify_peer: ChainVerifier  # checks the peer's chain against the trusted CAs and the expected identity
     ca_key_hashes: bytes = b""  # CERTREQ data: SHA-1 of each trusted CA's SubjectPublicKeyInfo (§3.7)
 
 

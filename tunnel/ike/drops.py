@@ -31,6 +31,8 @@ class IkeDrop(enum.IntEnum):
     BAD_PROPOSAL_SPI = 21  # a proposal's SPI of the wrong size or a reserved value (ESP 0-255)
     BAD_IDENTITY = 22  # an IDi/IDr that is too long, or a name with control characters
     TOO_MANY_SELECTORS = 23  # a TS payload with more traffic selectors than we ever accept
+    CERT_REVOKED = 24  # the peer's certificate (or a CA above it) is on a CRL we hold: AUTHENTICATION_FAILED
+    CERT_STATUS_UNKNOWN = 25  # its CA's CRL is stale or does not verify, and revocation is hard-fail
 
     @property
     def label(self) -> str:

@@ -42,6 +42,16 @@ class AuthenticationFailed(IkeError):
     notify = NotifyType.AUTHENTICATION_FAILED
 
 
+class CertificateRevoked(AuthenticationFailed):
+    drop = IkeDrop.CERT_REVOKED
+
+
+class RevocationUnknown(AuthenticationFailed):
+    """The revocation status could not be established and the configuration says hard-fail."""
+
+    drop = IkeDrop.CERT_STATUS_UNKNOWN
+
+
 class BadIdentity(AuthenticationFailed):
     """An identity too long to be one, or a name with control characters: never compared, never logged."""
 

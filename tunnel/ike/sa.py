@@ -162,6 +162,8 @@ class IkeSa:
         # whose peer is `any`): IKE_SA_INIT uses the first whose proposals match, IKE_AUTH the one whose
         # remote_id is the peer's IDi (tasks/ike_auth.identify). Empty once the tunnel is known.
         self.candidates: tuple[IkeConfig, ...] = ()
+        self.peer_authorities: frozenset[bytes] = frozenset()  # CA key hashes of the peer's CERTREQ (§3.7)
+        self.peer_chain: tuple[bytes, ...] = ()  # the certificates the peer authenticated with (DER)
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
 
@@ -390,6 +392,7 @@ class IkeSa:
         new.enter(IkeState.ESTABLISHED, now)
         new.send_initial_contact = False
         new.quiet = True
+        new.peer_authorities, new.peer_chain = self.peer_authorities, self.peer_chain  # same authentication
         self.spawned.append(new)
         return new
 

@@ -31,6 +31,7 @@ from tunnel.ike.message import (
 )
 from tunnel.ike.proposal import EspSuite, accept_esp, offer_esp, select_esp
 from tunnel.ike.sa import Exchange, IkeSa, IkeSaCrypto, IkeState, Task
+from tunnel.ike.trust import Credential, choose, requested_authorities
 from tunnel.secret import Secret
 
 
@@ -106,6 +107,7 @@ def on_request(sa: IkeSa, data: bytes, message: Message, now: float) -> None:
     if sa.candidates:
         identify(sa, idi)
     _check_identity(sa, idi)
+    note_certreq(sa, message)
     octets = keys.signed_octets(crypto.init_request, crypto.nr, crypto.suite.prf, crypto.keys.sk_pi, idi.body())
     _verify(sa, auth, octets, idi, message)
     sa.initial_contact_received = message.notify(NotifyType.INITIAL_CONTACT) is not None
@@ -171,10 +173,22 @@ def _install_child(sa: IkeSa, spi_in: int, spi_out: int, suite: EspSuite, local:
             sa.schedule_new_child(now)
 
 
-def _certificates(sa: IkeSa) -> list[Payload]:
+def note_certreq(sa: IkeSa, message: Message) -> None:
+    """Remember which CAs the peer trusts (its CERTREQ, RFC 7296 §3.7), to pick the chain we send."""
+    data = [p.data for p in message.all(CertReqPayload) if p.encoding == CertEncoding.X509_SIGNATURE]
+    if data:
+        sa.peer_authorities = requested_authorities(data)
+
+
+def _credential(sa: IkeSa) -> tuple[Credential, tuple[bytes, ...]]:
     auth = sa.config.auth
-    if isinstance(auth, CertAuth):
-        return [CertPayload(CertEncoding.X509_SIGNATURE, der) for der in auth.chain]
+    assert isinstance(auth, CertAuth)
+    return choose(auth.credentials, sa.peer_authorities)
+
+
+def _certificates(sa: IkeSa) -> list[Payload]:
+    if isinstance(sa.config.auth, CertAuth):
+        return [CertPayload(CertEncoding.X509_SIGNATURE, der) for der in _credential(sa)[1]]
     return []
 
 
@@ -182,7 +196,8 @@ def _auth_payload(sa: IkeSa, octets: bytes) -> AuthPayload:
     auth = sa.config.auth
     if isinstance(auth, PskAuth):
         return AuthPayload(AuthMethod.SHARED_KEY_MIC, keys.psk_auth(_crypto(sa).suite.prf, auth.psk, octets))
-    method, data = sign_auth(auth.private_key, octets)
+    credential = _credential(sa)[0]
+    method, data = sign_auth(credential.private_key, octets, rsa_pss=credential.rsa_pss)
     return AuthPayload(method, data)
 
 
@@ -202,6 +217,7 @@ def _verify(sa: IkeSa, auth: AuthPayload, octets: bytes, id_payload: IdPayload, 
         raise AuthenticationFailed("no wall clock configured to check certificate validity")
     public_key = config.auth.verify_peer(chain, id_payload.id_type, id_payload.data, config.wall_clock())
     verify_auth(public_key, auth.method, auth.data, octets)
+    sa.peer_chain = tuple(bytes(c) for c in chain)  # checked again when a reload brings new revocations
 
 
 MAX_ID_LEN = 255  # an FQDN is at most 253 characters; a longer identity is no identity of ours

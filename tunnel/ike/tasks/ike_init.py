@@ -25,6 +25,7 @@ from tunnel.ike.message import (
 from tunnel.ike.proposal import IkeSuite, accept_ike, offer_ike, select_ike
 from tunnel.ike.sa import MAX_INIT_RETRIES, Address, Exchange, IkeSa, IkeSaCrypto, IkeState, Task
 from tunnel.ike.sk import SkCipher
+from tunnel.ike.tasks.ike_auth import note_certreq
 
 SIGNATURE_HASH_ALGORITHMS = b"\x00\x02\x00\x03\x00\x04"  # SHA2-256/384/512, RFC 7427 §4
 MAX_COOKIE_LEN = 64  # §2.6: a cookie is 1 to 64 octets; we echo nothing longer
@@ -52,6 +53,7 @@ class InitAttempt(Exchange):
         if ke.group != suite.dh or ke.group != self.dh.group:
             raise IkeError(f"responder chose DH group {suite.dh} but sent KE for group {ke.group}")
         sa.spi_r = message.header.spi_r
+        note_certreq(sa, message)
         shared = self.dh.shared_secret(ke.data)
         sa.crypto = _derive(sa, suite, shared, self.nonce, nonce.data, self.packet, data, True)
         sa.use_nat_t_port()
