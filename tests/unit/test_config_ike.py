@@ -659,3 +659,23 @@ def test_dual_stack_listen_serves_peers_of_both_families(site: Path) -> None:
     assert problems(write(site, text.replace("  listen:\n", "  workers: 2\n  listen:\n"))) == [
         "C:3:12: gateway.workers: workers > 1 needs one listening address (for now): the workers' sockets share "
         "one family's SPI steering; use workers: 1 with a dual-stack listen.address"]
+
+
+def test_accept_psk_file_and_fragmentation(site: Path) -> None:
+    write_file(site / "keys" / "next.psk", b"another-pre-shared-key-of-enough-length\n")
+    config = load_config(write(site, GOOD + "      accept_psk_file: keys/next.psk\n      fragmentation: false\n"))
+    ike = config.tunnels[0].ike
+    assert ike.accept_psk.reveal() == b"another-pre-shared-key-of-enough-length" and ike.psk.reveal() == PSK
+    assert ike.fragmentation is False
+    assert load_config(write(site, GOOD)).tunnels[0].ike.fragmentation is True  # on by default
+    assert "next" not in repr(ike) and "another" not in repr(ike)
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ("      accept_psk_file: keys/b1.psk\n", "accept_psk_file: holds the same key as psk_file"),
+    ("      accept_psk_file: keys/none.psk\n", "accept_psk_file:"),
+    ("      fragmentation: sometimes\n", "fragmentation:"),
+])
+def test_accept_psk_file_mistakes(site: Path, extra: str, expected: str) -> None:
+    found = problems(write(site, GOOD + extra))
+    assert any(expected in p for p in found), found

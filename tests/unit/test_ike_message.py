@@ -597,7 +597,7 @@ deletes = st.one_of(
     st.just(DeletePayload(ProtocolId.IKE, ())),
     st.builds(DeletePayload, st.sampled_from([ProtocolId.AH, ProtocolId.ESP]), st.lists(spi4, max_size=5).map(tuple)),
 )
-UNKNOWN_TYPES = [t for t in range(1, 256) if t not in DECODERS and t != PayloadType.SK]
+UNKNOWN_TYPES = [t for t in range(1, 256) if t not in DECODERS and t not in (PayloadType.SK, PayloadType.SKF)]
 
 payloads = st.one_of(
     st.builds(SaPayload, st.lists(proposals, max_size=3).map(tuple)),

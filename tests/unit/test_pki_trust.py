@@ -57,13 +57,14 @@ def failure(d) -> IkeSaFailed | None:
     return next((e for e in _events(d) if isinstance(e, IkeSaFailed)), None)
 
 
-def make_company(tmp_path: Path, now: dt.datetime | None = NOW) -> dict[str, Path]:
+def make_company(tmp_path: Path, now: dt.datetime | None = NOW, key_type: str = "ecdsa-p256") -> dict[str, Path]:
     """Root CA -> intermediate "Branch CA" -> hq.test and br.test (as `sitelink pki` makes them)."""
     root, root_key = create_ca(tmp_path / "root", "Acme Root CA", now=now)
     sub, sub_key = create_intermediate(root, root_key, tmp_path / "sub", "Acme Branch CA", now=now)
     files = {"root": root, "root_key": root_key, "sub": sub, "sub_key": sub_key}
     for site in ("hq", "br"):
-        files[site], files[f"{site}_key"] = issue(sub, sub_key, tmp_path / site, f"{site}.test", days=30, now=now)
+        files[site], files[f"{site}_key"] = issue(sub, sub_key, tmp_path / site, f"{site}.test", key_type=key_type,
+                                                  days=30, now=now)
     return files
 
 

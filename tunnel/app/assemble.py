@@ -19,6 +19,7 @@ from tunnel.esp.overhead import inner_mtu
 from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.ike.certs import PeerIdentity
 from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
+from tunnel.ike.fragments import DEFAULT_FRAGMENT_SIZE
 
 SEQ_SOFT_LIMIT = 3 * 2**30  # rekey long before the 32-bit sequence numbers run out (RFC 4303 §3.3.3)
 HARD_VOLUME_FACTOR = 1.1  # past soft * this without a new SA, the outbound SA is dropped (fail closed)
@@ -131,7 +132,8 @@ def ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) -> 
     local, remote = PeerIdentity.parse(ike.local_id), PeerIdentity.parse(ike.remote_id)
     if ike.auth == "psk":
         assert ike.psk is not None
-        auth: PskAuth | CertAuth = PskAuth(ike.psk.reveal())
+        accepted = (ike.accept_psk.reveal(),) if ike.accept_psk is not None else ()
+        auth: PskAuth | CertAuth = PskAuth(ike.psk.reveal(), accepted)
     else:
         assert cert_auth is not None
         auth = cert_auth
@@ -150,5 +152,6 @@ def ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) -> 
         ike_rekey_time=float(ike.ike_rekey_time),
         ike_lifetime=float(ike.ike_lifetime) if ike.ike_lifetime else None,
         dpd_delay=float(ike.dpd_delay),
+        fragment_size=DEFAULT_FRAGMENT_SIZE if ike.fragmentation else 0,
         workers=workers,
     )

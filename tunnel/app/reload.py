@@ -81,5 +81,8 @@ def plan_reload(running: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
 
 
 def _negotiated(tunnel: Tunnel) -> Tunnel:
-    """The tunnel without the settings the forwarder applies per packet (what is left, IKE agreed on)."""
-    return dataclasses.replace(tunnel, mtu=None, firewall=None, qos=TunnelQos())
+    """The tunnel without the settings the forwarder applies per packet, nor the pre-shared keys, which
+    only the next authentication uses (a key change keeps the SAs: README "Changing a PSK"); what is
+    left, IKE agreed on."""
+    ike = tunnel.ike and dataclasses.replace(tunnel.ike, psk=None, accept_psk=None)
+    return dataclasses.replace(tunnel, mtu=None, firewall=None, qos=TunnelQos(), ike=ike)

@@ -349,10 +349,11 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
         # Volume lifetimes (RFC 4301 §4.4.2.1): rekey after so many bytes / packets; 0 = none.
         "rekey_bytes": lambda doc, node, path: doc.integer(node, path, 0, 2**62),
         "rekey_packets": lambda doc, node, path: doc.integer(node, path, 0, 2**32 - 1),
+        "fragmentation": Doc.boolean,
     }
     start = doc.checkpoint()
     required = ("auth", "local_id", "remote_id")
-    fields = doc.mapping(node, path, required, (set(parsers) | {"psk_file"}) - set(required))
+    fields = doc.mapping(node, path, required, (set(parsers) | {"psk_file", "accept_psk_file"}) - set(required))
     if fields is None:
         return None
     v = _fields(doc, fields, path, parsers)
@@ -365,6 +366,15 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
     elif auth == "cert" and "psk_file" in fields:
         doc.error(fields["psk_file"], here, "only for auth: psk; auth: cert uses the certificate and key in "
                                             "gateway.pki")
+    accept = None
+    if "accept_psk_file" in fields:
+        there = key_path(path, "accept_psk_file")
+        if auth == "psk":
+            accept = _psk_file(doc, fields["accept_psk_file"], there, base_dir)
+            if accept is not None and psk is not None and accept.reveal() == psk.reveal():
+                doc.error(fields["accept_psk_file"], there, "holds the same key as psk_file")
+        elif auth is not None:
+            doc.error(fields["accept_psk_file"], there, "only for auth: psk")
     for soft, hard in (("rekey_time", "lifetime"), ("ike_rekey_time", "ike_lifetime")):
         if soft in v and hard in v and v[hard] <= v[soft]:
             doc.error(fields[hard], key_path(path, hard), f"must be longer than {soft} ({v[soft]} s), so the "
@@ -374,9 +384,9 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
              "remote_identity": remote[1] if remote else None, "start": v.get("start")}
     if not doc.clean_since(start) or auth is None or remote is None:
         return IkeParts(**parts, model=None)
-    model = Ike(auth=auth, local_id=v["local_id"][0], remote_id=remote[0], psk=psk,
-                **{key: v[key] for key in ("ike_proposals", "esp_proposals", "dpd_action", *LIFETIME_KEYS)
-                   if key in v},
+    model = Ike(auth=auth, local_id=v["local_id"][0], remote_id=remote[0], psk=psk, accept_psk=accept,
+                **{key: v[key] for key in ("ike_proposals", "esp_proposals", "dpd_action", "fragmentation",
+                                           *LIFETIME_KEYS) if key in v},
                 start=StartMode(v.get("start", StartMode.INITIATE)))
     return IkeParts(**parts, model=model)
 

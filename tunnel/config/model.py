@@ -104,7 +104,9 @@ class Ike:
     auth: str  # "psk" | "cert"
     local_id: str
     remote_id: str
-    psk: Secret | None = None  # from psk_file (auth: psk)
+    psk: Secret | None = None  # from psk_file (auth: psk): sent, and accepted from the peer
+    # from accept_psk_file: also accepted from the peer, never sent (a key change, README "Changing a PSK")
+    accept_psk: Secret | None = None
     ike_proposals: tuple[IkeSuite, ...] = (IkeSuite(),)
     esp_proposals: tuple[EspSuite, ...] = (EspSuite(),)
     start: StartMode = StartMode.INITIATE
@@ -119,6 +121,7 @@ class Ike:
     dpd_action: str | None = None
     rekey_bytes: int = 0  # rekey the Child SA after this many bytes sent on it; 0 = no byte limit
     rekey_packets: int = 0  # likewise packets (the 32-bit sequence number space always triggers one)
+    fragmentation: bool = True  # offer IKE fragmentation (RFC 7383) for messages beyond 1280-byte packets
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ ChainVerifier = Callable[[Sequence[bytes], int, bytes, datetime], "PublicKey"]
 
 @dataclass(frozen=True)
 class PskAuth:
-    psk: bytes = field(repr=False)
+    psk: bytes = field(repr=False)  # what we authenticate with, and accept
+    accepted: tuple[bytes, ...] = field(default=(), repr=False)  # also accepted from the peer (a key change)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class IkeConfig:
     remote_ts: Sequence[TsRange] = ()
     backoff: Backoff = Backoff()
     nonce_len: int = 32
+    # IKE fragmentation (RFC 7383): offered in IKE_SA_INIT; once both sides agree, an encrypted message
+    # larger than an IP packet of this size goes as SKF fragments. 0: not offered.
+    fragment_size: int = 1280
     # Wall clock for certificate validity; the session itself only sees monotonic `now`.
     wall_clock: Callable[[], datetime] | None = None
     # SA lifetimes (RFC 7296 §2.8), in seconds of the session's monotonic clock. The soft (rekey) time is

@@ -33,6 +33,8 @@ class IkeDrop(enum.IntEnum):
     TOO_MANY_SELECTORS = 23  # a TS payload with more traffic selectors than we ever accept
     CERT_REVOKED = 24  # the peer's certificate (or a CA above it) is on a CRL we hold: AUTHENTICATION_FAILED
     CERT_STATUS_UNKNOWN = 25  # its CA's CRL is stale or does not verify, and revocation is hard-fail
+    FRAGMENT_UNEXPECTED = 26  # an SKF fragment on an IKE SA that did not negotiate fragmentation (RFC 7383)
+    BAD_FRAGMENT = 27  # a fragment numbered out of range, too many or too large, or a stale retransmission
 
     @property
     def label(self) -> str:

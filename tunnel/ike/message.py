@@ -32,6 +32,7 @@ from tunnel.ike.payloads import (  # re-exported: callers import the whole messa
     Payload,
     Proposal,
     SaPayload,
+    SkfPayload,
     SkPayload,
     TrafficSelector,
     Transform,
@@ -64,6 +65,7 @@ __all__ = [
     "Payload",
     "Proposal",
     "SaPayload",
+    "SkfPayload",
     "SkPayload",
     "TrafficSelector",
     "Transform",
@@ -189,6 +191,15 @@ def _parse_chain(ptype: int, data: bytes, pos: int, allow_sk: bool) -> tuple[Pay
                 raise MalformedPacket("SK payload is not the last payload")
             payloads.append(SkPayload(next_type, body))
             return tuple(payloads)
+        if ptype == PayloadType.SKF:
+            # RFC 7383 §2.5: the Encrypted Fragment payload is the only payload of its message.
+            if not allow_sk or payloads or pos != end:
+                raise MalformedPacket("SKF payload is not the only payload of its message")
+            if len(body) < 4:
+                raise MalformedPacket("SKF payload shorter than its Fragment Number and Total Fragments")
+            number, total = struct.unpack_from("!HH", body)
+            payloads.append(SkfPayload(next_type, number, total, body[4:]))
+            return tuple(payloads)
         decoder = DECODERS.get(ptype)
         if decoder is not None:  # the critical bit of a known payload is ignored (§3.2)
             payloads.append(decoder(ptype, body))
@@ -247,6 +258,11 @@ def _encode_header(header: IkeHeader, next_type: int, length: int) -> bytes:
         )
     except struct.error as exc:
         raise ValueError(f"IKE header: {exc}") from exc
+
+
+def encode_header(header: IkeHeader, next_type: int, length: int) -> bytes:
+    """The 28-octet IKE header (§3.1) for a message of `length` bytes whose first payload is next_type."""
+    return _encode_header(header, next_type, length)
 
 
 def encode_message(header: IkeHeader, payloads: Sequence[Payload]) -> bytes:

@@ -232,8 +232,19 @@ class SkPayload:
     body: bytes
 
 
+@dataclass(frozen=True)
+class SkfPayload:
+    """RFC 7383 §2.5 Encrypted Fragment payload as received: the first inner payload's type (fragment 1
+    only, else 0), Fragment Number, Total Fragments, and IV|ciphertext|ICV."""
+
+    first_inner: int
+    number: int
+    total: int
+    body: bytes
+
+
 Payload = (SaPayload | KePayload | NoncePayload | IdPayload | AuthPayload | CertPayload | CertReqPayload
-           | NotifyPayload | DeletePayload | TsPayload | VendorPayload | UnknownPayload | SkPayload)
+           | NotifyPayload | DeletePayload | TsPayload | VendorPayload | UnknownPayload | SkPayload | SkfPayload)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,14 +13,22 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from tunnel.errors import MalformedPacket
-from tunnel.ike import keys
+from tunnel.ike import fragments, keys
 from tunnel.ike.child import ChildSa, ChildState, IllegalTransition, new_spi
 from tunnel.ike.config import IkeConfig
 from tunnel.ike.constants import IKE_PORT, NAT_T_PORT, ExchangeType, Flag
 from tunnel.ike.drops import IkeDrop, IkeDrops
 from tunnel.ike.errors import IkeError, IntegrityError
 from tunnel.ike.events import ChildSaDeleted, Event, IkeSaDeleted, IkeSaFailed
-from tunnel.ike.message import IkeHeader, Message, Payload, encode_message, encode_sk_message, open_sk_message
+from tunnel.ike.message import (
+    IkeHeader,
+    Message,
+    Payload,
+    SkfPayload,
+    encode_message,
+    encode_sk_message,
+    open_sk_message,
+)
 from tunnel.ike.proposal import IkeSuite
 from tunnel.ike.sk import SkCipher
 from tunnel.ike.window import RequestWindow, ResponseWindow
@@ -164,6 +172,10 @@ class IkeSa:
         self.candidates: tuple[IkeConfig, ...] = ()
         self.peer_authorities: frozenset[bytes] = frozenset()  # CA key hashes of the peer's CERTREQ (§3.7)
         self.peer_chain: tuple[bytes, ...] = ()  # the certificates the peer authenticated with (DER)
+        # Both sides sent IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT (RFC 7383 §2.3): large encrypted
+        # messages go as SKF fragments, and fragments from the peer are accepted.
+        self.fragmentation = False
+        self.reassembly: dict[bool, fragments.Reassembly] = {}  # by "is a response": one message each way
         self._out: list[Datagram] = []
         self._events: deque[Event] = deque()
 
@@ -198,11 +210,12 @@ class IkeSa:
     def send_request(self, exchange: int, payloads: Sequence[Payload], now: float, state: Exchange,
                      encrypted: bool = True) -> bytes:
         message_id = self.requests.next_id
-        packet = self._encode(self.header(exchange, message_id, False), payloads, encrypted)
-        self.requests.send(message_id, packet, now)
+        packets = self._encode(self.header(exchange, message_id, False), payloads, encrypted)
+        self.requests.send(message_id, packets, now)
         self.exchange, self.request_type = state, exchange
-        self._emit(packet)
-        return packet
+        for packet in packets:
+            self._emit(packet)
+        return packets[0]
 
     def resend_request(self, payloads: Sequence[Payload], now: float) -> bytes:
         """IKE_SA_INIT again with changed payloads (COOKIE, INVALID_KE_PAYLOAD): same message ID 0."""
@@ -213,10 +226,11 @@ class IkeSa:
 
     def send_response(self, request: Message, payloads: Sequence[Payload], encrypted: bool = True) -> bytes:
         header = self.header(request.header.exchange, request.header.message_id, True)
-        packet = self._encode(header, payloads, encrypted)
-        self.responses.answered(request.header.message_id, [packet])
-        self._emit(packet)
-        return packet
+        packets = self._encode(header, payloads, encrypted)
+        self.responses.answered(request.header.message_id, packets)
+        for packet in packets:
+            self._emit(packet)
+        return packets[0]
 
     def resend_response(self) -> None:
         """RFC 7296 §2.1: a retransmitted request gets the cached response again."""
@@ -236,6 +250,45 @@ class IkeSa:
         except MalformedPacket:
             self.drop(IkeDrop.MALFORMED)
         return None
+
+    def open_fragment(self, data: bytes, message: Message, response: bool) -> tuple[int, Message | None] | None:
+        """An SKF fragment (RFC 7383 §2.6) of the message with its header's ID, opened on its own: None
+        (counted) when it is refused; else (its Fragment Number, the whole message once every fragment
+        is here, else None). The caller has checked the Message ID is one we are waiting for."""
+        skf = message.payloads[0]
+        assert isinstance(skf, SkfPayload)
+        if not self.fragmentation:
+            self.drop(IkeDrop.FRAGMENT_UNEXPECTED)  # not negotiated: the peer must not send SKF
+            return None
+        if self.crypto is None:
+            self.drop(IkeDrop.NO_KEYS)
+            return None
+        try:
+            fragments.check(skf)
+            inner = fragments.unpad(self.crypto.sk_in.open(data[:len(data) - len(skf.body)], skf.body))
+        except IntegrityError:
+            self.drop(IkeDrop.INTEGRITY)
+            return None
+        except MalformedPacket:
+            self.drop(IkeDrop.BAD_FRAGMENT)
+            return None
+        message_id = message.header.message_id
+        current = self.reassembly.get(response)
+        if current is not None and current.message_id == message_id and skf.total < current.total:
+            self.drop(IkeDrop.BAD_FRAGMENT)  # §2.6: fewer fragments than before: a stale retransmission
+            return None
+        if current is None or current.message_id != message_id or skf.total > current.total:
+            current = self.reassembly[response] = fragments.Reassembly(message_id, skf.total)  # §2.6: start anew
+        try:
+            complete = current.add(skf.number, skf.first_inner, inner)
+        except MalformedPacket:
+            self.drop(IkeDrop.BAD_FRAGMENT)
+            del self.reassembly[response]
+            return None
+        if not complete:
+            return skf.number, None
+        del self.reassembly[response]
+        return skf.number, current.message(message.header)
 
     def use_nat_t_port(self) -> None:
         """From now on IKE (and ESP) use UDP 4500 with the non-ESP marker (RFC 3948 §2.2, RFC 7296 §2.23)."""
@@ -393,15 +446,22 @@ class IkeSa:
         new.send_initial_contact = False
         new.quiet = True
         new.peer_authorities, new.peer_chain = self.peer_authorities, self.peer_chain  # same authentication
+        new.fragmentation = self.fragmentation  # negotiated once per IKE SA and its rekeyed successors
         self.spawned.append(new)
         return new
 
     # -- internals ----------------------------------------------------------------------------------------
-    def _encode(self, header: IkeHeader, payloads: Sequence[Payload], encrypted: bool) -> bytes:
-        if encrypted:
-            assert self.crypto is not None, "SK payloads need the keys of IKE_SA_INIT"
-            return encode_sk_message(header, payloads, self.crypto.sk_out.seal)
-        return encode_message(header, payloads)
+    def _encode(self, header: IkeHeader, payloads: Sequence[Payload], encrypted: bool) -> list[bytes]:
+        """The message, or its SKF fragments when both sides agreed to fragment and it would not fit
+        one packet of the configured fragment size (RFC 7383 §2.5)."""
+        if not encrypted:
+            return [encode_message(header, payloads)]
+        assert self.crypto is not None, "SK payloads need the keys of IKE_SA_INIT"
+        packet = encode_sk_message(header, payloads, self.crypto.sk_out.seal)
+        limit = fragments.max_message(self.config.fragment_size) if self.config.fragment_size else 0
+        if not self.fragmentation or not limit or len(packet) <= limit:
+            return [packet]
+        return fragments.encode_fragments(header, payloads, self.crypto.sk_out.seal, limit)
 
     def _emit(self, packet: bytes) -> None:
         self._out.append((packet, self.remote, self.local_port))

@@ -14,7 +14,7 @@ from tunnel.ike.child import ChildSa, ChildState
 from tunnel.ike.constants import NAT_T_PORT, ExchangeType, ProtocolId
 from tunnel.ike.drops import IkeDrop
 from tunnel.ike.errors import IkeError
-from tunnel.ike.message import IkeHeader, Message, NotifyPayload, SaPayload, parse_message
+from tunnel.ike.message import IkeHeader, Message, NotifyPayload, SaPayload, SkfPayload, parse_message
 from tunnel.ike.payloads import TooManySelectors
 from tunnel.ike.sa import Address, IkeSa, IkeState
 from tunnel.ike.tasks import child_create, delete, dpd, ike_auth, ike_init, ike_rekey
@@ -99,11 +99,11 @@ class IkeSession(IkeSa):
             if self.state_deadline is not None and now >= self.state_deadline:
                 return self._state_expired()
             try:
-                packet = self.requests.on_timer(now)
+                packets = self.requests.on_timer(now)
             except TimeoutError as exc:
                 dead = " (dead peer)" if self.ike_expire_at is not None else ""
                 return self.fail(f"peer {self.remote[0]} does not answer{dead}: {exc}")
-            if packet is not None:
+            for packet in packets:
                 self._emit(packet)
             self.proceed(now)
         except Exception as exc:  # noqa: BLE001
@@ -192,7 +192,13 @@ class IkeSession(IkeSa):
         if not self.requests.matches(header.message_id) or header.exchange != self.request_type or exchange is None:
             return self.drop(IkeDrop.UNEXPECTED_RESPONSE)
         if header.exchange != ExchangeType.IKE_SA_INIT:
-            opened = self.open(data, message)
+            if isinstance(message.payloads[0] if message.payloads else None, SkfPayload):
+                piece = self.open_fragment(data, message, response=True)
+                if piece is None or piece[1] is None:
+                    return
+                opened: Message | None = piece[1]
+            else:
+                opened = self.open(data, message)
             if opened is None:
                 return
             message = opened
@@ -209,6 +215,8 @@ class IkeSession(IkeSa):
 
     def _on_request(self, data: bytes, message: Message, remote: Address, local_port: int, now: float) -> None:
         exchange = message.header.exchange
+        if isinstance(message.payloads[0] if message.payloads else None, SkfPayload):
+            return self._on_request_fragment(data, message, remote, local_port, now)
         kind = self.responses.classify(message.header.message_id, data)
         if kind == "duplicate":  # RFC 7296 §2.1: the same request again gets the cached response
             return self.resend_response()
@@ -220,10 +228,37 @@ class IkeSession(IkeSa):
             opened = self.open(data, message)
             if opened is None:
                 return
-            message = opened
-            self.heard(now)
-            # RFC 7296 §2.11: answer where the request came from, on the port it arrived at.
-            self.remote, self.local_port = remote, local_port
+            self._handle_request(opened, data, remote, local_port, now)
+            return
+        self._dispatch_request(data, message, now)
+
+    def _on_request_fragment(self, data: bytes, message: Message, remote: Address, local_port: int,
+                             now: float) -> None:
+        """RFC 7383 §2.6: fragments of the request we expect are collected; a fragment of the request we
+        answered last is a retransmission, and (once it verifies) its fragment 1 gets our response again."""
+        message_id = message.header.message_id
+        if message_id == self.responses.last_id:
+            piece = self.open_fragment(data, message, response=False)
+            self.reassembly.pop(False, None)
+            if piece is not None and piece[0] == 1:
+                self.resend_response()
+            return None
+        if message_id != self.responses.expected:
+            return self.drop(IkeDrop.INVALID_MESSAGE_ID)
+        piece = self.open_fragment(data, message, response=False)
+        if piece is None or piece[1] is None:
+            return None
+        self.responses.classify(message_id, data)
+        return self._handle_request(piece[1], data, remote, local_port, now)
+
+    def _handle_request(self, opened: Message, data: bytes, remote: Address, local_port: int, now: float) -> None:
+        self.heard(now)
+        # RFC 7296 §2.11: answer where the request came from, on the port it arrived at.
+        self.remote, self.local_port = remote, local_port
+        self._dispatch_request(data, opened, now)
+
+    def _dispatch_request(self, data: bytes, message: Message, now: float) -> None:
+        exchange = message.header.exchange
         handler = _create_child_sa_handler(message) if exchange == ExchangeType.CREATE_CHILD_SA \
             else _REQUEST_HANDLERS.get(exchange)
         if handler is None:

@@ -29,13 +29,13 @@ class Backoff:
 class RequestWindow:
     """Our outgoing requests: at most one outstanding (window size 1)."""
 
-    __slots__ = ("backoff", "next_id", "outstanding", "packet", "attempt", "deadline")
+    __slots__ = ("backoff", "next_id", "outstanding", "packets", "attempt", "deadline")
 
     def __init__(self, backoff: Backoff, first_id: int = 0) -> None:
         self.backoff = backoff
         self.next_id = first_id
         self.outstanding: int | None = None
-        self.packet: bytes = b""
+        self.packets: list[bytes] = []  # the request as sent: one message, or its fragments (RFC 7383)
         self.attempt = 0
         self.deadline: float | None = None
 
@@ -43,9 +43,9 @@ class RequestWindow:
     def busy(self) -> bool:
         return self.outstanding is not None
 
-    def send(self, message_id: int, packet: bytes, now: float) -> None:
+    def send(self, message_id: int, packets: list[bytes], now: float) -> None:
         self.outstanding = message_id
-        self.packet = packet
+        self.packets = packets
         self.attempt = 0
         self.deadline = now + self.backoff.delay(0)
         self.next_id = message_id + 1
@@ -53,7 +53,7 @@ class RequestWindow:
     def resend_same(self, packet: bytes, now: float) -> None:
         """The same request again with changed content (COOKIE, INVALID_KE retry): same ID, fresh timer."""
         self.outstanding = self.next_id - 1
-        self.packet = packet
+        self.packets = [packet]
         self.attempt = 0
         self.deadline = now + self.backoff.delay(0)
 
@@ -62,19 +62,19 @@ class RequestWindow:
 
     def complete(self) -> None:
         self.outstanding = None
-        self.packet = b""
+        self.packets = []
         self.deadline = None
 
-    def on_timer(self, now: float) -> bytes | None:
-        """The packet to retransmit now, or None. Raises TimeoutError once every try is used."""
+    def on_timer(self, now: float) -> list[bytes]:
+        """The packets to retransmit now (none yet: empty). Raises TimeoutError once every try is used."""
         if self.deadline is None or now < self.deadline:
-            return None
+            return []
         self.attempt += 1
         if self.attempt >= self.backoff.tries:
             self.complete()
             raise TimeoutError(f"no response after {self.backoff.tries} transmissions")
         self.deadline = now + self.backoff.delay(self.attempt)
-        return self.packet
+        return self.packets
 
 
 class ResponseWindow:

@@ -204,8 +204,10 @@ def _auth_payload(sa: IkeSa, octets: bytes) -> AuthPayload:
 def _verify(sa: IkeSa, auth: AuthPayload, octets: bytes, id_payload: IdPayload, message: Message) -> None:
     config = sa.config
     if isinstance(config.auth, PskAuth):
-        expected = keys.psk_auth(_crypto(sa).suite.prf, config.auth.psk, octets)
-        if auth.method != AuthMethod.SHARED_KEY_MIC or not hmac.compare_digest(auth.data, expected):
+        prf = _crypto(sa).suite.prf
+        matches = [hmac.compare_digest(auth.data, keys.psk_auth(prf, psk, octets))
+                   for psk in (config.auth.psk, *config.auth.accepted)]
+        if auth.method != AuthMethod.SHARED_KEY_MIC or not any(matches):
             raise AuthenticationFailed(f"pre-shared key AUTH from {sa.remote[0]} does not verify (wrong PSK?)")
         return
     if auth.method == AuthMethod.SHARED_KEY_MIC:

@@ -54,6 +54,8 @@ class InitAttempt(Exchange):
             raise IkeError(f"responder chose DH group {suite.dh} but sent KE for group {ke.group}")
         sa.spi_r = message.header.spi_r
         note_certreq(sa, message)
+        sa.fragmentation = bool(sa.config.fragment_size) and \
+            message.notify(NotifyType.FRAGMENTATION_SUPPORTED) is not None
         shared = self.dh.shared_secret(ke.data)
         sa.crypto = _derive(sa, suite, shared, self.nonce, nonce.data, self.packet, data, True)
         sa.use_nat_t_port()
@@ -117,9 +119,13 @@ def on_request(sa: IkeSa, data: bytes, message: Message, now: float) -> None:
     except DegeneratePublicValue as exc:
         return _refuse(sa, message, NotifyType.INVALID_SYNTAX, b"", str(exc))
     sa.spi_r = sa.random(8)
+    sa.fragmentation = _offers_fragmentation(sa) and message.notify(NotifyType.FRAGMENTATION_SUPPORTED) is not None
     nr = sa.random(sa.config.nonce_len)
     payloads: list[Payload] = [SaPayload((proposal,)), KePayload(suite.dh, ours.public), NoncePayload(nr),
                                *_nat_notifies(sa, sa.spi_r, sa.remote), *_extras(sa)]
+    if not sa.fragmentation:  # answered only to an initiator that offered it
+        payloads = [p for p in payloads if not (isinstance(p, NotifyPayload)
+                                                and p.type == NotifyType.FRAGMENTATION_SUPPORTED)]
     cert = _cert_auth(sa)
     if cert is not None:
         payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE, cert.ca_key_hashes))
@@ -177,9 +183,18 @@ def _nat_notifies(sa: IkeSa, spi_r: bytes, peer: Address) -> list[NotifyPayload]
 
 
 def _extras(sa: IkeSa) -> list[NotifyPayload]:
+    extras = []
     if _cert_auth(sa) is not None:
-        return [NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=SIGNATURE_HASH_ALGORITHMS)]
-    return []
+        extras.append(NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=SIGNATURE_HASH_ALGORITHMS))
+    if _offers_fragmentation(sa):
+        extras.append(NotifyPayload(NotifyType.FRAGMENTATION_SUPPORTED))
+    return extras
+
+
+def _offers_fragmentation(sa: IkeSa) -> bool:
+    """RFC 7383 §2.3: the initiator offers when configured to; the responder answers (and from then on
+    fragments) only when the initiator offered too."""
+    return any(config.fragment_size for config in sa.candidates or (sa.config,))
 
 
 def _raise_on_error_notify(message: Message) -> None:
