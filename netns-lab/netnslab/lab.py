@@ -14,6 +14,7 @@ import atexit
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -182,6 +183,8 @@ class Lab:
         self._procs: list[subprocess.Popen] = []
         self._wan_loss = 0.0
         self._wan_blocked = False
+        self._wan_drops_fragments = False
+        self._wan_max_packet: int | None = None
         self._nat: tuple[str, int | None] | None = None  # (site behind the NAT, SNAT port base)
         self._nat_sites: tuple[str, ...] = ()  # every site behind the NAT (set_nat with several)
         self._wan_nodes: dict[str, str] = {}  # extra WAN namespaces (add_wan_node): node -> its address
@@ -388,6 +391,20 @@ class Lab:
         self._wan_loss = float(percent)
         self._apply_nft()
 
+    def drop_wan_fragments(self, drop: bool = True, max_packet: int | None = None) -> None:
+        """The router drops every IP fragment (IPv4 MF flag or fragment offset, IPv6 fragment header), as
+        many firewalls and carrier paths do (the count is wan_fragments_dropped()), and with max_packet
+        every packet longer than that: a path of that MTU which also refuses fragments."""
+        self._wan_drops_fragments = bool(drop)
+        self._wan_max_packet = max_packet if drop else None
+        self._apply_nft()
+
+    def wan_fragments_dropped(self) -> int:
+        """Packets the fragment rule has dropped since it was set."""
+        out = self.run(self.topology.router, ["nft", "list", "chain", "inet", NFT_TABLE, "forward"],
+                       timeout=10).stdout
+        return sum(int(m) for m in re.findall(r"frag[^\n]*counter packets (\d+)", out))
+
     def block_wan(self, blocked: bool = True) -> None:
         """Drop all forwarding in the router (a WAN outage), or lift that."""
         self._wan_blocked = bool(blocked)
@@ -480,6 +497,11 @@ class Lab:
         rules = []
         if self._wan_blocked:
             rules.append("counter drop")
+        if self._wan_drops_fragments:
+            rules.append("ip frag-off & 0x3fff != 0 counter drop")
+            rules.append("exthdr frag exists counter drop")
+        if self._wan_max_packet:
+            rules.append(f"meta length > {int(self._wan_max_packet)} counter drop")
         threshold = round(self._wan_loss * 100)  # in 1/10000 steps
         if threshold >= 10000:
             rules.append("counter drop")  # nft rejects "< 10000" for a mod-10000 value

@@ -84,7 +84,7 @@ class Deployment:
                  gateway_yaml: list[str] | None = None, tunnel_yaml: list[str] | None = None,
                  services_yaml: list[str] | None = None, pairs: set[tuple[str, str]] | None = None,
                  subnets: dict[tuple[str, str], tuple[list[str], list[str]]] | None = None,
-                 listen: dict[str, str] | None = None) -> None:
+                 listen: dict[str, str] | None = None, pki: dict[str, str] | None = None) -> None:
         """initiators: (site, peer) pairs where site initiates; default: the first-listed site of each pair.
         peer_address_overrides: {(site, peer): address} writes that address into site's config for peer
         instead of the peer's WAN address (e.g. lab.nat_public_address(peer) when peer is behind the NAT).
@@ -94,7 +94,9 @@ class Deployment:
         services: section's lines. pairs: the site pairs that get a tunnel (default: every pair, a full
         mesh; hub_and_spoke() gives a hub's). subnets: {(site, peer): (local, remote)} for that site's
         tunnel to peer instead of the two sites' LAN subnets (summaries, a full tunnel's 0.0.0.0/0). listen:
-        {site: YAML for gateway.listen.address} instead of the site's IPv4 WAN address (IPv6, dual stack)."""
+        {site: YAML for gateway.listen.address} instead of the site's IPv4 WAN address (IPv6, dual stack).
+        pki: {site: YAML flow mapping for gateway.pki} (keying cert) instead of the lab's one-CA PKI (a
+        company PKI with intermediates and CRLs made by the test)."""
         if keying not in ("psk", "cert", "manual"):
             raise ValueError(f"keying must be psk, cert or manual, not {keying!r}")
         self.lab = lab
@@ -119,7 +121,8 @@ class Deployment:
         self.gateways: dict[str, Gateway] = {
             s.name: Gateway(s, self.workdir / f"{s.name}.yaml", self.workdir / f"{s.name}.log") for s in sites
         }
-        if keying == "cert":
+        self.pki = dict(pki or {})
+        if keying == "cert" and not self.pki:
             self._make_pki(sites)
         for i, a in enumerate(sites):
             for b in sites[i + 1 :]:
@@ -135,6 +138,8 @@ class Deployment:
 
     def _make_keys(self, a: Site, b: Site) -> None:
         if self.keying == "cert":
+            self.gateways[a.name].keys.setdefault(b.name, self.workdir / "pki")
+            self.gateways[b.name].keys.setdefault(a.name, self.workdir / "pki")
             return
         if self.keying == "psk":
             ka, kb = self.workdir / f"{a.name}-{b.name}.psk", self.workdir / f"{b.name}-{a.name}.psk"
@@ -174,7 +179,9 @@ class Deployment:
         if self.workers > 1:
             lines.append(f"  workers: {self.workers}")
         lines += [f"  {line}" for line in self.gateway_yaml]
-        if self.keying == "cert":
+        if self.keying == "cert" and s.name in self.pki:
+            lines.append(f"  pki: {self.pki[s.name]}")
+        elif self.keying == "cert" and not self.pki:  # (with a test's own PKI, sites it omits do not run)
             pki = self.workdir / "pki"
             lines.append(f"  pki: {{ca: {pki / 'ca.crt'}, certificate: {_one(pki / s.name, '*.crt')}, "
                          f"private_key: {_one(pki / s.name, '*.key')}}}")

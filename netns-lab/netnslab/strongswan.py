@@ -43,7 +43,7 @@ CONNECTION = "lab"
 CHILD = "lan"
 # kernel-libipsec MUST come before kernel-netlink, else charon tries XFRM (ENOSYS here) for the SAs.
 PLUGINS = ("random nonce openssl aes sha1 sha2 hmac gcm curve25519 kdf pem pkcs1 pkcs8 x509 pubkey "
-           "constraints kernel-libipsec kernel-netlink socket-default vici")
+           "constraints revocation kernel-libipsec kernel-netlink socket-default vici")
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 _AUTHS = ("psk", "pubkey")
 
@@ -102,6 +102,9 @@ class SwanPeer:
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
+    intermediates: list[Path] = field(default_factory=list)  # more CA certificates (x509ca/)
+    crls: list[Path] = field(default_factory=list)  # CRL files (x509crl/), checked by the revocation plugin
+    fragmentation: bool = True  # IKE fragmentation (RFC 7383); strongSwan's default is yes
     ike_proposal: str = "aes256gcm16-prfsha256-curve25519"
     esp_proposal: str = "aes256gcm16"
     ike_port: int = 4500
@@ -229,6 +232,7 @@ swanctl {{
                            f"            cacerts = {self.key_files['ca']}\n")
             secrets_block = ""  # keys in private/<type>/ are loaded without a secrets entry
         send_cert = "        send_cert = always\n" if self.auth == "pubkey" else ""
+        send_cert += f"        fragmentation = {'yes' if self.fragmentation else 'no'}\n"
         return f"""# swanctl.conf for lab gateway {self.name}, written by netnslab.strongswan
 connections {{
     {CONNECTION} {{
@@ -277,6 +281,10 @@ secrets {{
             self.key_files["ca"] = "ca.pem"
             shutil.copyfile(self.cert, self.swanctl_dir / "x509" / "gateway.pem")
             shutil.copyfile(self.ca, self.swanctl_dir / "x509ca" / "ca.pem")
+            for n, extra in enumerate(self.intermediates):
+                shutil.copyfile(extra, self.swanctl_dir / "x509ca" / f"intermediate-{n}.pem")
+            for n, crl in enumerate(self.crls):
+                shutil.copyfile(crl, self.swanctl_dir / "x509crl" / f"crl-{n}.pem")
             key_dir = _private_key_dir(Path(self.key).read_text())
             dst = self.swanctl_dir / key_dir / "gateway.pem"
             self.key_files["key"] = str(dst.relative_to(self.swanctl_dir))
@@ -506,7 +514,8 @@ class StrongSwan:
                  remote_site: str | None = None, remote_addr: str | None = None,
                  local_ts: list[str] | None = None, remote_ts: list[str] | None = None,
                  auth: str = "psk", psk: str | None = None, cert: Path | None = None,
-                 key: Path | None = None, ca: Path | None = None,
+                 key: Path | None = None, ca: Path | None = None, intermediates: list[Path] | None = None,
+                 crls: list[Path] | None = None, fragmentation: bool = True,
                  ike_proposal: str = "aes256gcm16-prfsha256-curve25519", esp_proposal: str = "aes256gcm16",
                  ike_port: int = 4500, start_action: str = "none", dpd_delay: str = "10s",
                  rekey_time: str = "4h", child_rekey_time: str = "1h") -> None:
@@ -532,6 +541,7 @@ class StrongSwan:
             name=site, workdir=Path(workdir), local_addr=str(self.site.gw_wan4), remote_addr=remote_addr,
             local_id=local_id, remote_id=remote_id, local_ts=list(local_ts or [str(self.site.lan4)]),
             remote_ts=list(remote_ts), auth=auth, psk=psk, cert=cert, key=key, ca=ca,
+            intermediates=list(intermediates or []), crls=list(crls or []), fragmentation=fragmentation,
             ike_proposal=ike_proposal, esp_proposal=esp_proposal, ike_port=ike_port,
             start_action=start_action, dpd_delay=dpd_delay, rekey_time=rekey_time,
             child_rekey_time=child_rekey_time)
