@@ -105,6 +105,7 @@ class SwanPeer:
     intermediates: list[Path] = field(default_factory=list)  # more CA certificates (x509ca/)
     crls: list[Path] = field(default_factory=list)  # CRL files (x509crl/), checked by the revocation plugin
     fragmentation: bool = True  # IKE fragmentation (RFC 7383); strongSwan's default is yes
+    rsa_pss: bool = False  # sign with RSASSA-PSS (charon.rsa_pss) instead of PKCS#1 v1.5
     ike_proposal: str = "aes256gcm16-prfsha256-curve25519"
     esp_proposal: str = "aes256gcm16"
     ike_port: int = 4500
@@ -183,6 +184,7 @@ charon {{
     port_nat_t = {nat_t}
     install_routes = yes
     retransmit_tries = 3
+    rsa_pss = {'yes' if self.rsa_pss else 'no'}
 {common_sections(vici)}    filelog {{
         main {{
             path = {self.log_path}
@@ -515,7 +517,7 @@ class StrongSwan:
                  local_ts: list[str] | None = None, remote_ts: list[str] | None = None,
                  auth: str = "psk", psk: str | None = None, cert: Path | None = None,
                  key: Path | None = None, ca: Path | None = None, intermediates: list[Path] | None = None,
-                 crls: list[Path] | None = None, fragmentation: bool = True,
+                 crls: list[Path] | None = None, fragmentation: bool = True, rsa_pss: bool = False,
                  ike_proposal: str = "aes256gcm16-prfsha256-curve25519", esp_proposal: str = "aes256gcm16",
                  ike_port: int = 4500, start_action: str = "none", dpd_delay: str = "10s",
                  rekey_time: str = "4h", child_rekey_time: str = "1h") -> None:
@@ -542,6 +544,7 @@ class StrongSwan:
             local_id=local_id, remote_id=remote_id, local_ts=list(local_ts or [str(self.site.lan4)]),
             remote_ts=list(remote_ts), auth=auth, psk=psk, cert=cert, key=key, ca=ca,
             intermediates=list(intermediates or []), crls=list(crls or []), fragmentation=fragmentation,
+            rsa_pss=rsa_pss,
             ike_proposal=ike_proposal, esp_proposal=esp_proposal, ike_port=ike_port,
             start_action=start_action, dpd_delay=dpd_delay, rekey_time=rekey_time,
             child_rekey_time=child_rekey_time)

@@ -220,7 +220,7 @@ def test_example_configs_cert_variant_loads(tmp_path: Path) -> None:
 # -- one problem each, at its exact place ----------------------------------------------------------------
 
 IDENTITY_HINT = "; expected a host name (gw.example), IP address, user@domain or a DN (CN=gw,O=Acme)"
-ESP_ALLOWED = "allowed: noesn, x25519, curve25519, ecp256, modp2048"
+ESP_ALLOWED = "allowed: noesn, x25519, curve25519, ecp256, ecp384, modp2048, modp3072"
 
 CASES = [
     # (id, old, new, expected problem)
@@ -247,9 +247,9 @@ CASES = [
      "C:16:14: tunnels[0].ike.start: 'now' is not one of initiate, on-demand, respond"),
     ("unknown dh", "remote_id: gw.branch1.example\n",
      "remote_id: gw.branch1.example\n"
-     "      ike_proposals: [aes256gcm16-prfsha256-x25519, aes256gcm16-prfsha256-ecp384]\n",
-     "C:16:53: tunnels[0].ike.ike_proposals[1]: IKE proposal 'aes256gcm16-prfsha256-ecp384': unknown DH group "
-     "'ecp384'; allowed: x25519, curve25519, ecp256, modp2048"),
+     "      ike_proposals: [aes256gcm16-prfsha256-x25519, aes256gcm16-prfsha256-modp1024]\n",
+     "C:16:53: tunnels[0].ike.ike_proposals[1]: IKE proposal 'aes256gcm16-prfsha256-modp1024': unknown DH group "
+     "'modp1024'; allowed: x25519, curve25519, ecp256, ecp384, modp2048, modp3072"),
     ("ike proposal missing part", "remote_id: gw.branch1.example\n",
      "remote_id: gw.branch1.example\n      ike_proposals: [aes256gcm16-prfsha256]\n",
      "C:16:23: tunnels[0].ike.ike_proposals[0]: IKE proposal 'aes256gcm16-prfsha256' has 2 part(s); it must be "

@@ -192,7 +192,8 @@ def test_key_exchange_lengths():
     assert dh.key_exchange_length(31) == 32
     assert dh.key_exchange_length(19) == 64
     assert dh.key_exchange_length(14) == 256
-    for bad in (1, 2, 5, 20, 21, 32, 0):
+    assert dh.key_exchange_length(15) == 384 and dh.key_exchange_length(20) == 96
+    for bad in (1, 2, 5, 16, 21, 32, 0):
         with pytest.raises(ValueError):
             dh.key_exchange_length(bad)
         with pytest.raises(ValueError):

@@ -30,8 +30,8 @@ from tunnel.errors import ConfigError, KeyFileError, SitelinkError
 from tunnel.ike.certs import ID_KP_IPSEC_IKE, InvalidIdentity, PeerIdentity, PrivateKey
 from tunnel.ike.constants import IdType
 
-KeyType = Literal["ecdsa-p256", "rsa-3072"]
-KEY_TYPES: tuple[str, ...] = ("ecdsa-p256", "rsa-3072")
+KeyType = Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072"]
+KEY_TYPES: tuple[str, ...] = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072")
 CA_CERT_NAME = "ca.crt"
 CA_KEY_NAME = "ca.key"
 MAX_PEM_BYTES = 256 * 1024  # a CA bundle of a few dozen certificates; a key is a few KiB
@@ -309,10 +309,10 @@ def issue(ca_cert_path: Path, ca_key_path: Path, out_dir: Path, identity: str, k
 
 
 def generate_key(key_type: str) -> PrivateKey:
-    if key_type == "ecdsa-p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    if key_type == "rsa-3072":
-        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    if key_type in ("ecdsa-p256", "ecdsa-p384"):
+        return ec.generate_private_key(ec.SECP256R1() if key_type == "ecdsa-p256" else ec.SECP384R1())
+    if key_type in ("rsa-2048", "rsa-3072"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
     raise PkiError(f"unknown key type {key_type!r}; choose one of: {', '.join(KEY_TYPES)}")
 
 

@@ -29,7 +29,9 @@ DH = {
     "x25519": DhGroup.CURVE_25519,
     "curve25519": DhGroup.CURVE_25519,
     "ecp256": DhGroup.ECP_256,
+    "ecp384": DhGroup.ECP_384,
     "modp2048": DhGroup.MODP_2048,
+    "modp3072": DhGroup.MODP_3072,
 }
 NO_ESN = "noesn"
 ESN = "esn"

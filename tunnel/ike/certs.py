@@ -408,12 +408,13 @@ _SIG_ALGS: tuple[_SigAlg, ...] = (
     _SigAlg("ecdsa-with-SHA256", bytes.fromhex("300a06082a8648ce3d040302"), ec.EllipticCurvePublicKey, hashes.SHA256),
     _SigAlg("ecdsa-with-SHA384", bytes.fromhex("300a06082a8648ce3d040303"), ec.EllipticCurvePublicKey, hashes.SHA384),
     _SigAlg("ecdsa-with-SHA512", bytes.fromhex("300a06082a8648ce3d040304"), ec.EllipticCurvePublicKey, hashes.SHA512),
-    _SigAlg("RSASSA-PSS-SHA256",
-            bytes.fromhex("3041" "06092a864886f70d01010a" "3034"
-                          "a00f" + _der_sha2(1).hex()
-                          + "a11c" "301a" + _MGF1.hex() + _der_sha2(1).hex()
-                          + "a203" "020120"),
-            rsa.RSAPublicKey, hashes.SHA256, pss=True),
+    *(_SigAlg(f"RSASSA-PSS-SHA{bits}",  # A.4.3 for SHA-256; SHA-384/512 alike, salt = digest length
+              bytes.fromhex("3041" "06092a864886f70d01010a" "3034"
+                            "a00f" + _der_sha2(n).hex()
+                            + "a11c" "301a" + _MGF1.hex() + _der_sha2(n).hex()
+                            + "a203" "0201" + f"{bits // 8:02x}"),
+              rsa.RSAPublicKey, hash_type, pss=True)
+      for n, bits, hash_type in ((1, 256, hashes.SHA256), (2, 384, hashes.SHA384), (3, 512, hashes.SHA512))),
 )
 _BY_DER = {alg.algorithm_identifier: alg for alg in _SIG_ALGS}
 _BY_NAME = {alg.name: alg for alg in _SIG_ALGS}

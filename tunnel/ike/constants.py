@@ -76,7 +76,9 @@ class PrfId(enum.IntEnum):
 
 class DhGroup(enum.IntEnum):
     MODP_2048 = 14
+    MODP_3072 = 15
     ECP_256 = 19
+    ECP_384 = 20
     CURVE_25519 = 31
 
 

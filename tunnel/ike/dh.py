@@ -1,19 +1,19 @@
 """Ephemeral Diffie-Hellman for the KE payload (RFC 7296 §1.2, §2.14, §3.4).
 
-Groups: 31 = Curve25519 (RFC 8031), 19 = 256-bit random ECP / P-256 (RFC 5903), 14 = 2048-bit MODP
-(RFC 3526 §3). Pure: the private key comes from the injected `random_bytes`, so a test that feeds fixed
-bytes gets the same key pair, the same KE data and the same g^ir every time.
+Groups: 31 = Curve25519 (RFC 8031), 19/20 = 256/384-bit random ECP, P-256/P-384 (RFC 5903), 14/15 =
+2048/3072-bit MODP (RFC 3526 §3, §4). Pure: the private key comes from the injected `random_bytes`, so
+a test that feeds fixed bytes gets the same key pair, the same KE data and the same g^ir every time.
 
 Wire forms (RFC 7296 §3.4 "Key Exchange Data"):
   31: the 32-byte u-coordinate (RFC 8031 §2); g^ir is the 32-byte X25519 output.
-  19: x || y, 32 bytes each, no 0x04 prefix (RFC 5903 §7); g^ir is the x coordinate alone (§7, §9).
-  14: g^x mod p, big-endian, zero-padded on the left to 256 bytes; g^ir likewise (RFC 7296 §2.14).
+  19, 20: x || y, 32 (48) bytes each, no 0x04 prefix (RFC 5903 §7); g^ir is the x coordinate alone.
+  14, 15: g^x mod p, big-endian, zero-padded on the left to 256 (384) bytes; g^ir likewise (§2.14).
 
 Every peer value that is malformed for the negotiated group (wrong length, not on the curve, degenerate)
 raises DegeneratePublicValue, whose notify is INVALID_SYNTAX. A KE payload for a *different* group is
 not this module's business: the exchange compares the group number and answers INVALID_KE_PAYLOAD.
 
-Note: group 14 uses Python's pow(), which is not constant-time. Prefer 31 or 19 (RFC 8247 §2.4).
+Note: groups 14 and 15 use Python's pow(), which is not constant-time. Prefer 31, 19 or 20 (RFC 8247 §2.4).
 """
 
 from __future__ import annotations
@@ -46,11 +46,38 @@ MODP_2048_G = 2
 # bits for group 14, so 320+ bits. 384 bits keeps a margin and stays cheap.
 MODP_2048_EXPONENT_BYTES = 48
 
-# FIPS 186-4 / SEC 1: order n of the P-256 base point.
-P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-_P256_DRAWS = 64  # rejection sampling: a 32-byte draw is out of [1, n-1] with probability < 2**-32
+# RFC 3526 §4, 3072-bit MODP group (IANA group 15): 2^3072 - 2^3008 - 1 + 2^64 * { [2^2942 pi] + 1690314 }
+MODP_3072_P = int(
+    "FFFFFFFF FFFFFFFF C90FDAA2 2168C234 C4C6628B 80DC1CD1 "
+    "29024E08 8A67CC74 020BBEA6 3B139B22 514A0879 8E3404DD "
+    "EF9519B3 CD3A431B 302B0A6D F25F1437 4FE1356D 6D51C245 "
+    "E485B576 625E7EC6 F44C42E9 A637ED6B 0BFF5CB6 F406B7ED "
+    "EE386BFB 5A899FA5 AE9F2411 7C4B1FE6 49286651 ECE45B3D "
+    "C2007CB8 A163BF05 98DA4836 1C55D39A 69163FA8 FD24CF5F "
+    "83655D23 DCA3AD96 1C62F356 208552BB 9ED52907 7096966D "
+    "670C354E 4ABC9804 F1746C08 CA18217C 32905E46 2E36CE3B "
+    "E39E772C 180E8603 9B2783A2 EC07A28F B5C55DF0 6F4C52C9 "
+    "DE2BCBF6 95581718 3995497C EA956AE5 15D22618 98FA0510 "
+    "15728E5A 8AAAC42D AD33170D 04507A33 A85521AB DF1CBA64 "
+    "ECFB8504 58DBEF0A 8AEA7157 5D060C7D B3970F85 A6E1E4C7 "
+    "ABF5AE8C DB0933D7 1E8C94E0 4A25619D CEE3D226 1AD2EE6B "
+    "F12FFA06 D98A0864 D8760273 3EC86A64 521F2B18 177B200C "
+    "BBE11757 7A615D6C 770988C0 BAD946E2 08E24FA0 74E5AB31 "
+    "43DB5BFC E0FD108E 4B82D120 A93AD2CA FFFFFFFF FFFFFFFF".replace(" ", ""),
+    16,
+)
+MODP_3072_EXPONENT_BYTES = 64  # RFC 3526 §8: up to 210 bits of strength -> 420+ random bits
 
-_KE_LENGTH = {DhGroup.CURVE_25519: 32, DhGroup.ECP_256: 64, DhGroup.MODP_2048: 256}
+# FIPS 186-4 / SEC 1: order n of the P-256 and P-384 base points.
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+P384_ORDER = int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16)
+_P256_DRAWS = 64  # rejection sampling: a draw is out of [1, n-1] with probability < 2**-32
+
+_MODP = {DhGroup.MODP_2048: (MODP_2048_P, 256, MODP_2048_EXPONENT_BYTES),
+         DhGroup.MODP_3072: (MODP_3072_P, 384, MODP_3072_EXPONENT_BYTES)}
+_ECP = {DhGroup.ECP_256: (ec.SECP256R1(), 32, P256_ORDER), DhGroup.ECP_384: (ec.SECP384R1(), 48, P384_ORDER)}
+_KE_LENGTH = {DhGroup.CURVE_25519: 32, DhGroup.ECP_256: 64, DhGroup.ECP_384: 96, DhGroup.MODP_2048: 256,
+              DhGroup.MODP_3072: 384}
 
 
 def key_exchange_length(group: int) -> int:
@@ -78,9 +105,9 @@ class DhPrivate:
                 f"group {int(self.group)} key exchange data is {len(peer_public)} bytes, expected {expected}")
         if self.group == DhGroup.CURVE_25519:
             return _x25519_shared(self._key, peer_public)  # type: ignore[arg-type]
-        if self.group == DhGroup.ECP_256:
-            return _p256_shared(self._key, peer_public)  # type: ignore[arg-type]
-        return _modp_shared(self._key, peer_public)  # type: ignore[arg-type]
+        if self.group in _ECP:
+            return _ecp_shared(self.group, self._key, peer_public)  # type: ignore[arg-type]
+        return _modp_shared(self.group, self._key, peer_public)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"DhPrivate(group={int(self.group)}, public=<{len(self.public)} bytes>, private=<redacted>)"
@@ -98,14 +125,16 @@ def generate(group: int, random_bytes: Callable[[int], bytes]) -> DhPrivate:
         # RFC 7748 §5: any 32 bytes are a scalar; X25519 clamps them itself.
         key = x25519.X25519PrivateKey.from_private_bytes(_draw(random_bytes, 32))
         return DhPrivate(group, key, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
-    if group == DhGroup.ECP_256:
-        ec_key = ec.derive_private_key(_p256_scalar(random_bytes), ec.SECP256R1())
+    if group in _ECP:
+        curve, size, order = _ECP[group]
+        ec_key = ec.derive_private_key(_ec_scalar(random_bytes, size, order), curve)
         point = ec_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
         return DhPrivate(group, ec_key, point[1:])  # RFC 5903 §7: x || y without the 0x04 octet
+    prime, length, exponent_bytes = _MODP[group]
     x = 0
-    while x < 2:  # a 384-bit draw is 0 or 1 with probability 2**-383; never use those
-        x = int.from_bytes(_draw(random_bytes, MODP_2048_EXPONENT_BYTES), "big")
-    return DhPrivate(group, x, pow(MODP_2048_G, x, MODP_2048_P).to_bytes(256, "big"))
+    while x < 2:  # a 384-bit or longer draw is 0 or 1 with probability 2**-383; never use those
+        x = int.from_bytes(_draw(random_bytes, exponent_bytes), "big")
+    return DhPrivate(group, x, pow(MODP_2048_G, x, prime).to_bytes(length, "big"))
 
 
 def _supported(group: int) -> DhGroup:
@@ -121,14 +150,14 @@ def _draw(random_bytes: Callable[[int], bytes], n: int) -> bytes:
     return data
 
 
-def _p256_scalar(random_bytes: Callable[[int], bytes]) -> int:
-    # Rejection sampling (FIPS 186-4 B.4.2): uniform in [1, n-1] and, for a 32-byte draw that is already
-    # in range, the draw itself, so a test can feed RFC 5903's private key and get RFC 5903's public key.
+def _ec_scalar(random_bytes: Callable[[int], bytes], size: int, order: int) -> int:
+    # Rejection sampling (FIPS 186-4 B.4.2): uniform in [1, n-1] and, for a draw that is already in
+    # range, the draw itself, so a test can feed RFC 5903's private key and get RFC 5903's public key.
     for _ in range(_P256_DRAWS):
-        d = int.from_bytes(_draw(random_bytes, 32), "big")
-        if 1 <= d < P256_ORDER:
+        d = int.from_bytes(_draw(random_bytes, size), "big")
+        if 1 <= d < order:
             return d
-    raise ValueError("random_bytes keeps returning P-256 scalars outside [1, n-1]")
+    raise ValueError("random_bytes keeps returning ECDSA scalars outside [1, n-1]")
 
 
 def _x25519_shared(key: x25519.X25519PrivateKey, peer: bytes) -> bytes:
@@ -141,21 +170,23 @@ def _x25519_shared(key: x25519.X25519PrivateKey, peer: bytes) -> bytes:
     return shared
 
 
-def _p256_shared(key: ec.EllipticCurvePrivateKey, peer: bytes) -> bytes:
+def _ecp_shared(group: DhGroup, key: ec.EllipticCurvePrivateKey, peer: bytes) -> bytes:
+    curve, size, _ = _ECP[group]
     try:
         # RFC 5903 §7 / SP 800-56A 5.6.2.3: the point must be on the curve; OpenSSL checks it here.
-        peer_key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + peer)
-        return key.exchange(ec.ECDH(), peer_key)  # the x coordinate, 32 bytes (RFC 5903 §7)
+        peer_key = ec.EllipticCurvePublicKey.from_encoded_point(curve, b"\x04" + peer)
+        return key.exchange(ec.ECDH(), peer_key)  # the x coordinate (RFC 5903 §7)
     except ValueError:
-        raise DegeneratePublicValue("ECP-256 public value is not a point on the curve") from None
+        raise DegeneratePublicValue(f"ECP-{size * 8} public value is not a point on the curve") from None
 
 
-def _modp_shared(x: int, peer: bytes) -> bytes:
+def _modp_shared(group: DhGroup, x: int, peer: bytes) -> bytes:
+    prime, length, _ = _MODP[group]
     y = int.from_bytes(peer, "big")
     # SP 800-56A 5.6.2.3.1 partial check: reject 0, 1, p-1 and anything >= p (RFC 7296 §5 / RFC 6989).
-    if not 1 < y < MODP_2048_P - 1:
+    if not 1 < y < prime - 1:
         raise DegeneratePublicValue("MODP public value outside 1 < y < p-1")
-    shared = pow(y, x, MODP_2048_P)
+    shared = pow(y, x, prime)
     if shared <= 1:
         raise DegeneratePublicValue("MODP shared secret is degenerate")
-    return shared.to_bytes(256, "big")
+    return shared.to_bytes(length, "big")
