@@ -106,6 +106,8 @@ class SwanPeer:
     crls: list[Path] = field(default_factory=list)  # CRL files (x509crl/), checked by the revocation plugin
     fragmentation: bool = True  # IKE fragmentation (RFC 7383); strongSwan's default is yes
     rsa_pss: bool = False  # sign with RSASSA-PSS (charon.rsa_pss) instead of PKCS#1 v1.5
+    reauth_time: str = "0s"  # swanctl reauth_time: 0 = IKE rekeys only (strongSwan's default)
+    make_before_break: bool = False  # charon.make_before_break: 5.9 re-authenticates break-before-make
     ike_proposal: str = "aes256gcm16-prfsha256-curve25519"
     esp_proposal: str = "aes256gcm16"
     ike_port: int = 4500
@@ -185,6 +187,7 @@ charon {{
     install_routes = yes
     retransmit_tries = 3
     rsa_pss = {'yes' if self.rsa_pss else 'no'}
+    make_before_break = {'yes' if self.make_before_break else 'no'}
 {common_sections(vici)}    filelog {{
         main {{
             path = {self.log_path}
@@ -247,6 +250,7 @@ connections {{
         mobike = no
         dpd_delay = {self.dpd_delay}
         rekey_time = {self.rekey_time}
+        reauth_time = {self.reauth_time}
         proposals = {self.ike_proposal}
 {send_cert}        local {{
 {local_auth}        }}
@@ -518,6 +522,7 @@ class StrongSwan:
                  auth: str = "psk", psk: str | None = None, cert: Path | None = None,
                  key: Path | None = None, ca: Path | None = None, intermediates: list[Path] | None = None,
                  crls: list[Path] | None = None, fragmentation: bool = True, rsa_pss: bool = False,
+                 reauth_time: str = "0s", make_before_break: bool = False,
                  ike_proposal: str = "aes256gcm16-prfsha256-curve25519", esp_proposal: str = "aes256gcm16",
                  ike_port: int = 4500, start_action: str = "none", dpd_delay: str = "10s",
                  rekey_time: str = "4h", child_rekey_time: str = "1h") -> None:
@@ -544,7 +549,7 @@ class StrongSwan:
             local_id=local_id, remote_id=remote_id, local_ts=list(local_ts or [str(self.site.lan4)]),
             remote_ts=list(remote_ts), auth=auth, psk=psk, cert=cert, key=key, ca=ca,
             intermediates=list(intermediates or []), crls=list(crls or []), fragmentation=fragmentation,
-            rsa_pss=rsa_pss,
+            rsa_pss=rsa_pss, reauth_time=reauth_time, make_before_break=make_before_break,
             ike_proposal=ike_proposal, esp_proposal=esp_proposal, ike_port=ike_port,
             start_action=start_action, dpd_delay=dpd_delay, rekey_time=rekey_time,
             child_rekey_time=child_rekey_time)

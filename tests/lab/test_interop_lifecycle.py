@@ -496,3 +496,33 @@ def test_certificates_through_the_lifecycle(tmp_path: Path, sitelink_initiates: 
     print(f"\ncertificates, {'sitelink' if sitelink_initiates else 'strongSwan'} initiated: rekeys under streams "
           f"({loss}); DPD answered; strongSwan SIGKILL + restart and sitelink restart recovered; hq drops "
           f"{c['drops'] or 'none'}; {report.esp} ESP packets, all decrypted")
+
+
+# -- 7. re-authentication -------------------------------------------------------------------------------
+@pytest.mark.parametrize("by", ["sitelink", "strongswan"])
+def test_reauthentication_make_before_break(tmp_path: Path, by: str) -> None:
+    """reauth_time 5 s on one side (certificates): a new IKE SA with a full IKE_AUTH, then the old one
+    deleted, twice, under UDP streams both ways with loss asserted on both sides. strongSwan 5.9
+    re-authenticates break-before-make unless charon.make_before_break is set, as it is here."""
+    with ExitStack() as stack:
+        p = Pair(stack, tmp_path, sitelink_initiates=True, keying="cert",
+                 ike_options={"reauth_time": 5} if by == "sitelink" else None,
+                 **({"reauth_time": "5s", "make_before_break": True} if by == "strongswan" else {}))
+        p.up()
+        first = p.swan.sa_summary()
+        seen = {(first["ike_spi_i"], first["ike_spi_r"])}
+        with p.streams(14) as streams:
+            for i in (1, 2):
+                wait_for(f"re-authentication {i}", lambda i=i: p.log().count("IKE SA established") >= 1 + i, 9)
+                wait_for(f"old IKE SA {i} deleted", lambda i=i: p.log().count("IKE SA deleted") >= i, 5)
+                p.traffic(f"after re-authentication {i}")
+                s = p.swan.sa_summary()
+                seen.add((s["ike_spi_i"], s["ike_spi_r"]))
+                wait_for("strongSwan holds one IKE SA", lambda: len(p.swan.sa_summary()["ike_sas"]) == 1, 5)
+        assert len(seen) == 3  # two new IKE SAs, each from a full IKE_SA_INIT + IKE_AUTH
+        assert p.charon_count(r"authentication of '[^']*' with ECDSA\S* successful") >= 3
+        c = p.no_bad_drops()
+        report = p.finish(stack)
+        loss = _stream_loss(streams, report)
+    print(f"\nre-authentication by {by} every 5 s: IKE SAs {', '.join(f'{i}_i' for i, _ in seen)}; "
+          f"streams meanwhile: {loss}; hq drops {c['drops'] or 'none'}")

@@ -37,16 +37,14 @@ def run(hq: CertAuth, br: CertAuth, clock=lambda: NOW):
     wire = Wire(d_hq, d_br)
     d_hq.initiate("branch1", 0.0)
     wire.pump()
-    _seen.pop(id(d_hq), None), _seen.pop(id(d_br), None)
     return d_hq, d_br, wire
 
 
-_seen: dict[int, list] = {}
-
-
 def _events(d) -> list:
-    _seen.setdefault(id(d), []).extend(events(d))
-    return _seen[id(d)]
+    """Every event the dispatcher emitted so far (kept on it: reading them consumes them)."""
+    seen = d.__dict__.setdefault("_test_events", [])
+    seen.extend(events(d))
+    return seen
 
 
 def up(d) -> bool:

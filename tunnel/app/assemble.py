@@ -151,6 +151,7 @@ def ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) -> 
         child_lifetime=float(ike.lifetime) if ike.lifetime else None,
         ike_rekey_time=float(ike.ike_rekey_time),
         ike_lifetime=float(ike.ike_lifetime) if ike.ike_lifetime else None,
+        reauth_time=float(ike.reauth_time),
         dpd_delay=float(ike.dpd_delay),
         fragment_size=DEFAULT_FRAGMENT_SIZE if ike.fragmentation else 0,
         workers=workers,

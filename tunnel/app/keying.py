@@ -48,8 +48,10 @@ from tunnel.ike.events import (
     IkeSaEstablished,
     IkeSaFailed,
     IkeSaRekeyed,
+    ReauthDue,
 )
 from tunnel.ike.keys import IkeKeys
+from tunnel.ike.sa import IkeState
 from tunnel.ike.session import IkeSession
 from tunnel.ops.readout import IkeStats
 
@@ -57,6 +59,7 @@ log = logging.getLogger("sitelink.ike")
 
 RETRY_DELAY = 5.0  # seconds before an initiating tunnel tries again after a failed or deleted IKE SA
 MAX_RETRY_DELAY = 60.0  # the delay doubles after each failure up to this, and resets once a Child SA is up
+REAUTH_RETRY = 30  # seconds before a re-authentication that failed for want of an answer is tried again
 UNKNOWN_SPI_HOLDOFF = 5.0  # at most one IKE SA started per tunnel this often because of unknown-SPI ESP
 KEEPALIVE_INTERVAL = 20.0  # RFC 3948 §2.3 NAT keepalive period
 VOLUME_GRACE = 5.0  # past its hard volume, an outbound SA goes once the rekey asked for at the soft limit had this long
@@ -134,6 +137,9 @@ class TunnelRuntime:
     # `sitelink initiate`, or until the peer sets the tunnel up again.
     held: bool = False
     resolved: str | None = None  # a DNS-named peer's address as last resolved
+    # Re-authentication in progress (make-before-break): the new IKE SA, and the ones it replaces.
+    reauth: IkeSession | None = None
+    reauth_old: list[IkeSession] = field(default_factory=list)
 
     @property
     def outbound_spi(self) -> int | None:
@@ -435,9 +441,13 @@ class Keying:
         if runtime is None:  # a tunnel a reload removed, whose last words are still arriving
             log.debug("tunnel %s (removed): %s ignored", event.tunnel, type(event).__name__)
             return
+        if isinstance(event, ReauthDue):
+            return self._reauthenticate(runtime, event, now)
         if isinstance(event, IkeSaEstablished):
             runtime.stats.handshakes_ok += 1
             session = self.dispatcher.find(event.spi_i, event.spi_r)
+            if session is not None and session is runtime.reauth:
+                self._reauthenticated(runtime, now)
             if session is not None and session.started_at is not None:
                 runtime.stats.observe_handshake(now - session.started_at)
             self._log_ike_keys(event.spi_i, event.spi_r)
@@ -459,7 +469,45 @@ class Keying:
         else:
             self._ike_sa_gone(runtime, event, now)
 
+    def _reauthenticate(self, runtime: TunnelRuntime, event: ReauthDue, now: float) -> None:
+        """RFC 7296 §2.8.3, make-before-break as strongSwan does it: a new IKE SA (full IKE_SA_INIT and
+        IKE_AUTH, certificates checked again as of now, no INITIAL_CONTACT) while the old one carries
+        the traffic; _reauthenticated() deletes the old one once the new one stands."""
+        name = event.tunnel
+        old = self.dispatcher.find(event.spi_i, event.spi_r)
+        if old is None or runtime.reauth is not None or runtime.held:
+            return
+        log.info("tunnel %s: re-authenticating (a new IKE SA with %s; the old one stays until it stands)",
+                 name, old.remote[0])
+        runtime.reauth_old = self.dispatcher.sessions_for(name)
+        runtime.reauth = self.dispatcher.initiate(name, now, self.config.ike_port, address=old.remote[0],
+                                                  initial_contact=False)
+
+    def _reauthenticated(self, runtime: TunnelRuntime, now: float) -> None:
+        old, runtime.reauth, runtime.reauth_old = runtime.reauth_old, None, []
+        log.info("tunnel %s: re-authenticated; deleting the %d IKE SA(s) it replaces", runtime.config.name, len(old))
+        self.dispatcher.delete_sessions(old, now)
+
+    def _reauth_failed(self, runtime: TunnelRuntime, event: IkeSaFailed, now: float) -> None:
+        """The new IKE SA failed. Refused authentication (a certificate expired or revoked since, a key
+        withdrawn): the old SAs end now, as the peer would not be accepted again. Anything else (a lost
+        exchange): the old SAs carry on and re-authentication is tried again in REAUTH_RETRY seconds."""
+        old, runtime.reauth, runtime.reauth_old = runtime.reauth_old, None, []
+        if event.notify == NotifyType.AUTHENTICATION_FAILED:
+            log.warning("tunnel %s: re-authentication refused (%s); deleting the old IKE SA(s)",
+                        runtime.config.name, event.reason)
+            self.dispatcher.delete_sessions(old, now)
+            return
+        for session in old:
+            session.reauth_requested = False
+            session.reauth_at = now + REAUTH_RETRY
+        log.warning("tunnel %s: re-authentication failed (%s); trying again in %d s", runtime.config.name,
+                    event.reason, REAUTH_RETRY)
+
     def _ike_sa_gone(self, runtime: TunnelRuntime, event: IkeSaFailed | IkeSaDeleted, now: float) -> None:
+        reauth = runtime.reauth
+        if isinstance(event, IkeSaFailed) and reauth is not None and reauth.state is IkeState.CLOSED:
+            self._reauth_failed(runtime, event, now)
         if isinstance(event, IkeSaFailed):  # a set-up refused or timed out, or an SA that died (DPD)
             failed = runtime.stats.handshakes_failed
             key = _notify_name(event.notify)

@@ -66,7 +66,7 @@ MAX_CONFIG_BYTES = 1024 * 1024
 MAX_LIFETIME = 7 * 24 * 3600
 MAX_WORKERS = 16  # data-plane worker processes (gateway.workers)
 LIFETIME_KEYS = ("rekey_time", "lifetime", "ike_rekey_time", "ike_lifetime", "dpd_delay", "rekey_bytes",
-                 "rekey_packets")
+                 "rekey_packets", "reauth_time")
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 NAME_RULE = "1-32 characters from A-Z a-z 0-9 _ . -"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -344,6 +344,7 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
         "lifetime": lambda doc, node, path: doc.integer(node, path, 1, MAX_LIFETIME),
         "ike_rekey_time": lambda doc, node, path: doc.integer(node, path, 1, MAX_LIFETIME),
         "ike_lifetime": lambda doc, node, path: doc.integer(node, path, 1, MAX_LIFETIME),
+        "reauth_time": lambda doc, node, path: doc.integer(node, path, 0, MAX_LIFETIME),
         "dpd_delay": lambda doc, node, path: doc.integer(node, path, 0, MAX_LIFETIME),
         "dpd_action": lambda doc, node, path: doc.choice(node, path, ["restart", "clear"]),
         # Volume lifetimes (RFC 4301 §4.4.2.1): rekey after so many bytes / packets; 0 = none.

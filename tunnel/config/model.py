@@ -114,6 +114,9 @@ class Ike:
     lifetime: int | None = None  # Child SA hard lifetime (s); default rekey_time * 1.1
     ike_rekey_time: int = 14400
     ike_lifetime: int | None = None
+    # Re-authenticate (a new IKE SA with a full IKE_AUTH, RFC 7296 §2.8.3) this often, so an expired or
+    # revoked certificate or a withdrawn key ends the tunnel then; 0 = never (IKE rekeys keep it up).
+    reauth_time: int = 0
     dpd_delay: int = 30  # seconds of silence before a liveness check; 0 = no dead-peer detection
     # What follows when the IKE SA dies (dead peer, failure, the peer's delete): "restart" sets it up again
     # (with backoff), "clear" leaves the tunnel down until the peer or, with start: on-demand, traffic

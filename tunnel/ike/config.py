@@ -58,6 +58,9 @@ class IkeConfig:
     child_lifetime: float | None = None
     ike_rekey_time: float = 14400.0
     ike_lifetime: float | None = None
+    # Re-authentication (§2.8.3): a new IKE SA with a full IKE_AUTH after this long (shortened by the jitter
+    # like rekeys), the old one deleted once the new one stands; 0 = never (IKE rekeys carry on).
+    reauth_time: float = 0.0
     rekey_jitter: float = 0.1
     # Dead-peer detection (§2.4): an empty INFORMATIONAL after this long without hearing from the peer.
     dpd_delay: float = 30.0

@@ -85,15 +85,18 @@ class IkeDispatcher:
         return self._by_peer.get(host, []) + self._anywhere
 
     # -- commands -------------------------------------------------------------------------------------
-    def initiate(self, tunnel: str, now: float, port: int = IKE_PORT, address: str | None = None) -> IkeSession:
-        """address: where the peer is now (a DNS name just resolved); by default its configured address."""
+    def initiate(self, tunnel: str, now: float, port: int = IKE_PORT, address: str | None = None,
+                 initial_contact: bool | None = None) -> IkeSession:
+        """address: where the peer is now (a DNS name just resolved); by default its configured address.
+        initial_contact: False for a re-authentication, whose old IKE SA the peer must keep meanwhile;
+        by default only the tunnel's first IKE SA since we started carries it."""
         config, peer = self._configs[tunnel]
         peer = address or peer
         if peer is None:
             raise ValueError(f"tunnel {tunnel}: no address to initiate to")
         session = IkeSession(config, True, (peer, port), self._random, local_port=port,
                              drops=self.drops_for(tunnel))
-        session.send_initial_contact = tunnel not in self._contacted
+        session.send_initial_contact = tunnel not in self._contacted if initial_contact is None else initial_contact
         session.initiate(now)
         if session.spi_i in self.sessions:  # 2**-64; never merged with another SA
             session.fail("our random IKE SPI is in use (try again)")
@@ -110,6 +113,12 @@ class IkeDispatcher:
     def delete_all(self, now: float) -> None:
         for session in list(self.sessions.values()):
             session.delete(now)
+            self._collect(session, now)
+
+    def delete_sessions(self, sessions: Iterable[IkeSession], now: float) -> None:
+        """Delete these IKE SAs at the peer (after an exchange of theirs in progress, if any)."""
+        for session in sessions:
+            session.delete(now, when_idle=True)
             self._collect(session, now)
 
     def delete_tunnel(self, tunnel: str, now: float) -> None:

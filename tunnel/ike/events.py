@@ -80,5 +80,15 @@ class IkeSaRekeyed:
     new_spi_r: bytes
 
 
+@dataclass(frozen=True)
+class ReauthDue:
+    """The IKE SA's re-authentication time came (reauth_time, RFC 7296 §2.8.3): the owner sets up a new
+    IKE SA from scratch (make-before-break) and deletes this one once the new one stands."""
+
+    tunnel: str
+    spi_i: bytes
+    spi_r: bytes
+
+
 Event = (IkeSaRekeyed | IkeSaEstablished | ChildSaEstablished | ChildSaDeleted | IkeSaFailed | IkeSaDeleted
-         | ChildSaFailed)
+         | ChildSaFailed | ReauthDue)

@@ -154,6 +154,8 @@ class IkeSa:
         self.started_at: float | None = None  # our IKE_SA_INIT request sent or the peer's received
         self.ike_rekey_at: float | None = None  # soft lifetime of this IKE SA (lifetime.py)
         self.ike_expire_at: float | None = None  # hard lifetime
+        self.reauth_at: float | None = None  # re-authentication due (config.reauth_time); kept across rekeys
+        self.reauth_requested = False  # ReauthDue emitted; the owner's new IKE SA is on its way
         # Our IKE rekey is due and not done yet (a refusal or collision sends it back for a retry): our
         # Child rekeys wait meanwhile, unless their hard lifetime nears (session.py: child_rekey_due).
         self.ike_rekey_pending = False
@@ -361,6 +363,8 @@ class IkeSa:
         return now + delay * (1.0 + self.fraction())
 
     def start_lifetime(self, now: float) -> None:
+        if self.reauth_at is None and self.config.reauth_time:  # from the authentication, not from a rekey
+            self.reauth_at = now + self.soft_time(self.config.reauth_time)
         self.ike_rekey_at = now + self.soft_time(self.config.ike_rekey_time)
         self.ike_expire_at = now + self.config.ike_lifetime  # type: ignore[operator]  # set in __post_init__
         self.last_received = now
@@ -447,6 +451,7 @@ class IkeSa:
         new.quiet = True
         new.peer_authorities, new.peer_chain = self.peer_authorities, self.peer_chain  # same authentication
         new.fragmentation = self.fragmentation  # negotiated once per IKE SA and its rekeyed successors
+        new.reauth_at, new.reauth_requested = self.reauth_at, self.reauth_requested  # a rekey is no re-auth
         self.spawned.append(new)
         return new
 

@@ -14,6 +14,7 @@ from tunnel.ike.child import ChildSa, ChildState
 from tunnel.ike.constants import NAT_T_PORT, ExchangeType, ProtocolId
 from tunnel.ike.drops import IkeDrop
 from tunnel.ike.errors import IkeError
+from tunnel.ike.events import ReauthDue
 from tunnel.ike.message import IkeHeader, Message, NotifyPayload, SaPayload, SkfPayload, parse_message
 from tunnel.ike.payloads import TooManySelectors
 from tunnel.ike.sa import Address, IkeSa, IkeState
@@ -126,6 +127,9 @@ class IkeSession(IkeSa):
         if self.ike_expire_at is not None and self.ike_expire_at <= now:
             self.quiet = False
             return self.delete(now)
+        if self.reauth_at is not None and self.reauth_at <= now and not self.reauth_requested:
+            self.reauth_requested = True
+            self.event(ReauthDue(self.config.tunnel, self.spi_i, self.spi_r))
         if busy:
             return
         if self.delete_when_idle:
@@ -173,6 +177,8 @@ class IkeSession(IkeSa):
                 found.append(0.0)  # at once
             found += [self.child_rekey_due(c) for c in self.children]
             found += [self.ike_rekey_at, self.dpd_due(), self.new_child_at]
+        if not self.reauth_requested:
+            found.append(self.reauth_at)
         return [d for d in found if d is not None]
 
     # -- internals ----------------------------------------------------------------------------------------
