@@ -43,7 +43,7 @@ CONNECTION = "lab"
 CHILD = "lan"
 # kernel-libipsec MUST come before kernel-netlink, else charon tries XFRM (ENOSYS here) for the SAs.
 PLUGINS = ("random nonce openssl aes sha1 sha2 hmac gcm curve25519 kdf pem pkcs1 pkcs8 x509 pubkey "
-           "constraints revocation kernel-libipsec kernel-netlink socket-default vici")
+           "constraints revocation curl kernel-libipsec kernel-netlink socket-default vici")
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 _AUTHS = ("psk", "pubkey")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def strongswan(lab: Lab, tmp_path: Path, f: dict[str, Path], crls: list[Path] | 
     return StrongSwan(lab, "branch1", tmp_path / "swan", remote_site="hq", local_id=identity("branch1"),
                       remote_id=identity("hq"), ike_proposal="aes256gcm16-prfsha256-curve25519",
                       esp_proposal="aes256gcm16", ike_port=500, auth="pubkey", ca=f["root"], cert=f["branch1"],
-                      key=f["branch1_key"], intermediates=[f["sub"]], crls=crls or [f["crl"]], dpd_delay="2s")
+                      key=f["branch1_key"], intermediates=[f["sub"]], crls=[f["crl"]] if crls is None else crls,
+                      dpd_delay="2s")
 
 
 def ike_messages(pcap: Path) -> list[tuple[int, int, int, bool]]:
@@ -143,20 +145,124 @@ def test_a_revoked_branch_is_refused_by_sitelink_and_a_reload_ends_its_sas(tmp_p
         assert '"cert_revoked"' in status.stdout, status.stdout[-2000:]
 
 
-def test_strongswan_refuses_a_revoked_sitelink_gateway(tmp_path: Path) -> None:
+@pytest.mark.parametrize("crl_from", ["file", "http"])
+def test_strongswan_refuses_a_revoked_sitelink_gateway(tmp_path: Path, crl_from: str) -> None:
+    """strongSwan holds a CRL that revokes sitelink's certificate: a local file (swanctl x509crl/), or the
+    CRL it fetches from the distribution point in sitelink's certificate, served over HTTP from the WAN
+    router's namespace."""
     f = company_pki(tmp_path / "pki", "ecdsa-p256")
-    revoked = tmp_path / "hq-revoked.crl"
+    cdp = "http://198.18.2.1:8080/branch-ca.crl"  # the router's address on branch1's link
+    if crl_from == "http":  # HQ's certificate names where its CA publishes the CRL
+        from tunnel.config.pkifiles import load_certificate  # noqa: PLC0415
+
+        f["hq"].unlink(), f["hq_key"].unlink()
+        f["hq"], f["hq_key"] = issue(f["sub"], f["sub_key"], f["hq"].parent, identity("hq"), crl_url=cdp)
+        assert load_certificate(f["hq"]).extensions.get_extension_for_class(x509_crl_dp()).value
+    revoked = tmp_path / "published" / "branch-ca.crl"
+    revoked.parent.mkdir()
     revoke(f["sub"], f["sub_key"], f["crl"], [f["hq"]])  # HQ's certificate revoked ...
     revoked.write_bytes(f["crl"].read_bytes())
-    revoke(f["sub"], f["sub_key"], f["crl"], [])  # (sitelink itself holds the same, fresh CRL)
     with Lab(TOPOLOGIES / "two-sites.yaml", mode="tunnel") as lab:
+        if crl_from == "http":
+            lab.popen("router", ["python3", "-m", "http.server", "8080", "--bind", "198.18.2.1", "--directory",
+                                 str(revoked.parent)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while ":8080" not in lab.run("router", ["ss", "-ltn"], timeout=5).stdout:
+                assert time.monotonic() < deadline, "the CRL server did not start"
+                time.sleep(0.05)
         dep = deployment(lab, tmp_path, f, sitelink_initiates=True)
-        swan = strongswan(lab, tmp_path, f, crls=[revoked])  # ... in the CRL strongSwan holds
+        swan = strongswan(lab, tmp_path, f, crls=[revoked] if crl_from == "file" else [])  # ... or fetched
         swan.start()
         dep.start("hq")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 15
         while "AUTHENTICATION_FAILED" not in dep.gateways["hq"].log_text() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "AUTHENTICATION_FAILED" in dep.gateways["hq"].log_text()
-        assert re.search(r"certificate was revoked|revoked", swan.log_text()), swan.log_tail()
+        assert re.search(r"certificate was revoked", swan.log_text()), swan.log_tail()
+        if crl_from == "http":
+            assert re.search(r"fetching crl from '" + re.escape(cdp), swan.log_text()), swan.log_tail()
         assert swan.sa_summary().get("ike_state") != "ESTABLISHED"
+
+
+def x509_crl_dp() -> type:
+    from cryptography import x509  # noqa: PLC0415
+
+    return x509.CRLDistributionPoints
+
+
+# -- OCSP with a real responder (`openssl ocsp`) in the WAN router's namespace ------------------------------
+OCSP_ADDR = "198.18.1.1"  # the router's address on hq's link
+OCSP_URL = f"http://{OCSP_ADDR}:8888"
+
+
+def ocsp_pki(directory: Path) -> dict[str, Path]:
+    """One CA issuing both gateways' certificates with the responder in their AIA."""
+    ca, ca_key = create_ca(directory / "ca", "Acme OCSP CA")
+    files = {"ca": ca, "ca_key": ca_key}
+    for site in ("hq", "branch1"):
+        files[site], files[f"{site}_key"] = issue(ca, ca_key, directory / site, identity(site), ocsp_url=OCSP_URL)
+    return files
+
+
+def start_responder(lab: Lab, tmp_path: Path, f: dict[str, Path], revoked: set[str]) -> None:
+    """`openssl ocsp` answering for the CA from an index.txt (openssl ca's database format)."""
+    from tunnel.config.pkifiles import load_certificate  # noqa: PLC0415
+
+    lines = []
+    for site in ("hq", "branch1"):
+        cert = load_certificate(f[site])
+        expiry = cert.not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
+        when = (cert.not_valid_before_utc.strftime("%y%m%d%H%M%SZ") if site in revoked else "")
+        dn = "/" + cert.subject.rfc4514_string().replace(",", "/")
+        lines.append("\t".join(["R" if site in revoked else "V", expiry, when, f"{cert.serial_number:X}",
+                                "unknown", dn]))
+    index = tmp_path / "index.txt"
+    index.write_text("\n".join(lines) + "\n")
+    log = (tmp_path / "ocsp.log").open("w")
+    proc = lab.popen("router", ["openssl", "ocsp", "-index", str(index), "-port", "8888", "-rsigner",
+                         str(f["ca"]), "-rkey", str(f["ca_key"]), "-CA", str(f["ca"]), "-ndays", "1"],
+                     stdout=log, stderr=log)
+    deadline = time.monotonic() + 10
+    while ":8888" not in lab.run("router", ["ss", "-ltn"], timeout=5).stdout:
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "ocsp.log").read_text()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("scenario", ["good-aia", "revoked-url", "down-hard", "down-soft"])
+def test_ocsp_against_openssl_ocsp(tmp_path: Path, scenario: str) -> None:
+    f = ocsp_pki(tmp_path / "pki")
+    ocsp = f"{{url: {OCSP_URL}, timeout: 2}}" if scenario == "revoked-url" else "{timeout: 2}"
+    soft = ", revocation: soft" if scenario == "down-soft" else ""
+    pki = f"{{ca: {f['ca']}, certificate: {f['hq']}, private_key: {f['hq_key']}, ocsp: {ocsp}{soft}}}"
+    with Lab(TOPOLOGIES / "two-sites.yaml", mode="tunnel") as lab:
+        if not scenario.startswith("down"):
+            start_responder(lab, tmp_path, f, revoked={"branch1"} if scenario == "revoked-url" else set())
+        dep = Deployment(lab, tmp_path / "sitelink", keying="cert", pki={"hq": pki}, initiators={("hq", "branch1")})
+        swan = StrongSwan(lab, "branch1", tmp_path / "swan", remote_site="hq", local_id=identity("branch1"),
+                          remote_id=identity("hq"), ike_port=500, auth="pubkey", ca=f["ca"], cert=f["branch1"],
+                          key=f["branch1_key"])
+        swan.start()
+        dep.start("hq")
+        expect_up = scenario in ("good-aia", "down-soft")
+        if expect_up:
+            dep.wait_established("hq", timeout=20)
+            assert ping(lab, "hq-host", lab.addr("branch1-host"), count=3, interval=0.05).received == 3
+        else:
+            deadline = time.monotonic() + 20
+            while "IKE SA failed" not in dep.gateways["hq"].log_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        log = dep.gateways["hq"].log_text()
+        status = dep.sitelink("hq", "status", "--json").stdout
+        answered = (tmp_path / "ocsp.log").read_text() if (tmp_path / "ocsp.log").exists() else ""
+    assert f"asking OCSP responder {OCSP_URL}" in log  # from the AIA, or configured
+    assert ("Child SA established" in log) is expect_up, log[-3000:]
+    assert '"revocation_pending"' in status
+    if not scenario.startswith("down"):
+        assert "Received request" in answered  # the real responder was asked (and its answer verified)
+    if scenario == "revoked-url":
+        assert '"cert_revoked"' in status
+        assert re.search(r"branch1\.lab\.test .*was revoked .*\(OCSP\)", log), log[-3000:]
+    if scenario == "down-hard":
+        assert "revocation status" in log and "unknown" in log and '"cert_status_unknown"' in status
+    print(f"\nOCSP {scenario}: tunnel {'up' if expect_up else 'refused'}; "
+          f"{answered.count('Received request')} requests to openssl ocsp")

@@ -19,7 +19,7 @@ from tests.unit.test_config_loader import problems as loader_problems  # noqa: E
 from tests.unit.test_config_loader import write
 from tunnel.config.keyfile import write_manual_key_pair
 from tunnel.config.loader import load_config
-from tunnel.config.model import Ike, Pki, PkiCredential, Revocation, StartMode
+from tunnel.config.model import Ike, Ocsp, Pki, PkiCredential, Revocation, StartMode
 from tunnel.config.proposals import parse_esp_proposal, parse_ike_proposal
 from tunnel.errors import ConfigError
 from tunnel.ike.constants import DhGroup, EncrId, Esn, PrfId
@@ -139,16 +139,19 @@ def test_company_pki_settings(site: Path) -> None:
     pki = PKI.replace("    ca: pki/ca.crt\n", "    ca: [pki/ca.crt, pki/ca2.crt]\n") + (
         "    intermediates: [pki/sub.crt]\n"
         "    alternates:\n      - {certificate: pki/new.crt, private_key: pki/new.key}\n"
-        "    crl: [pki/a.crl, pki/b.crl]\n    revocation: soft\n    rsa_pss: true\n")
+        "    crl: [pki/a.crl, pki/b.crl]\n    revocation: soft\n    rsa_pss: true\n"
+        "    ocsp: {url: 'http://ocsp.acme.test:8080/', timeout: 3}\n")
     config = load_config(write(site, cert_variant(GOOD.replace("  listen:\n", pki + "  listen:\n"))))
     p = site / "pki"
     assert config.pki == Pki((p / "ca.crt", p / "ca2.crt"), p / "hq.crt", p / "hq.key", (p / "sub.crt",),
                              (PkiCredential(p / "new.crt", p / "new.key"),), (p / "a.crl", p / "b.crl"),
-                             Revocation.SOFT, True)
+                             revocation=Revocation.SOFT, rsa_pss=True, ocsp=Ocsp("http://ocsp.acme.test:8080/", 3))
 
 
 @pytest.mark.parametrize("extra,expected", [
     ("    revocation: maybe\n", "gateway.pki.revocation: 'maybe' is not one of hard, soft"),
+    ("    ocsp: {url: 'https://ocsp.acme.test/'}\n", "gateway.pki.ocsp.url: 'https://ocsp.acme.test/' is not an "
+                                                   "http:// URL"),
     ("    crl: [pki/none.crl]\n", "gateway.pki.crl[0]: CRL file {dir}/pki/none.crl does not exist"),
     ("    alternates:\n      - {certificate: pki/hq.crt}\n", "gateway.pki.alternates[0].private_key: missing"),
 ])

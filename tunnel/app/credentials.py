@@ -21,6 +21,7 @@ from tunnel.config.model import GatewayConfig, PkiCredential, Revocation
 from tunnel.config.pkifiles import CertificateFileError, load_certificates, load_crls, load_private_key
 from tunnel.ike.certs import MAX_CHAIN, CertVerifier, PeerIdentity, PublicKey
 from tunnel.ike.config import CertAuth
+from tunnel.ike.ocsp import OcspCache
 from tunnel.ike.revocation import RevocationChecker
 from tunnel.ike.trust import Credential, key_hash
 
@@ -33,12 +34,14 @@ def cert_auth(config: GatewayConfig) -> CertAuth:
     credentials = tuple(_credential(entry, pool, anchors, pki.rsa_pss)
                         for entry in (PkiCredential(pki.certificate, pki.private_key), *pki.alternates))
     crls = [crl for path in pki.crl for crl in load_crls(path)]
-    verifier = CertVerifier(anchors, RevocationChecker(crls, hard_fail=pki.revocation is Revocation.HARD))
+    ocsp = OcspCache(pki.ocsp.url) if pki.ocsp is not None else None
+    checker = RevocationChecker(crls, hard_fail=pki.revocation is Revocation.HARD, ocsp=ocsp)
+    verifier = CertVerifier(anchors, checker)
 
     def verify_peer(chain: Sequence[bytes], id_type: int, data: bytes, now: dt.datetime) -> PublicKey:
         return verifier.verify(chain, PeerIdentity(id_type, data), now)
 
-    return CertAuth(credentials, verify_peer, b"".join(dict.fromkeys(key_hash(ca) for ca in anchors)))
+    return CertAuth(credentials, verify_peer, b"".join(dict.fromkeys(key_hash(ca) for ca in anchors)), ocsp)
 
 
 def _credential(entry: PkiCredential, pool: list[x509.Certificate], anchors: list[x509.Certificate],

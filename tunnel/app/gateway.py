@@ -32,12 +32,13 @@ from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.events import DataEvent
 from tunnel.dataplane.scheduler import ClassStats
-from tunnel.drivers import pumps, udp
+from tunnel.drivers import ocsp_http, pumps, udp
 from tunnel.drivers.netlink import FULL_TUNNEL_MARK, Netlink
 from tunnel.drivers.tun import TunDevice
 from tunnel.errors import ConfigError, DriverError, KeyFileError, ReloadFailed, ReloadRefused, SitelinkError
 from tunnel.esp.encap import NAT_KEEPALIVE, frame_ike
 from tunnel.ike.constants import NAT_T_PORT
+from tunnel.ike.events import RevocationQuery
 from tunnel.ops.control_socket import ControlServer, default_path
 from tunnel.ops.keylog import EspKeyLog, IkeKeyLog
 from tunnel.ops.metrics import MetricsServer
@@ -526,6 +527,10 @@ class Gateway:
             task = asyncio.get_running_loop().create_task(self._resolve(name, host))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        for query in self._keying().take_ocsp_queries():
+            task = asyncio.get_running_loop().create_task(self._ask_ocsp(query))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         deadline = self._keying().get_timer()
         if self._timer is not None:
             self._timer.cancel()
@@ -553,6 +558,19 @@ class Gateway:
             error = str(exc)
         if self.keying is not None and not self._stopping.is_set():
             self.keying.resolved(name, address, time.monotonic(), error)
+            self._after_ike()
+
+    async def _ask_ocsp(self, query: RevocationQuery) -> None:
+        """POST an OCSP request (in a thread: a slow responder never stalls the data path), then hand the
+        answer to keying; the IKE_AUTH that waited for it is handled when it comes again."""
+        timeout = float(self.config.pki.ocsp.timeout) if self.config.pki and self.config.pki.ocsp else 5.0
+        try:
+            response, problem = await asyncio.wait_for(
+                asyncio.to_thread(ocsp_http.post, query.url, query.request, timeout), timeout + 1)
+        except TimeoutError:
+            response, problem = None, f"no answer within {timeout:.0f} s"
+        if self.keying is not None and not self._stopping.is_set():
+            self.keying.ocsp_answer(query.key, response, problem)
             self._after_ike()
 
     def _flush_ike(self) -> None:

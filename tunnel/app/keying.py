@@ -14,6 +14,7 @@ pending switches, retries), and splitting them would put that state in two place
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from tunnel.ike.events import (
     IkeSaFailed,
     IkeSaRekeyed,
     ReauthDue,
+    RevocationQuery,
 )
 from tunnel.ike.keys import IkeKeys
 from tunnel.ike.sa import IkeState
@@ -162,6 +164,7 @@ class Keying:
         # Tunnels whose peer is a DNS name and that want to initiate: the gateway resolves the name
         # (take_resolves) and hands the answer to resolved(), which initiates.
         self._resolve: dict[str, str] = {}
+        self._ocsp_queries: list[RevocationQuery] = []  # for the gateway to send (take_ocsp_queries)
         # Tunnels that may have a retry_at or a lane's drop_at: the timers look at these, not at every
         # tunnel (a hub with a thousand of them asks for its next deadline after every IKE message).
         self._timed: set[str] = set()
@@ -248,6 +251,22 @@ class Keying:
             return
         log.info("tunnel %s: initiating IKE SA with %s", name, runtime.config.peer.address)
         self.dispatcher.initiate(name, now, self.config.ike_port)
+
+    def take_ocsp_queries(self) -> list[RevocationQuery]:
+        """OCSP requests to send now (the gateway POSTs them, off the event loop's thread)."""
+        queries, self._ocsp_queries = self._ocsp_queries, []
+        return queries
+
+    def ocsp_answer(self, key: bytes, response: bytes | None, problem: str = "") -> None:
+        """The responder's answer (None: none, problem says why) for the caches that asked; the IKE_AUTH
+        that waited for it is handled again when it (or its answer) comes again."""
+        caches = {id(c.auth.ocsp): c for c, _ in self.dispatcher.configs() if isinstance(c.auth, CertAuth)
+                  and c.auth.ocsp is not None}
+        for config in caches.values():
+            assert isinstance(config.auth, CertAuth) and config.auth.ocsp is not None
+            clock = config.wall_clock or (lambda: dt.datetime.now(dt.UTC))
+            if config.auth.ocsp.answer(key, response, clock(), problem) and response is None:
+                log.warning("OCSP: no usable answer (%s)", problem)
 
     def take_resolves(self) -> dict[str, str]:
         """{tunnel: DNS name} to resolve now (the gateway does, off the event loop's thread)."""
@@ -443,6 +462,10 @@ class Keying:
             return
         if isinstance(event, ReauthDue):
             return self._reauthenticate(runtime, event, now)
+        if isinstance(event, RevocationQuery):
+            log.info("tunnel %s: asking OCSP responder %s about the peer's certificate", event.tunnel, event.url)
+            self._ocsp_queries.append(event)
+            return None
         if isinstance(event, IkeSaEstablished):
             runtime.stats.handshakes_ok += 1
             session = self.dispatcher.find(event.spi_i, event.spi_r)

@@ -37,6 +37,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF00
     issue.add_argument("--id", required=True, dest="identity", metavar="ID",
                        help="the gateway's IKE identity: gw.hq.example, 198.18.1.2, fd00::1, "
                             "user@example.net or 'CN=gw1,O=Acme'")
+    issue.add_argument("--ocsp-url", metavar="URL", help="the OCSP responder peers ask about this certificate "
+                                                          "(written into its Authority Information Access)")
+    issue.add_argument("--crl-url", metavar="URL", help="where peers fetch the CA's CRL (written into the "
+                                                        "certificate's CRL distribution points)")
     _key_options(issue, default_days=825)
     issue.set_defaults(handler=_cmd_issue)
 
@@ -103,7 +107,8 @@ def _cmd_ca(args: argparse.Namespace) -> int:
 def _cmd_issue(args: argparse.Namespace) -> int:
     ca_dir: Path = args.ca_dir
     cert_path, key_path = pkifiles.issue(ca_dir / pkifiles.CA_CERT_NAME, ca_dir / pkifiles.CA_KEY_NAME, args.out,
-                                    args.identity, args.key_type, args.days)
+                                    args.identity, args.key_type, args.days, ocsp_url=args.ocsp_url,
+                                         crl_url=args.crl_url)
     cert = pkifiles.load_certificate(cert_path)
     print(f"issued {cert.subject.rfc4514_string() or args.identity} by {cert.issuer.rfc4514_string()} "
           f"({pkifiles.key_description(cert.public_key())}), valid until {cert.not_valid_after_utc:%Y-%m-%d}")

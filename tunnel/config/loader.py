@@ -33,6 +33,7 @@ from tunnel.config.model import (
     KeyLog,
     ManualKeys,
     Metrics,
+    Ocsp,
     PeerEndpoint,
     Pki,
     PkiCredential,
@@ -207,9 +208,22 @@ def _pki(doc: Doc, node: Node, path: str, base_dir: Path) -> Pki | None:
             {"certificate": certificate, "private_key": private_key}), non_empty=False),
         "crl": _one_or_more(_pki_file(base_dir, "CRL file", private=False)),
         "revocation": lambda doc, node, path: _enum(doc, node, path, Revocation),
+        "ocsp": lambda doc, node, path: _section(doc, node, path, Ocsp, (), {
+            "url": _http_url, "timeout": _int_in(1, 60)}),
         "rsa_pss": Doc.boolean,
     }
     return _section(doc, node, path, Pki, ("ca", "certificate", "private_key"), parsers)
+
+
+def _http_url(doc: Doc, node: Node, path: str) -> str | None:
+    text = doc.scalar_text(node, path, "an http:// URL")
+    if text is None:
+        return None
+    if not re.fullmatch(r"http://[A-Za-z0-9.\-\[\]:]+(/[!-~]*)?", text):
+        doc.error(node, path, f"{quote(text)} is not an http:// URL (OCSP is served over plain HTTP, "
+                              "RFC 6960 A.1)")
+        return None
+    return text
 
 
 def _one_or_more(parse: Parser) -> Parser:

@@ -141,6 +141,14 @@ class Revocation(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class Ocsp:
+    """Ask an OCSP responder (RFC 6960) about each certificate on a peer's path that no fresh CRL covers."""
+
+    url: str | None = None  # this responder for every certificate; None: the one in the certificate's AIA
+    timeout: int = 5  # seconds for an answer; none is an unknown status (pki.revocation decides)
+
+
+@dataclass(frozen=True)
 class Pki:
     """Certificate authentication material, shared by all tunnels with auth: cert."""
 
@@ -153,6 +161,7 @@ class Pki:
     alternates: tuple[PkiCredential, ...] = ()  # further certificates; the peer's CERTREQ picks one
     crl: tuple[Path, ...] = ()  # CRL files (PEM or DER), read at start and at every reload
     revocation: Revocation = Revocation.HARD
+    ocsp: Ocsp | None = None  # None: no OCSP (CRLs only)
     rsa_pss: bool = False  # sign AUTH with RSASSA-PSS (RFC 7427) when the key is RSA
 
 

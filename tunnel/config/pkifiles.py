@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from tunnel.config.keyfile import too_open
 from tunnel.config.yamlnodes import FileProblem, read_regular_file
@@ -262,7 +262,8 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
 
 
 def issue(ca_cert_path: Path, ca_key_path: Path, out_dir: Path, identity: str, key_type: str = "ecdsa-p256",
-          days: int = 825, now: dt.datetime | None = None) -> tuple[Path, Path]:
+          days: int = 825, now: dt.datetime | None = None, ocsp_url: str | None = None,
+          crl_url: str | None = None) -> tuple[Path, Path]:
     """Issue a gateway certificate for `identity` (FQDN, IP, email or DN) signed by the CA.
 
     Writes OUT_DIR/<identity>.crt (0644) and OUT_DIR/<identity>.key (0600). The validity ends with the
@@ -303,6 +304,16 @@ def issue(ca_cert_path: Path, ca_key_path: Path, out_dir: Path, identity: str, k
     )
     if san is not None:
         builder = builder.add_extension(x509.SubjectAlternativeName([san]), critical=False)
+    if ocsp_url is not None:  # where peers ask whether it was revoked (RFC 5280 §4.2.2.1)
+        if not re.fullmatch(r"http://\S+", ocsp_url):
+            raise PkiError(f"--ocsp-url {ocsp_url!r} is not an http:// URL")
+        builder = builder.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+            AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]), critical=False)
+    if crl_url is not None:  # where peers fetch the issuer's CRL (RFC 5280 §4.2.1.13)
+        if not re.fullmatch(r"http://\S+", crl_url):
+            raise PkiError(f"--crl-url {crl_url!r} is not an http:// URL")
+        builder = builder.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+            [x509.UniformResourceIdentifier(crl_url)], None, None, None)]), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     _write_pair(cert_path, cert, key_path, key)
     return cert_path, key_path

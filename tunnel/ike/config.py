@@ -13,6 +13,7 @@ from tunnel.ike.window import Backoff
 
 if TYPE_CHECKING:  # the x509 machinery is loaded only by a gateway that uses certificates
     from tunnel.ike.certs import PublicKey
+    from tunnel.ike.ocsp import OcspCache
     from tunnel.ike.trust import Credential
 
 # (certificate chain DER, peer identity (id_type, data), now) -> public key; raises AuthenticationFailed
@@ -32,6 +33,7 @@ class CertAuth:
     credentials: tuple[Credential, ...]
     verify_peer: ChainVerifier  # checks the peer's chain against the trusted CAs and the expected identity
     ca_key_hashes: bytes = b""  # CERTREQ data: SHA-1 of each trusted CA's SubjectPublicKeyInfo (§3.7)
+    ocsp: OcspCache | None = None  # the OCSP statuses verify_peer consults (the gateway fills it)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,10 @@ class IkeDispatcher:
             else:
                 self._by_peer.setdefault(peer, []).append(config)
 
+    def configs(self) -> list[tuple[IkeConfig, str | None]]:
+        """The tunnels' configurations new IKE SAs are made with (and their peer addresses)."""
+        return list(self._configs.values())
+
     def candidates(self, host: str) -> list[IkeConfig]:
         """The tunnels a new IKE SA from this address may be for: those with this peer address first."""
         return self._by_peer.get(host, []) + self._anywhere

@@ -35,6 +35,7 @@ class IkeDrop(enum.IntEnum):
     CERT_STATUS_UNKNOWN = 25  # its CA's CRL is stale or does not verify, and revocation is hard-fail
     FRAGMENT_UNEXPECTED = 26  # an SKF fragment on an IKE SA that did not negotiate fragmentation (RFC 7383)
     BAD_FRAGMENT = 27  # a fragment numbered out of range, too many or too large, or a stale retransmission
+    REVOCATION_PENDING = 28  # IKE_AUTH held back while the OCSP responder is asked (the peer retransmits)
 
     @property
     def label(self) -> str:

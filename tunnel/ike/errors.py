@@ -52,6 +52,20 @@ class RevocationUnknown(AuthenticationFailed):
     drop = IkeDrop.CERT_STATUS_UNKNOWN
 
 
+class RevocationPending(IkeError):
+    """The status of certificates on the peer's path is being asked (OCSP, tunnel/ike/ocsp.py): the
+    message is dropped unanswered and handled again when it comes again. queries: (key naming the answer,
+    url, DER request to POST there; empty when already asked), one per certificate still unknown."""
+
+    notify = None
+    fatal = False
+    drop = IkeDrop.REVOCATION_PENDING
+
+    def __init__(self, queries: list[tuple[bytes, str, bytes]]) -> None:
+        super().__init__("waiting for the OCSP responder")
+        self.queries = queries
+
+
 class BadIdentity(AuthenticationFailed):
     """An identity too long to be one, or a name with control characters: never compared, never logged."""
 

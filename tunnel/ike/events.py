@@ -90,5 +90,15 @@ class ReauthDue:
     spi_r: bytes
 
 
+@dataclass(frozen=True)
+class RevocationQuery:
+    """An OCSP request to POST to url (tunnel/ike/ocsp.py); the answer goes to Keying.ocsp_answer(key)."""
+
+    tunnel: str
+    key: bytes
+    url: str
+    request: bytes = field(repr=False)
+
+
 Event = (IkeSaRekeyed | IkeSaEstablished | ChildSaEstablished | ChildSaDeleted | IkeSaFailed | IkeSaDeleted
-         | ChildSaFailed | ReauthDue)
+         | ChildSaFailed | ReauthDue | RevocationQuery)

@@ -13,7 +13,7 @@ from tunnel.errors import MalformedPacket
 from tunnel.ike.child import ChildSa, ChildState
 from tunnel.ike.constants import NAT_T_PORT, ExchangeType, ProtocolId
 from tunnel.ike.drops import IkeDrop
-from tunnel.ike.errors import IkeError
+from tunnel.ike.errors import IkeError, RevocationPending
 from tunnel.ike.events import ReauthDue
 from tunnel.ike.message import IkeHeader, Message, NotifyPayload, SaPayload, SkfPayload, parse_message
 from tunnel.ike.payloads import TooManySelectors
@@ -211,9 +211,14 @@ class IkeSession(IkeSa):
             self.heard(now)
             if local_port == NAT_T_PORT == self.local_port:
                 self.remote = remote  # RFC 7296 §2.23: follow the peer's NAT mapping (authenticated)
+        held = self.requests.hold()
         self.requests.complete()
         try:
             exchange.on_response(self, data, message, now)
+        except RevocationPending as exc:  # our retransmission brings the peer's cached answer again
+            self.refused(exc)
+            self.requests.resume(held, now)
+            self.exchange = exchange
         except IkeError as exc:
             self.refused(exc)
             self.fail(str(exc), exc.notify)

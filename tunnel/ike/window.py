@@ -57,6 +57,16 @@ class RequestWindow:
         self.attempt = 0
         self.deadline = now + self.backoff.delay(0)
 
+    def hold(self) -> tuple[int | None, list[bytes], int]:
+        """The outstanding request as it stands (see resume)."""
+        return self.outstanding, self.packets, self.attempt
+
+    def resume(self, held: tuple[int | None, list[bytes], int], now: float) -> None:
+        """The request outstanding again after its response could not be used yet (an OCSP status is
+        being asked): retransmitted on the usual schedule, without a new try."""
+        self.outstanding, self.packets, self.attempt = held
+        self.deadline = now + self.backoff.delay(self.attempt)
+
     def matches(self, message_id: int) -> bool:
         return self.outstanding == message_id
 

@@ -16,8 +16,15 @@ from tunnel.ike.child import ChildSa, from_wire, wire_selectors
 from tunnel.ike.config import CertAuth, PskAuth
 from tunnel.ike.constants import AuthMethod, CertEncoding, ExchangeType, IdType, NotifyType
 from tunnel.ike.drops import IkeDrop
-from tunnel.ike.errors import AuthenticationFailed, BadIdentity, IkeError, NoProposalChosen, TsUnacceptable
-from tunnel.ike.events import ChildSaEstablished, ChildSaFailed, IkeSaEstablished
+from tunnel.ike.errors import (
+    AuthenticationFailed,
+    BadIdentity,
+    IkeError,
+    NoProposalChosen,
+    RevocationPending,
+    TsUnacceptable,
+)
+from tunnel.ike.events import ChildSaEstablished, ChildSaFailed, IkeSaEstablished, RevocationQuery
 from tunnel.ike.message import (
     AuthPayload,
     CertPayload,
@@ -217,7 +224,13 @@ def _verify(sa: IkeSa, auth: AuthPayload, octets: bytes, id_payload: IdPayload, 
         raise AuthenticationFailed(f"{sa.remote[0]} sent no certificate")
     if config.wall_clock is None:
         raise AuthenticationFailed("no wall clock configured to check certificate validity")
-    public_key = config.auth.verify_peer(chain, id_payload.id_type, id_payload.data, config.wall_clock())
+    try:
+        public_key = config.auth.verify_peer(chain, id_payload.id_type, id_payload.data, config.wall_clock())
+    except RevocationPending as pending:  # asked upwards once; this message is handled again later
+        for key, url, request in pending.queries:
+            if request:
+                sa.event(RevocationQuery(config.tunnel, key, url, request))
+        raise
     verify_auth(public_key, auth.method, auth.data, octets)
     sa.peer_chain = tuple(bytes(c) for c in chain)  # checked again when a reload brings new revocations
 
