@@ -68,6 +68,19 @@ def _require_lab_support() -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture
+def strongswan_required() -> None:
+    """For tests against strongSwan (`pytestmark = pytest.mark.usefixtures("strongswan_required")`): a
+    failure in CI, where scripts/bootstrap installs it, a skip elsewhere."""
+    from netnslab.strongswan import strongswan_installed  # noqa: PLC0415
+
+    missing = strongswan_installed()
+    if missing:
+        if _ci():
+            pytest.fail(f"{missing} (scripts/bootstrap installs it)", pytrace=False)
+        pytest.skip(missing)
+
+
 @pytest.fixture(scope="session")
 def two_sites_topology() -> Topology:
     return load_topology(LAB_DIR / "topologies" / "two-sites.yaml")

@@ -22,7 +22,7 @@ from scapy.layers.inet import UDP
 
 from netnslab import TOPOLOGIES, Lab, iperf3, ping
 from netnslab.sitelink import Deployment, identity
-from netnslab.strongswan import StrongSwan, strongswan_installed
+from netnslab.strongswan import StrongSwan
 from tests.lab.wan import analyse, sas_from_esp_log
 
 HQ_WAN, BR_WAN = "198.18.1.2", "198.18.2.2"
@@ -32,16 +32,7 @@ _DELETED = re.compile(r"Child SA deleted \(SPI in (0x[0-9a-f]+), out (0x[0-9a-f]
 _BAD_DROPS = ("auth_failed", "replay")
 
 
-@pytest.fixture(autouse=True)
-def _need_strongswan() -> None:
-    import os
-
-    missing = strongswan_installed()
-    if missing:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail(f"{missing} (scripts/bootstrap installs it)", pytrace=False)
-        pytest.skip(missing)
-
+pytestmark = pytest.mark.usefixtures("strongswan_required")
 
 # -- set-up ----------------------------------------------------------------------------------------------
 class Pair:

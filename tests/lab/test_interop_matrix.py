@@ -9,7 +9,6 @@ The closing table of issue #15 is printed by `pytest -s` (one line per cell)."""
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from netnslab import TOPOLOGIES, Lab, ping
 from netnslab.sitelink import Deployment, identity
-from netnslab.strongswan import StrongSwan, strongswan_installed
+from netnslab.strongswan import StrongSwan
 from tunnel.config.pkifiles import create_ca, issue
 
 
@@ -49,14 +48,7 @@ CELLS = list(dict.fromkeys(
 ))
 
 
-@pytest.fixture(autouse=True)
-def _need_strongswan() -> None:
-    missing = strongswan_installed()
-    if missing:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail(f"{missing} (scripts/bootstrap installs it)", pytrace=False)
-        pytest.skip(missing)
-
+pytestmark = pytest.mark.usefixtures("strongswan_required")
 
 @pytest.fixture(scope="module")
 def pkis(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:

@@ -132,3 +132,35 @@ def test_reload_without_a_running_gateway_is_one_line(tmp_path: Path) -> None:
     result = sitelink("reload", "--socket", str(tmp_path / "none.sock"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"sitelink: error: {tmp_path / 'none.sock'}: no such socket; is the gateway running?"
+
+
+def test_the_company_pki_example_with_files_from_sitelink_pki(tmp_path: Path) -> None:
+    """configs/company-pki/hq.yaml with every file made by the commands configs/README.md gives: two roots,
+    an intermediate, HQ's two certificates, a CRL; then `sitelink check` passes and the credentials load
+    (two certificates, the intermediate on the path, both roots in CERTREQ)."""
+    shutil.copy(REPO / "configs" / "company-pki" / "hq.yaml", tmp_path / "hq.yaml")
+    commands = [
+        ("pki", "ca", "pki/ca-2024", "--name", "Acme Root CA 2024"),
+        ("pki", "ca", "pki/ca-2026", "--name", "Acme Root CA 2026"),
+        ("pki", "intermediate", "pki/emea", "--ca-dir", "pki/ca-2024", "--name", "Acme EMEA CA"),
+        ("pki", "issue", "--ca-dir", "pki/emea", "--out", "pki/hq-2024", "--id", "hq.example"),
+        ("pki", "issue", "--ca-dir", "pki/ca-2026", "--out", "pki/hq-2026", "--id", "hq.example"),
+        ("pki", "issue", "--ca-dir", "pki/emea", "--out", "pki/branches", "--id", "branch7.example"),
+        ("pki", "revoke", "--ca-dir", "pki/emea", "pki/branches/branch7.example.crt"),
+    ]
+    for argv in commands:
+        result = sitelink(*argv, cwd=tmp_path)
+        assert result.returncode == 0, (argv, result.stderr)
+    (tmp_path / "keys").mkdir()
+    for name in ("hq-lab", "hq-lab.next"):
+        fd = os.open(tmp_path / "keys" / f"{name}.psk", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(base64.b64encode(os.urandom(32)) + b"\n")
+    result = sitelink("check", "hq.yaml", cwd=tmp_path)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr
+    from tunnel.app.credentials import cert_auth  # noqa: PLC0415
+    from tunnel.config.loader import load_config  # noqa: PLC0415
+
+    auth = cert_auth(load_config(tmp_path / "hq.yaml"))
+    assert [len(c.chain) for c in auth.credentials] == [2, 1] and len(auth.ca_key_hashes) == 40
+    assert auth.ocsp is not None and auth.ocsp.url == "http://ocsp.acme.example:8080/"

@@ -35,6 +35,15 @@ def reload(site: Site, link: Link, *, psk: str, accept: str | None) -> None:
     link.pump()
 
 
+def steps(link: Link) -> list[tuple[Site, str, str | None]]:
+    """(site, psk_file, accept_psk_file) of each reload: 1. accept the new key, 2. send it (accepting the
+    old one), 3. forget the old one; each step on hq, then on the branch."""
+    old = {link.hq: "hq.psk", link.br: "branch1.psk"}
+    sites = (link.hq, link.br)
+    return ([(site, old[site], "new.psk") for site in sites] + [(site, "new.psk", old[site]) for site in sites]
+            + [(site, "new.psk", None) for site in sites])
+
+
 def fresh_ike_sa(link: Link, initiator: Site) -> bool:
     """Tear the tunnel down and let `initiator` set it up again: a new authentication with today's keys."""
     initiator.keying.terminate(initiator.peer, link.now)
@@ -49,15 +58,9 @@ def test_the_documented_three_step_change_never_breaks_the_tunnel(tmp_path: Path
     hq, br = link.hq, link.br
     for site in (hq, br):
         write_file(site.keying.config.path.parent / "new.psk", NEW + b"\n")
-    old = {hq: "hq.psk", br: "branch1.psk"}
     spi = _spi_out(hq)
-    steps = [
-        (hq, {"psk": old[hq], "accept": "new.psk"}), (br, {"psk": old[br], "accept": "new.psk"}),  # 1: accept new
-        (hq, {"psk": "new.psk", "accept": old[hq]}), (br, {"psk": "new.psk", "accept": old[br]}),  # 2: send new
-        (hq, {"psk": "new.psk", "accept": None}), (br, {"psk": "new.psk", "accept": None}),  # 3: forget old
-    ]
-    for n, (site, keys) in enumerate(steps):
-        reload(site, link, **keys)
+    for n, (site, psk, accept) in enumerate(steps(link)):
+        reload(site, link, psk=psk, accept=accept)
         assert _spi_out(hq) == spi and link.send(hq, n) and link.send(br, n)  # the running SAs carry on
     assert fresh_ike_sa(link, hq) and fresh_ike_sa(link, br)
 
@@ -67,13 +70,7 @@ def test_a_new_ike_sa_authenticates_at_every_step_in_both_directions(tmp_path: P
     hq, br = link.hq, link.br
     for site in (hq, br):
         write_file(site.keying.config.path.parent / "new.psk", NEW + b"\n")
-    old = {hq: "hq.psk", br: "branch1.psk"}
-    steps = [
-        (hq, "psk", old[hq], "new.psk"), (br, "psk", old[br], "new.psk"),
-        (hq, "psk", "new.psk", old[hq]), (br, "psk", "new.psk", old[br]),
-        (hq, "psk", "new.psk", None), (br, "psk", "new.psk", None),
-    ]
-    for site, _, psk, accept in steps:
+    for site, psk, accept in steps(link):
         reload(site, link, psk=psk, accept=accept)
         assert fresh_ike_sa(link, hq), f"hq could not set up a new IKE SA after {site.name} -> {psk}/{accept}"
         assert fresh_ike_sa(link, br), f"br could not set up a new IKE SA after {site.name} -> {psk}/{accept}"

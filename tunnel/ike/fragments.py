@@ -117,14 +117,5 @@ def check(skf: SkfPayload) -> None:
         raise FragmentRefused(f"fragment {skf.number} names a first payload (only fragment 1 may)")
 
 
-def unpad(plaintext: bytes) -> bytes:
-    if not plaintext:
-        raise MalformedPacket("SKF plaintext has no Pad Length octet")
-    pad = plaintext[-1]
-    if pad + 1 > len(plaintext):
-        raise MalformedPacket(f"SKF Pad Length {pad} exceeds the {len(plaintext)}-byte plaintext")
-    return bytes(plaintext[:len(plaintext) - 1 - pad])
-
-
 __all__ = ["DEFAULT_FRAGMENT_SIZE", "FragmentRefused", "MAX_FRAGMENTS", "Reassembly", "check",
-           "encode_fragments", "max_message", "unpad"]
+           "encode_fragments", "max_message"]

@@ -18,7 +18,7 @@ from tunnel.ike.child import ChildSa, ChildState, IllegalTransition, new_spi
 from tunnel.ike.config import IkeConfig
 from tunnel.ike.constants import IKE_PORT, NAT_T_PORT, ExchangeType, Flag
 from tunnel.ike.drops import IkeDrop, IkeDrops
-from tunnel.ike.errors import IkeError, IntegrityError
+from tunnel.ike.errors import IkeError, IntegrityError, InvalidSyntax
 from tunnel.ike.events import ChildSaDeleted, Event, IkeSaDeleted, IkeSaFailed
 from tunnel.ike.message import (
     IkeHeader,
@@ -30,7 +30,7 @@ from tunnel.ike.message import (
     open_sk_message,
 )
 from tunnel.ike.proposal import IkeSuite
-from tunnel.ike.sk import SkCipher
+from tunnel.ike.sk import SkCipher, unpad
 from tunnel.ike.window import RequestWindow, ResponseWindow
 
 Address = tuple[str, int]  # (host, port)
@@ -267,11 +267,11 @@ class IkeSa:
             return None
         try:
             fragments.check(skf)
-            inner = fragments.unpad(self.crypto.sk_in.open(data[:len(data) - len(skf.body)], skf.body))
+            inner = unpad(self.crypto.sk_in.open(data[:len(data) - len(skf.body)], skf.body))
         except IntegrityError:
             self.drop(IkeDrop.INTEGRITY)
             return None
-        except MalformedPacket:
+        except (MalformedPacket, InvalidSyntax):
             self.drop(IkeDrop.BAD_FRAGMENT)
             return None
         message_id = message.header.message_id
