@@ -58,7 +58,7 @@ def test_reordering_between_classes_costs_no_packet_with_strongswan(tmp_path: Pa
     assert results["up"].received_mbps > 0 and results["down"].received_mbps > 0  # both loads really ran
     # strongSwan's socket buffer overflows under this load and it has no priority of its own: an EF packet
     # may be lost there, outside sitelink (counted in `overflowed`), so no zero-loss claim here; what is
-    # lost beyond 2 % must be explained by those overflows (a run lost 7 of 200 with 40 overflowed).
+    # lost beyond 2 % must be explained by those overflows (a CI run lost 7 of 200 EF pings here).
     for probe in (ef, results["ef_back"]):
         lost = round(probe.loss_pct * 200 / 100)
         assert lost <= 4 + overflowed, (probe, overflowed)
