@@ -90,3 +90,24 @@ def test_an_expired_certificate_ends_the_sa_at_the_next_reauthentication(tmp_pat
     assert established(hq, "br") == [] and established(br, "hq") == []
     failed = hq.tunnels["br"].stats.handshakes_failed
     assert failed.get("authentication_failed", 0) >= 1, failed
+
+
+def test_a_lost_reauthentication_keeps_the_old_sa_and_is_tried_again(tmp_path: Path) -> None:
+    """The new IKE SA's messages are lost (not refused): the old SA carries traffic on, and the
+    re-authentication is tried again REAUTH_RETRY seconds later, successfully."""
+    from tunnel.ike.constants import ExchangeType  # noqa: PLC0415
+    from tunnel.ike.message import parse_header  # noqa: PLC0415
+
+    link = _up(Link(tmp_path, hq_extra="      reauth_time: 50\n"))
+    hq = link.hq
+    first = established(hq.keying, "branch1")[0]
+    link.lose_ike = lambda sender, data: parse_header(data).exchange == ExchangeType.IKE_SA_INIT
+    for second in range(70):  # the re-authentication (45-50 s) times out while the old SA works
+        link.advance(1.0)
+        assert link.send(hq, second) and link.send(link.br, second)
+    assert established(hq.keying, "branch1") == [first] and hq.keying.tunnels["branch1"].stats.handshakes_ok == 1
+    link.lose_ike = lambda sender, data: False
+    for second in range(40):  # tried again 30 s after the failure
+        link.advance(1.0)
+        assert link.send(hq, second) and link.send(link.br, second)
+    assert hq.keying.tunnels["branch1"].stats.handshakes_ok == 2 and first.state is IkeState.CLOSED

@@ -524,6 +524,7 @@ class Keying:
         for session in old:
             session.reauth_requested = False
             session.reauth_at = now + REAUTH_RETRY
+        self.dispatcher.reschedule(old, now)
         log.warning("tunnel %s: re-authentication failed (%s); trying again in %d s", runtime.config.name,
                     event.reason, REAUTH_RETRY)
 

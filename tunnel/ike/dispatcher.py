@@ -125,6 +125,11 @@ class IkeDispatcher:
             session.delete(now, when_idle=True)
             self._collect(session, now)
 
+    def reschedule(self, sessions: Iterable[IkeSession], now: float) -> None:
+        """These IKE SAs' deadlines were changed from outside (a re-authentication to retry): queue them."""
+        for session in sessions:
+            self._collect(session, now)
+
     def delete_tunnel(self, tunnel: str, now: float) -> None:
         for session in self.sessions_for(tunnel):
             session.delete(now)
