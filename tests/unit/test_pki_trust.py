@@ -279,3 +279,11 @@ def test_a_reload_with_a_crl_revoking_the_peer_deletes_its_sas(tmp_path: Path) -
     pump(60.0)
     assert not [s for s in hq.dispatcher.sessions_for("br") if s.state.name == "ESTABLISHED"]
     assert hq.dispatcher.drops_for("br").by_reason()["cert_revoked"] >= 2
+
+
+def test_a_private_key_that_is_not_the_certificates_is_a_config_error(company: dict[str, Path]) -> None:
+    from tunnel.config.pkifiles import CertificateFileError  # noqa: PLC0415
+
+    f = company
+    with pytest.raises(CertificateFileError, match="does not belong to the certificate"):
+        auth([f["root"]], f["hq"], f["br_key"])  # hq's certificate, br's key
