@@ -260,12 +260,10 @@ class Keying:
     def ocsp_answer(self, key: bytes, response: bytes | None, problem: str = "") -> None:
         """The responder's answer (None: none, problem says why) for the caches that asked; the IKE_AUTH
         that waited for it is handled again when it (or its answer) comes again."""
-        caches = {id(c.auth.ocsp): c for c, _ in self.dispatcher.configs() if isinstance(c.auth, CertAuth)
-                  and c.auth.ocsp is not None}
-        for config in caches.values():
-            assert isinstance(config.auth, CertAuth) and config.auth.ocsp is not None
-            clock = config.wall_clock or (lambda: dt.datetime.now(dt.UTC))
-            if config.auth.ocsp.answer(key, response, clock(), problem) and response is None:
+        caches = {id(c.auth.ocsp): c.auth.ocsp for c, _ in self.dispatcher.configs()
+                  if isinstance(c.auth, CertAuth) and c.auth.ocsp is not None}
+        for cache in caches.values():  # one per gateway.pki (a reload makes a new one)
+            if cache.answer(key, response, dt.datetime.now(dt.UTC), problem) and response is None:
                 log.warning("OCSP: no usable answer (%s)", problem)
 
     def take_resolves(self) -> dict[str, str]:

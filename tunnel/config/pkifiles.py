@@ -305,18 +305,20 @@ def issue(ca_cert_path: Path, ca_key_path: Path, out_dir: Path, identity: str, k
     if san is not None:
         builder = builder.add_extension(x509.SubjectAlternativeName([san]), critical=False)
     if ocsp_url is not None:  # where peers ask whether it was revoked (RFC 5280 §4.2.2.1)
-        if not re.fullmatch(r"http://\S+", ocsp_url):
-            raise PkiError(f"--ocsp-url {ocsp_url!r} is not an http:// URL")
         builder = builder.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
-            AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]), critical=False)
+            AuthorityInformationAccessOID.OCSP, _http_uri("--ocsp-url", ocsp_url))]), critical=False)
     if crl_url is not None:  # where peers fetch the issuer's CRL (RFC 5280 §4.2.1.13)
-        if not re.fullmatch(r"http://\S+", crl_url):
-            raise PkiError(f"--crl-url {crl_url!r} is not an http:// URL")
         builder = builder.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
-            [x509.UniformResourceIdentifier(crl_url)], None, None, None)]), critical=False)
+            [_http_uri("--crl-url", crl_url)], None, None, None)]), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     _write_pair(cert_path, cert, key_path, key)
     return cert_path, key_path
+
+
+def _http_uri(option: str, url: str) -> x509.UniformResourceIdentifier:
+    if not re.fullmatch(r"http://\S+", url):
+        raise PkiError(f"{option} {url!r} is not an http:// URL")
+    return x509.UniformResourceIdentifier(url)
 
 
 def generate_key(key_type: str) -> PrivateKey:

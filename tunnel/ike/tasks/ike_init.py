@@ -93,7 +93,7 @@ def _request_payloads(sa: IkeSa, attempt: InitAttempt) -> list[Payload]:
         KePayload(attempt.dh.group, attempt.dh.public),
         NoncePayload(attempt.nonce),
         *_nat_notifies(sa, bytes(8), sa.remote),
-        *_extras(sa),
+        *_extras(sa, _offers_fragmentation(sa)),
     ]
     return payloads
 
@@ -122,10 +122,7 @@ def on_request(sa: IkeSa, data: bytes, message: Message, now: float) -> None:
     sa.fragmentation = _offers_fragmentation(sa) and message.notify(NotifyType.FRAGMENTATION_SUPPORTED) is not None
     nr = sa.random(sa.config.nonce_len)
     payloads: list[Payload] = [SaPayload((proposal,)), KePayload(suite.dh, ours.public), NoncePayload(nr),
-                               *_nat_notifies(sa, sa.spi_r, sa.remote), *_extras(sa)]
-    if not sa.fragmentation:  # answered only to an initiator that offered it
-        payloads = [p for p in payloads if not (isinstance(p, NotifyPayload)
-                                                and p.type == NotifyType.FRAGMENTATION_SUPPORTED)]
+                               *_nat_notifies(sa, sa.spi_r, sa.remote), *_extras(sa, sa.fragmentation)]
     cert = _cert_auth(sa)
     if cert is not None:
         payloads.append(CertReqPayload(CertEncoding.X509_SIGNATURE, cert.ca_key_hashes))
@@ -182,11 +179,12 @@ def _nat_notifies(sa: IkeSa, spi_r: bytes, peer: Address) -> list[NotifyPayload]
     ]
 
 
-def _extras(sa: IkeSa) -> list[NotifyPayload]:
+def _extras(sa: IkeSa, fragmentation: bool) -> list[NotifyPayload]:
+    """fragmentation: the initiator offers it when configured to; the responder answers only an offer."""
     extras = []
     if _cert_auth(sa) is not None:
         extras.append(NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=SIGNATURE_HASH_ALGORITHMS))
-    if _offers_fragmentation(sa):
+    if fragmentation:
         extras.append(NotifyPayload(NotifyType.FRAGMENTATION_SUPPORTED))
     return extras
 
