@@ -186,22 +186,25 @@ class Gateway:
             log.info("removing the routes of subnets no tunnel has any more: %s", ", ".join(map(str, stale)))
             netlink.delete_routes(tun_index, stale)
         mark = socket_mark(self.config)
+        freebind = self.config.ha is not None  # one of a pair: the virtual address comes and goes (keepalived)
         sock = stack.enter_context(udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes,
-                                                   zero_checksum=False, reuseport=self.config.workers > 1, mark=mark))
+                                                   zero_checksum=False, reuseport=self.config.workers > 1, mark=mark,
+                                                   freebind=freebind))
         udp.enable_gro(sock)  # and the TOS of each datagram
         ike = any(t.ike is not None for t in self.config.tunnels)
         ike_sock = None
         if ike:
             ike_sock = stack.enter_context(udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20,
-                                                           mark=mark))
+                                                           mark=mark, freebind=freebind))
         io = _Io(netlink, tun_index, device, sock, udp.SegmentingSender(sock), ike_sock)
         if listen.dual is not None:  # dual stack: the other family at the same ports
             io.dual_sock = stack.enter_context(udp.open_socket(
-                str(listen.dual), listen.port, self.config.socket_buffer_bytes, zero_checksum=False, mark=mark))
+                str(listen.dual), listen.port, self.config.socket_buffer_bytes, zero_checksum=False, mark=mark,
+                freebind=freebind))
             udp.enable_gro(io.dual_sock)
             if ike:
                 io.dual_ike_sock = stack.enter_context(udp.open_socket(str(listen.dual), self.config.ike_port,
-                                                                       1 << 20, mark=mark))
+                                                                       1 << 20, mark=mark, freebind=freebind))
             v4, v6 = sorted((io.sock, io.dual_sock), key=lambda s: s.family == socket.AF_INET6)
             io.sender = udp.FamilySender(udp.SegmentingSender(v4), udp.SegmentingSender(v6))
         return io
@@ -212,7 +215,7 @@ class Gateway:
         listen = self.config.listen
         extra = [(TunDevice(self.config.tun.name), udp.open_socket(
             str(listen.address), listen.port, self.config.socket_buffer_bytes, zero_checksum=False, reuseport=True,
-            mark=socket_mark(self.config))) for _ in range(1, n)]
+            mark=socket_mark(self.config), freebind=self.config.ha is not None)) for _ in range(1, n)]
         udp.steer_by_spi(io.sock, n)
         for k, (tun, sock) in enumerate(extra, start=1):
             others: list[TunDevice | socket.socket] = [io.tun, io.sock, *([io.ike_sock] if io.ike_sock else [])]
@@ -379,9 +382,19 @@ class Gateway:
         return list(self.keying.tunnels) if self.keying is not None else []
 
     def initiate(self, tunnel: str) -> str:
+        if self._keying().standby:
+            return f"not initiating {tunnel}: this gateway is the standby of its pair (sitelink role active)"
         self._keying().initiate(tunnel, time.monotonic(), operator=True)
         self._after_ike()
         return f"initiating {tunnel}"
+
+    def set_role(self, role: str) -> str:
+        """keepalived's notify script: `sitelink role active|standby` (README "High availability")."""
+        if self.config.ha is None:
+            raise ValueError("this gateway is not one of an HA pair (no gateway.ha in its configuration)")
+        message = self._keying().set_role(role == "active", time.monotonic())
+        self._after_ike()
+        return message
 
     def terminate(self, tunnel: str) -> str:
         count = self._keying().terminate(tunnel, time.monotonic())

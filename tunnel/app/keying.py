@@ -22,7 +22,7 @@ from typing import Protocol
 
 from tunnel.app.assemble import ike_configs, peer_of, volume_limits
 from tunnel.app.reload import ReloadPlan
-from tunnel.config.model import GatewayConfig, StartMode, Tunnel
+from tunnel.config.model import GatewayConfig, HaRole, StartMode, Tunnel
 from tunnel.dataplane.events import (
     DataEvent,
     IkeMessage,
@@ -168,6 +168,8 @@ class Keying:
         # Tunnels that may have a retry_at or a lane's drop_at: the timers look at these, not at every
         # tunnel (a hub with a thousand of them asks for its next deadline after every IKE message).
         self._timed: set[str] = set()
+        # One of an HA pair (gateway.ha): the standby initiates nothing and holds no SA (set_role).
+        self.standby = config.ha is not None and config.ha.role is HaRole.STANDBY
         self._accept_ike()
 
     def _runtime(self, tunnel: Tunnel) -> TunnelRuntime:
@@ -232,6 +234,9 @@ class Keying:
 
     # -- commands -----------------------------------------------------------------------------------------
     def start(self, now: float) -> None:
+        if self.standby:
+            log.info("standby of an HA pair: initiating nothing until made active (sitelink role active)")
+            return
         for name, runtime in self.tunnels.items():
             if runtime.config.ike is not None and runtime.config.ike.start is StartMode.INITIATE:
                 self.initiate(name, now)
@@ -241,6 +246,9 @@ class Keying:
         if operator:
             runtime.held = False
         elif runtime.held:
+            return
+        if self.standby:
+            runtime.retry_at = None  # set_role(active) starts every tunnel
             return
         if self.dispatcher.sessions_for(name):
             return  # one IKE SA at a time per tunnel (until rekeying arrives)
@@ -275,8 +283,8 @@ class Keying:
         """The answer for a DNS-named peer: initiate to it (a changed address is followed and logged), or
         try again later (backoff, as after a failed IKE SA)."""
         runtime = self.tunnels.get(name)
-        if runtime is None or runtime.held or self.dispatcher.sessions_for(name):
-            return  # removed by a reload, terminated meanwhile, or the peer came to us first
+        if runtime is None or runtime.held or self.standby or self.dispatcher.sessions_for(name):
+            return  # removed by a reload, terminated or made standby meanwhile, or the peer came to us first
         host = runtime.config.peer.host
         if address is None:
             log.warning("tunnel %s: cannot resolve %s (%s); trying again in %.0f s", name, host, error,
@@ -296,6 +304,32 @@ class Keying:
             runtime.resolved = address
         log.info("tunnel %s: initiating IKE SA with %s (%s)", name, host, address)
         self.dispatcher.initiate(name, now, self.config.ike_port, address=address)
+
+    def set_role(self, active: bool, now: float) -> str:
+        """keepalived made this gateway the active one of its pair, or the standby (README "High
+        availability"). Active: every tunnel with a known peer is initiated at once, each first IKE SA
+        carrying INITIAL_CONTACT so the peers drop the SAs they hold with the gateway that went away,
+        without waiting for their dead-peer detection. Standby: every SA is forgotten without a word (the
+        address and the peers belong to the other gateway now) and nothing is initiated."""
+        if active != self.standby:
+            return f"already {'active' if active else 'standby'}"
+        if not active:
+            self.standby = True
+            for runtime in self.tunnels.values():
+                runtime.retry_at, runtime.retry_delay = None, RETRY_DELAY
+            self.dispatcher.forget_all("this gateway became the standby of its pair", now)
+            log.warning("HA: now standby; every SA forgotten, nothing initiated")
+            return "standby"
+        self.standby = False
+        self.dispatcher.forget_contacts()
+        started = []
+        for name, runtime in self.tunnels.items():
+            runtime.retry_at, runtime.retry_delay = None, RETRY_DELAY
+            if not runtime.config.peer.is_any and not runtime.held:
+                self.initiate(name, now)
+                started.append(name)
+        log.warning("HA: now active; initiating %d tunnel(s) with INITIAL_CONTACT", len(started))
+        return f"active: initiating {len(started)} tunnel(s)"
 
     def terminate(self, name: str, now: float) -> int:
         """Delete the tunnel's IKE SAs (and their Child SAs) at the peer; traffic fails closed until it is

@@ -45,6 +45,13 @@ class GatewayReadout:
     def listen(self) -> str:
         return str(self._gateway.config.listen)
 
+    @property
+    def ha_role(self) -> str | None:
+        keying = self._gateway.keying
+        if self._gateway.config.ha is None or keying is None:
+            return None
+        return "standby" if keying.standby else "active"
+
     def tunnels(self) -> list[TunnelView]:
         gateway, views = self._gateway, []
         keying = gateway.keying

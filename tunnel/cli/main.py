@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "rekey":
             command.add_argument("--ike", action="store_true", help="rekey the IKE SA instead of the Child SA")
         command.set_defaults(handler=_cmd_control)
+    role = commands.add_parser("role", help="make one of an HA pair active or standby (keepalived's notify "
+                               "scripts run this), or show its role",
+                               description="active: initiate every tunnel at once with INITIAL_CONTACT (the "
+                               "peers drop their SAs with the gateway that went away); standby: forget every SA "
+                               "and initiate nothing. Without an argument: print the role.")
+    role.add_argument("role", nargs="?", choices=("active", "standby"))
+    _control_target(role)
+    role.set_defaults(handler=_cmd_role)
     reload = commands.add_parser("reload", help="make a running gateway re-read its configuration file "
                                  "(like SIGHUP; unchanged tunnels keep their SAs)")
     _control_target(reload)
@@ -120,6 +128,16 @@ def _cmd_control(args: argparse.Namespace) -> int:
     message = {"command": args.command, "tunnel": args.tunnel}
     if args.command == "rekey":
         message["kind"] = "ike" if args.ike else "child"
+    print(request(_socket_path(args), message)["message"])
+    return 0
+
+
+def _cmd_role(args: argparse.Namespace) -> int:
+    from tunnel.ops.control_socket import request
+
+    message: dict[str, str] = {"command": "role"}
+    if args.role is not None:
+        message["role"] = args.role
     print(request(_socket_path(args), message)["message"])
     return 0
 

@@ -26,6 +26,8 @@ from tunnel.config.model import (
     Endpoint,
     GatewayConfig,
     GatewayQos,
+    Ha,
+    HaRole,
     Ike,
     IPAddress,
     IPInterface,
@@ -147,6 +149,8 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
         "metrics": _metrics,
         "control_socket": lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a socket path"),
         "state_dir": lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a directory path"),
+        "ha": lambda doc, node, path: _section(doc, node, path, Ha, (), {
+            "role": lambda doc, node, path: _enum(doc, node, path, HaRole)}),
         "key_log": lambda doc, node, path: _section(doc, node, path, KeyLog, (), {
             key: (lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a file path"))
             for key in ("esp_sa", "ikev2_decryption_table")}),

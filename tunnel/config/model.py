@@ -206,6 +206,19 @@ class Metrics:
     port: int = 9548
 
 
+class HaRole(str, enum.Enum):
+    ACTIVE = "active"  # holds the virtual address: initiates, answers, carries traffic
+    STANDBY = "standby"  # waits: initiates nothing and keeps no SA until keepalived makes it active
+
+
+@dataclass(frozen=True)
+class Ha:
+    """An active/standby pair behind keepalived (README "High availability"): both gateways listen on the
+    virtual address (bound before it is local) and keepalived's notify scripts switch the role."""
+
+    role: HaRole = HaRole.STANDBY  # the role at start
+
+
 @dataclass(frozen=True)
 class KeyLog:
     """DEBUGGING ONLY: files that receive every SA's keys in Wireshark's formats (off unless named)."""
@@ -251,3 +264,4 @@ class GatewayConfig:
     key_log: KeyLog = KeyLog()
     # Where the gateway keeps what must outlive it: the ledger of manual keys already used (config/ledger.py).
     state_dir: Path = Path("/var/lib/sitelink")
+    ha: Ha | None = None  # gateway.ha: one of an active/standby pair

@@ -21,11 +21,13 @@ IP_RECVTOS = 13
 
 
 def open_socket(address: str, port: int, buffer_bytes: int, zero_checksum: bool = True,
-                reuseport: bool = False, mark: int = 0) -> socket.socket:
+                reuseport: bool = False, mark: int = 0, freebind: bool = False) -> socket.socket:
     """zero_checksum: RFC 3948 §2.1 says the UDP checksum SHOULD be zero (ESP's ICV protects the payload),
     but the kernel refuses UDP_SEGMENT sends without checksums, so the batching data path turns it off:
     receivers MUST accept either, and the checksum is computed by offload, not by us. mark: SO_MARK, how
-    the gateway's own datagrams escape a full tunnel's routing table (netlink.py)."""
+    the gateway's own datagrams escape a full tunnel's routing table (netlink.py). freebind: bind an
+    address that is not (yet) local, the virtual address keepalived gives the active one of a pair; until it
+    arrives nothing is received there and sends fail (the standby sends nothing)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -37,6 +39,11 @@ def open_socket(address: str, port: int, buffer_bytes: int, zero_checksum: bool 
             sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         if mark:
             sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        if freebind:
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
         sock.bind((address, port))
     except OSError as exc:
         sock.close()
@@ -46,6 +53,8 @@ def open_socket(address: str, port: int, buffer_bytes: int, zero_checksum: bool 
 
 
 SO_MARK = 36  # socket.SO_MARK from Python 3.12 on
+IP_FREEBIND = 15  # linux/in.h
+IPV6_FREEBIND = 78  # linux/in6.h
 
 
 def _set_buffers(sock: socket.socket, size: int) -> None:

@@ -119,6 +119,21 @@ class IkeDispatcher:
             session.delete(now)
             self._collect(session, now)
 
+    def forget_all(self, reason: str, now: float) -> None:
+        """Close every IKE SA without a word to the peer (the gateway became the standby of a pair: the
+        other one holds the address and the peers now), and let the next IKE SA of each tunnel carry
+        INITIAL_CONTACT again, as after a restart (§2.4)."""
+        self._contacted.clear()
+        for session in list(self.sessions.values()):
+            session.close(reason)
+            self._collect(session, now)
+        self._out.clear()  # close() sends nothing; nothing queued before it may leave either
+
+    def forget_contacts(self) -> None:
+        """The next IKE SA of each tunnel carries INITIAL_CONTACT (a standby taking over: the peers still
+        hold SAs with the gateway that died, under the same identity)."""
+        self._contacted.clear()
+
     def delete_sessions(self, sessions: Iterable[IkeSession], now: float) -> None:
         """Delete these IKE SAs at the peer (after an exchange of theirs in progress, if any)."""
         for session in sessions:

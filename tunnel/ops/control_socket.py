@@ -1,4 +1,4 @@
-"""The control socket: a root-only unix socket on which `sitelink status|initiate|terminate|rekey|reload`
+"""The control socket: a root-only unix socket on which `sitelink status|initiate|terminate|rekey|reload|role`
 talk to a running gateway, one JSON line each way. It runs on the gateway's event loop, so commands see
 and change the same state the data path and IKE use, between their callbacks. It knows the gateway only
 as a Readout (for status) and as the Commands below."""
@@ -20,7 +20,8 @@ from tunnel.ops.status import snapshot
 
 log = logging.getLogger("sitelink.control")
 MAX_REQUEST = 4096
-COMMANDS = ("status", "initiate", "terminate", "rekey", "reload")
+COMMANDS = ("status", "initiate", "terminate", "rekey", "reload", "role")
+ROLES = ("active", "standby")
 
 
 class ControlError(SitelinkError):
@@ -40,6 +41,8 @@ class Commands(Protocol):
     def initiate(self, tunnel: str) -> str: ...
     def terminate(self, tunnel: str) -> str: ...
     def rekey(self, tunnel: str, kind: str) -> str: ...
+    def set_role(self, role: str) -> str:
+        """active | standby (one of an HA pair); ValueError when the gateway is not in a pair."""
     async def reload(self) -> str:
         """Re-read the configuration; ConfigError or ReloadRefused (nothing changed), or ReloadFailed."""
 
@@ -125,6 +128,16 @@ class ControlServer:
             return {"ok": False, "error": f"unknown command {command!r}; one of {', '.join(COMMANDS)}"}
         if command == "status":
             return {"ok": True, "status": snapshot(self.readout, time.monotonic())}
+        if command == "role":
+            role = request.get("role")
+            if role is None:
+                return {"ok": True, "message": self.readout.ha_role or "not one of an HA pair"}
+            if role not in ROLES:
+                return {"ok": False, "error": f"role must be one of {', '.join(ROLES)}"}
+            try:
+                return {"ok": True, "message": self.commands.set_role(role)}
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc)}
         known = self.commands.ike_tunnels()
         if not isinstance(tunnel, str) or tunnel not in known:
             names = ", ".join(sorted(known)) or "none"

@@ -43,6 +43,11 @@ class GatewayCollector(Collector):
         info = GaugeMetricFamily(f"{PREFIX}_build_info", "sitelink version; always 1", labels=["version", "gateway"])
         info.add_metric([_version(), self.readout.gateway_name], 1)
         yield info
+        if self.readout.ha_role is not None:
+            active = GaugeMetricFamily(f"{PREFIX}_ha_active", "1 on the active gateway of an HA pair, 0 on the "
+                                       "standby (keepalived's notify scripts switch it)")
+            active.add_metric([], 1 if self.readout.ha_role == "active" else 0)
+            yield active
         tunnels = self.readout.tunnels()
         yield from self._data_plane(tunnels)
         yield from self._ike(tunnels)

@@ -91,6 +91,9 @@ class Readout(Protocol):
     @property
     def listen(self) -> str: ...
     def tunnels(self) -> list[TunnelView]: ...
+    @property
+    def ha_role(self) -> str | None:
+        """"active" or "standby" for one of an HA pair (gateway.ha), else None."""
     def unowned(self) -> Counters:
         """Data-plane drops no tunnel can be blamed for (unknown SPI, no route), over every worker."""
     def unowned_ike_drops(self) -> dict[str, int]:

@@ -21,7 +21,7 @@ def snapshot(readout: Readout, now: float) -> dict[str, Any]:
     queues = {direction: {cls.label: {"depth": depth, "dropped": stats.dropped, "sent": stats.dequeued}
                           for cls, (depth, stats) in zip(QosClass, rows)}
               for direction, rows in readout.queues().items()}
-    return {"gateway": readout.gateway_name, "listen": readout.listen,
+    return {"gateway": readout.gateway_name, "listen": readout.listen, "ha_role": readout.ha_role,
             "tunnels": [_tunnel(t, now) for t in readout.tunnels()], "queues": queues,
             "unowned_drops": readout.unowned().drops_by_reason(), "unowned_ike_drops": readout.unowned_ike_drops()}
 
@@ -77,7 +77,8 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def render(snap: dict[str, Any]) -> str:
-    lines = [f"gateway {snap['gateway']}, listening on udp {snap['listen']}"]
+    lines = [f"gateway {snap['gateway']}, listening on udp {snap['listen']}"
+             + (f", HA role {snap['ha_role']}" if snap.get("ha_role") else "")]
     for t in snap["tunnels"]:
         lines.append("")
         handshake = t.get("last_handshake_ago_s")
