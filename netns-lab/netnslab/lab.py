@@ -188,6 +188,7 @@ class Lab:
         self._nat: tuple[str, int | None] | None = None  # (site behind the NAT, SNAT port base)
         self._nat_sites: tuple[str, ...] = ()  # every site behind the NAT (set_nat with several)
         self._wan_nodes: dict[str, str] = {}  # extra WAN namespaces (add_wan_node): node -> its address
+        self._extra_nodes: set[str] = set()  # namespaces a test wires itself (add_node)
         self._state = "new"  # new -> building -> up -> closed
         self._lock = threading.RLock()
         self._owner_pid = os.getpid()  # a forked copy of this object must not tear down
@@ -259,7 +260,7 @@ class Lab:
 
     def ns(self, node: str) -> str:
         """Namespace name of a node (``<prefix>-<node>``)."""
-        if node not in self._wan_nodes:
+        if node not in self._wan_nodes and node not in self._extra_nodes:
             self.topology.kind(node)  # raises KeyError for unknown nodes
         return f"{self.prefix}-{node}"
 
@@ -292,6 +293,27 @@ class Lab:
                 return str(node_ip)
             time.sleep(0.1)
         raise LabError(f"WAN node {node} cannot reach the router at {router_ip}")
+
+    def add_node(self, node: str, forwarding: bool = True) -> str:
+        """One more namespace, with loopback up and nothing else (the caller wires it, e.g. a second
+        gateway of a site: netnslab.ha); a router's sysctls unless forwarding is False. Deleted with the
+        lab. Returns the namespace's name."""
+        if self._state != "up":
+            raise LabError(f"lab {self.prefix} is {self._state}; add nodes to a built lab")
+        if node in self._wan_nodes or node in self._extra_nodes or node in self.topology.nodes():
+            raise LabError(f"node {node!r} exists already")
+        name = f"{self.prefix}-{node}"
+        netns.create(name)
+        with self._lock:
+            self._namespaces.append(name)
+            self._extra_nodes.add(node)
+        self.run(node, ["ip", "link", "set", "lo", "up"])
+        sysctls = ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+                   "net.ipv6.conf.default.accept_ra=0"]
+        if forwarding:
+            sysctls += ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"]
+        self.run(node, ["sysctl", "-q", "-w", *sysctls], timeout=10)
+        return name
 
     @property
     def namespaces(self) -> list[str]:

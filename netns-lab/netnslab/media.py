@@ -164,4 +164,37 @@ def probe(lab: Lab, src_node: str, dst_node: str, dst_addr: str, port: int, rate
         _stop_if_running(lab, rx)
 
 
-__all__ = ["MediaError", "video_pipeline", "start_rtp_video", "rtp_receive", "probe"]
+class BackgroundProbe:
+    """probe() that does not wait: the stream runs while the caller breaks something (a failover), and
+    result() waits for both ends. The receiver's report has the longest silence (``longest_gap_ms``, its
+    start and end on CLOCK_MONOTONIC, which time.monotonic() reads too)."""
+
+    def __init__(self, lab: Lab, src_node: str, dst_node: str, dst_addr: str, port: int, rate: float = 200,
+                 seconds: float = 10, dscp: int = 46, size: int = 200, slack: float = 2.0) -> None:
+        self.lab, self.src_node, self.dst_node = lab, src_node, dst_node
+        self.seconds, self.slack = seconds, slack
+        self.rx = _start_script(lab, dst_node, UDPPROBE, ["recv", "--bind", dst_addr, "--port", str(port),
+                                                          "--seconds", f"{seconds + slack:g}"])
+        self.tx: subprocess.Popen | None = None
+        try:
+            wait_listening(lab, dst_node, port, udp=True, timeout=10, proc=self.rx)
+            to = f"[{dst_addr}]:{port}" if ":" in dst_addr else f"{dst_addr}:{port}"
+            self.tx = _start_script(lab, src_node, UDPPROBE, ["send", "--to", to, "--rate", f"{rate:g}",
+                                                              "--seconds", f"{seconds:g}", "--dscp", str(dscp),
+                                                              "--size", str(size)])
+        except BaseException:
+            _stop_if_running(lab, self.rx, self.tx)
+            raise
+
+    def result(self) -> dict[str, Any]:
+        try:
+            assert self.tx is not None
+            sent = _result(self.lab, self.src_node, self.tx, "udpprobe send", self.seconds + 30)
+            result = _result(self.lab, self.dst_node, self.rx, "udpprobe recv", self.seconds + self.slack + 30)
+            result["sender"] = sent
+            return result
+        finally:
+            _stop_if_running(self.lab, self.rx, self.tx)
+
+
+__all__ = ["MediaError", "video_pipeline", "start_rtp_video", "rtp_receive", "probe", "BackgroundProbe"]

@@ -7,7 +7,7 @@ IPV6_TCLASS) set to ``dscp << 2``. It prints one JSON line: sent, late (sent mor
 behind schedule), duration.
 
 ``recv`` receives for exactly ``--seconds`` and prints one JSON line: received, duplicates, reordered,
-max sequence seen, lost (sequence numbers 0..max missing; a loss after the last received packet cannot be
+the longest silence between two arrivals (an outage, with its start and end), max sequence seen, lost (sequence numbers 0..max missing; a loss after the last received packet cannot be
 seen), p50/p95/p99/max one-way delay in ms, and the DSCP each datagram arrived with (from IP_RECVTOS /
 IPV6_RECVTCLASS ancillary data) as a count per value. Every lab namespace shares the host's
 CLOCK_MONOTONIC, so the one-way delay is exact (receive time is taken when recvmsg returns).
@@ -130,6 +130,8 @@ class ProbeReceiver:
         self.delays_ms: list[float] = []
         self.dscp: dict[int, int] = {}
         self.foreign = 0
+        self._last_ns: int | None = None
+        self.gap: tuple[int, int] = (0, 0)  # the longest silence between two probes: (start, end) ns
 
     def add(self, recv_ns: int, data: bytes, dscp: int | None = None) -> None:
         decoded = decode(data)
@@ -137,6 +139,9 @@ class ProbeReceiver:
             self.foreign += 1
             return
         seq, send_ns = decoded
+        if self._last_ns is not None and recv_ns - self._last_ns > self.gap[1] - self.gap[0]:
+            self.gap = (self._last_ns, recv_ns)
+        self._last_ns = recv_ns
         self.seqs.append(seq)
         self.delays_ms.append((recv_ns - send_ns) / 1e6)
         if dscp is not None:
@@ -146,6 +151,9 @@ class ProbeReceiver:
         out: dict[str, Any] = sequence_report(self.seqs)
         out.update(delay_report(self.delays_ms))
         out["foreign"] = self.foreign
+        # an outage as the stream's receiver saw it: the longest time without a probe (CLOCK_MONOTONIC ns)
+        out["longest_gap_ms"] = round((self.gap[1] - self.gap[0]) / 1e6, 3)
+        out["gap_start_ns"], out["gap_end_ns"] = self.gap
         out["dscp"] = {str(k): v for k, v in sorted(self.dscp.items())}
         return out
 

@@ -55,9 +55,11 @@ def test_a_standby_initiates_nothing_until_made_active(tmp_path: Path) -> None:
     assert link.hq.keying.set_role(True, link.now) == "already active"
 
 
-def test_takeover_replaces_the_peers_sas_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signal", ["notify", "esp"])
+def test_takeover_replaces_the_peers_sas_at_once(tmp_path: Path, signal: str) -> None:
     """The active gateway dies (its state with it); the standby, made active, brings the tunnel back with
-    INITIAL_CONTACT: the branch closes the IKE SA it had with the dead one at once, not after DPD."""
+    INITIAL_CONTACT: the branch closes the IKE SA it had with the dead one at once, not after DPD. Made
+    active by keepalived's notify, or sooner: the branch's ESP reaching it shows the address is here."""
     link = Link(tmp_path)
     active = make_ha(link.hq, tmp_path / "hq", role="active")
     active.keying.start(link.now)
@@ -75,8 +77,11 @@ def test_takeover_replaces_the_peers_sas_at_once(tmp_path: Path) -> None:
     make_ha(standby, tmp_path / "hq2")
     link.hq = link.sites["198.18.1.2"] = standby  # the virtual address moved; the dead one says nothing
     link.advance(1)
-    assert not link.send(link.br, 3)  # the branch still sends on the dead gateway's SA: lost
-    standby.keying.set_role(True, link.now)
+    if signal == "notify":
+        assert standby.keying.set_role(True, link.now).startswith("active")
+    else:
+        assert not link.send(link.br, 3)  # the branch still sends on the dead gateway's SA: lost, but heard
+        assert not standby.keying.standby
     link.pump()
     now = link.br.keying.dispatcher.sessions_for("hq")
     assert len(now) == 1 and now[0] is not old[0]  # INITIAL_CONTACT closed the old one at once

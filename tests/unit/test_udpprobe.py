@@ -107,6 +107,7 @@ def test_receiver_accumulates() -> None:
     assert (s["received"], s["lost"], s["reordered"], s["max_seq"], s["foreign"]) == (3, 0, 1, 2, 1)
     assert s["delay_p50_ms"] == 0.5 and s["delay_max_ms"] == 2.0 and s["delay_min_ms"] == 0.25
     assert s["dscp"] == {"0": 1, "46": 2}
+    assert (s["longest_gap_ms"], s["gap_start_ns"], s["gap_end_ns"]) == (2.5, 1_500_000, 4_000_000)
 
 
 def _loopback_run(bind: str, dscp: int) -> tuple[dict, dict]:

@@ -392,7 +392,14 @@ class Keying:
     def _unknown_spi(self, host: str, now: float) -> None:
         """ESP for SPIs we do not know, from a configured peer that has no IKE SA with us: the peer
         still uses SAs from before we restarted. Start a new IKE SA (with INITIAL_CONTACT, so the peer
-        drops the stale ones) instead of waiting for its dead-peer detection. Also in respond mode."""
+        drops the stale ones) instead of waiting for its dead-peer detection. Also in respond mode. On
+        the standby of a pair it means more: the virtual address is ours now (nothing reaches a socket on
+        an address that is not local), so take over at once rather than when keepalived's notify runs."""
+        if self.standby and any(host in (peer_of(r.config)[0], r.resolved) for r in self.tunnels.values()):
+            log.warning("HA: ESP from %s reaches the virtual address here: taking over (before keepalived's "
+                        "notify)", host)
+            self.set_role(True, now)
+            return
         for name, runtime in self.tunnels.items():
             if host not in (peer_of(runtime.config)[0], runtime.resolved) or self.dispatcher.sessions_for(name):
                 continue

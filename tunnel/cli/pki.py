@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tunnel.config import pkifiles
+from tunnel.config.keytypes import KEY_TYPES
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001 (argparse's own type)
@@ -78,7 +78,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF00
 
 
 def _key_options(parser: argparse.ArgumentParser, default_days: int) -> None:
-    parser.add_argument("--key-type", choices=pkifiles.KEY_TYPES, default="ecdsa-p256",
+    parser.add_argument("--key-type", choices=KEY_TYPES, default="ecdsa-p256",
                         help="key algorithm (default: %(default)s)")
     parser.add_argument("--days", type=_days, default=default_days, metavar="N",
                         help="validity in days (default: %(default)s)")
@@ -95,6 +95,8 @@ def _days(text: str) -> int:
 
 
 def _cmd_ca(args: argparse.Namespace) -> int:
+    from tunnel.config import pkifiles
+
     cert_path, key_path = pkifiles.create_ca(args.directory, args.name, args.key_type, args.days)
     cert = pkifiles.load_certificate(cert_path)
     print(f"created CA {cert.subject.rfc4514_string()} ({pkifiles.key_description(cert.public_key())}), "
@@ -105,6 +107,8 @@ def _cmd_ca(args: argparse.Namespace) -> int:
 
 
 def _cmd_issue(args: argparse.Namespace) -> int:
+    from tunnel.config import pkifiles
+
     ca_dir: Path = args.ca_dir
     cert_path, key_path = pkifiles.issue(ca_dir / pkifiles.CA_CERT_NAME, ca_dir / pkifiles.CA_KEY_NAME, args.out,
                                     args.identity, args.key_type, args.days, ocsp_url=args.ocsp_url,
@@ -118,6 +122,8 @@ def _cmd_issue(args: argparse.Namespace) -> int:
 
 
 def _cmd_intermediate(args: argparse.Namespace) -> int:
+    from tunnel.config import pkifiles
+
     parent: Path = args.ca_dir
     cert_path, key_path = pkifiles.create_intermediate(parent / pkifiles.CA_CERT_NAME, parent / pkifiles.CA_KEY_NAME,
                                                        args.directory, args.name, args.key_type, args.days)
@@ -130,6 +136,8 @@ def _cmd_intermediate(args: argparse.Namespace) -> int:
 
 
 def _cmd_revoke(args: argparse.Namespace) -> int:
+    from tunnel.config import pkifiles
+
     ca_dir: Path = args.ca_dir
     crl_path = ca_dir / pkifiles.CRL_NAME
     crl = pkifiles.revoke(ca_dir / pkifiles.CA_CERT_NAME, ca_dir / pkifiles.CA_KEY_NAME, crl_path,
@@ -142,6 +150,8 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from tunnel.config import pkifiles
+
     for index, cert in enumerate(pkifiles.load_certificates(args.certificate)):
         if index:
             print()

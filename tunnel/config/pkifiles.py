@@ -25,13 +25,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from tunnel.config.keyfile import too_open
+from tunnel.config.keytypes import KEY_TYPES
 from tunnel.config.yamlnodes import FileProblem, read_regular_file
 from tunnel.errors import ConfigError, KeyFileError, SitelinkError
 from tunnel.ike.certs import ID_KP_IPSEC_IKE, InvalidIdentity, PeerIdentity, PrivateKey
 from tunnel.ike.constants import IdType
 
 KeyType = Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072"]
-KEY_TYPES: tuple[str, ...] = ("ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072")
 CA_CERT_NAME = "ca.crt"
 CA_KEY_NAME = "ca.key"
 MAX_PEM_BYTES = 256 * 1024  # a CA bundle of a few dozen certificates; a key is a few KiB

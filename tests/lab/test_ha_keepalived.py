@@ -1,0 +1,80 @@
+"""An active/standby pair at HQ behind Debian's keepalived (VRRPv3, 0.2 s adverts): the active gateway
+fails three ways while a branch's RTP-like probes (200 datagrams/s each way) and a ping run; keepalived
+moves the WAN and LAN virtual addresses, its notify script (or the branch's ESP arriving first) makes the
+standby sitelink active, which brings the tunnel back at once with INITIAL_CONTACT. Then the failed
+gateway comes back and takes over again (failback). The WAN is captured throughout: nothing in clear.
+
+Times are not asserted absolutely: keepalived's own share (failure to virtual address moved) is measured
+in the same run, and sitelink may add at most SITELINK_SHARE to it; a gateway that waited for the branch's
+dead-peer detection (dpd_delay 30 s here) or a lost INITIAL_CONTACT would show as many seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.utils import PcapReader
+
+from netnslab import Lab, hub_and_spoke_topology
+from netnslab.ha import FAILURES, HaPair, measure_failover
+from netnslab.sitelink import Deployment
+
+pytestmark = pytest.mark.lab
+
+SITELINK_SHARE = 1.0  # seconds sitelink may add to keepalived's failover time (measured: ~0.01-0.1)
+
+
+def lan(address: str) -> bool:
+    return address.startswith("10.")
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+def test_keepalived_pair_fails_over_and_back(tmp_path: Path, failure: str) -> None:
+    with Lab(hub_and_spoke_topology(1)) as lab:
+        dep = Deployment(lab, tmp_path, ike_options={"dpd_delay": 30})
+        pair = HaPair(lab, "hq", tmp_path, dep.gateways["hq"].config.read_text())
+        dep.start("branch1")
+        pair.start(0)
+        pair.start(1)
+        pair.wait_holder(0)
+        dep.wait_established("branch1")
+        assert pair.role(1) == "standby"
+        pcap = tmp_path / "wan.pcap"
+        with lab.capture(lab.topology.router, "any", pcap, "udp port 4500 or net 10.0.0.0/8") as cap:
+            result = measure_failover(pair, "branch1-host", failure)
+        print(json.dumps({failure: {phase: {"detect_s": r["detect_s"], "outage_s": r["outage_s"],
+                                            "ping": r["ping"]} for phase, r in result.items()}}))
+        over, back = result["failover"], result["failback"]
+        for phase, r in result.items():
+            for direction in ("to_hq", "to_branch"):
+                probe = r[direction]
+                assert probe["sender"]["sent"] > 1000, (phase, direction, probe)
+                # the stream came back: what was lost is one outage, not a stream that never resumed
+                lost_s = probe["lost"] / 200
+                assert lost_s <= probe["longest_gap_ms"] / 1000 + 0.1, (phase, direction, probe)
+            assert r["ping"]["received"] > 0.7 * r["ping"]["sent"], (phase, r["ping"])
+        assert over["outage_s"] <= over["detect_s"] + SITELINK_SHARE, over
+        # failback: no second outage longer than the failover's (the returning node takes over the
+        # moment it wins VRRP; the other forgets its SAs)
+        assert back["outage_s"] <= max(over["outage_s"], over["detect_s"]) + SITELINK_SHARE, back
+        assert pair.role(0) == "active" and pair.role(1) == "standby"
+        # the branch's tunnel ended up with one IKE SA, with the gateway that came back
+        status = json.loads(dep.sitelink("branch1", "status", "--json").stdout)
+        tunnel = status["tunnels"][0]
+        assert tunnel["state"] == "up"
+        assert "INITIAL_CONTACT" in dep.gateways["branch1"].log_text()
+        assert "taking over" in pair.nodes[1].log_text() or "now active" in pair.nodes[1].log_text()
+    esp, clear = 0, []
+    with PcapReader(str(pcap)) as packets:
+        for frame in packets:
+            ip = frame.getlayer(IP)
+            if ip is None:
+                continue
+            if lan(ip.src) or lan(ip.dst):
+                clear.append(frame.summary())
+            elif ip.haslayer(UDP) and 4500 in (ip[UDP].sport, ip[UDP].dport):
+                esp += 1
+    assert cap.packets and esp > 2000, (cap.packets, esp)  # the capture saw the tunnel's traffic
+    assert clear == [], clear[:5]
