@@ -20,6 +20,7 @@ from tunnel.esp.sa import InboundSa, OutboundSa
 from tunnel.ike.certs import PeerIdentity
 from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
 from tunnel.ike.fragments import DEFAULT_FRAGMENT_SIZE
+from tunnel.ike.window import Backoff
 
 SEQ_SOFT_LIMIT = 3 * 2**30  # rekey long before the 32-bit sequence numbers run out (RFC 4303 §3.3.3)
 HARD_VOLUME_FACTOR = 1.1  # past soft * this without a new SA, the outbound SA is dropped (fail closed)
@@ -123,7 +124,9 @@ def ike_configs(config: GatewayConfig, workers: int) -> list[tuple[IkeConfig, st
     tunnels = [t for t in config.tunnels if t.ike is not None]
     uses_certs = any(t.ike is not None and t.ike.auth == "cert" for t in tunnels)
     cert_auth = credentials.cert_auth(config) if uses_certs else None
-    return [(ike_config(t, cert_auth, workers), peer_of(t)[0] or None) for t in tunnels]
+    # A peer with several hub addresses is, like one at `any`, known by its identity: it may answer from any
+    return [(ike_config(t, cert_auth, workers), (peer_of(t)[0] or None) if not t.peer.more else None)
+            for t in tunnels]
 
 
 def ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) -> IkeConfig:
@@ -155,4 +158,5 @@ def ike_config(tunnel: Tunnel, cert_auth: CertAuth | None, workers: int = 1) -> 
         dpd_delay=float(ike.dpd_delay),
         fragment_size=DEFAULT_FRAGMENT_SIZE if ike.fragmentation else 0,
         workers=workers,
+        backoff=Backoff(initial=ike.retransmit_timeout, tries=ike.retransmit_tries),
     )

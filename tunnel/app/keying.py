@@ -139,6 +139,7 @@ class TunnelRuntime:
     # `sitelink initiate`, or until the peer sets the tunnel up again.
     held: bool = False
     resolved: str | None = None  # a DNS-named peer's address as last resolved
+    hub: int = 0  # which of peer.address's hubs the next attempt goes to (a list: scale-out)
     # Re-authentication in progress (make-before-break): the new IKE SA, and the ones it replaces.
     reauth: IkeSession | None = None
     reauth_old: list[IkeSession] = field(default_factory=list)
@@ -256,6 +257,13 @@ class Keying:
         host = runtime.config.peer.host
         if host is not None:  # resolved before every attempt: a branch on a dynamic address is followed
             self._resolve[name] = host
+            return
+        hubs = runtime.config.peer.addresses
+        if len(hubs) > 1:
+            address = str(hubs[runtime.hub % len(hubs)])
+            log.info("tunnel %s: initiating IKE SA with %s (hub %d of %d)", name, address,
+                     runtime.hub % len(hubs) + 1, len(hubs))
+            self.dispatcher.initiate(name, now, self.config.ike_port, address=address)
             return
         log.info("tunnel %s: initiating IKE SA with %s", name, runtime.config.peer.address)
         self.dispatcher.initiate(name, now, self.config.ike_port)
@@ -395,13 +403,13 @@ class Keying:
         drops the stale ones) instead of waiting for its dead-peer detection. Also in respond mode. On
         the standby of a pair it means more: the virtual address is ours now (nothing reaches a socket on
         an address that is not local), so take over at once rather than when keepalived's notify runs."""
-        if self.standby and any(host in (peer_of(r.config)[0], r.resolved) for r in self.tunnels.values()):
+        if self.standby and any(_known_at(r, host) for r in self.tunnels.values()):
             log.warning("HA: ESP from %s reaches the virtual address here: taking over (before keepalived's "
                         "notify)", host)
             self.set_role(True, now)
             return
         for name, runtime in self.tunnels.items():
-            if host not in (peer_of(runtime.config)[0], runtime.resolved) or self.dispatcher.sessions_for(name):
+            if not _known_at(runtime, host) or self.dispatcher.sessions_for(name):
                 continue
             if runtime.unknown_spi_at is not None and now - runtime.unknown_spi_at < UNKNOWN_SPI_HOLDOFF:
                 continue
@@ -579,6 +587,15 @@ class Keying:
         log.log(level, "tunnel %s: IKE SA %s: %s", event.tunnel,
                 "failed" if isinstance(event, IkeSaFailed) else "deleted", event.reason)
         if _restarts(runtime.config) and not runtime.held and not self.dispatcher.sessions_for(event.tunnel):
+            hubs = len(runtime.config.peer.addresses)
+            if hubs > 1:  # the next hub, at once; the back-off only after the whole list failed
+                runtime.hub = (runtime.hub + 1) % hubs
+                log.warning("tunnel %s: trying hub %d of %d (%s) next", event.tunnel, runtime.hub + 1, hubs,
+                            runtime.config.peer.addresses[runtime.hub])
+                if runtime.hub != 0:
+                    runtime.retry_at = now
+                    self._timed.add(event.tunnel)
+                    return
             runtime.retry_at = now + runtime.retry_delay
             runtime.retry_delay = min(runtime.retry_delay * 2, MAX_RETRY_DELAY)
             self._timed.add(event.tunnel)
@@ -642,6 +659,11 @@ class Keying:
             else:
                 self.planes[worker].remove_outbound(runtime.config.name)  # fail closed until a new SA exists
                 lane.outbound_spi = None
+
+
+def _known_at(runtime: TunnelRuntime, host: str) -> bool:
+    """Whether the tunnel's peer may be at this address: configured (any of its hubs) or resolved."""
+    return host == runtime.resolved or host in (peer_of(runtime.config)[0], *map(str, runtime.config.peer.more))
 
 
 def _restarts(tunnel: Tunnel) -> bool:

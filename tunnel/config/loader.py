@@ -49,6 +49,7 @@ from tunnel.config.policy_config import parse_firewall, parse_gateway_qos, parse
 from tunnel.config.proposals import parse_esp_proposal, parse_ike_proposal
 from tunnel.config.validate import IkeParts, TunnelParts, cross_check, queues_fit_replay_window
 from tunnel.config.yamlnodes import (
+    FLOAT,
     INT,
     STR,
     Doc,
@@ -330,16 +331,38 @@ def _tunnel_model(t: TunnelParts) -> Tunnel:
                   mtu=t.mtu, firewall=t.firewall, qos=t.qos)
 
 
+MAX_HUBS = 16  # peer.address as a list: the hubs a branch tries in turn
+
+
 def _peer(doc: Doc, node: Node, path: str) -> PeerEndpoint | None:
     start = doc.checkpoint()
     fields = doc.mapping(node, path, ("address",), ("port",))
-    values = _fields(doc, fields, path, {"address": _peer_address, "port": _PORT}) if fields is not None else {}
+    address_node = fields.get("address") if fields is not None else None
+    hubs = isinstance(address_node, SequenceNode)
+    parsers: dict[str, Parser] = {"address": _hub_addresses if hubs else _peer_address, "port": _PORT}
+    values = _fields(doc, fields, path, parsers) if fields is not None else {}
     if not doc.clean_since(start):
         return None
     address, port = values["address"], values.get("port", ESP_UDP_PORT)
+    if hubs:
+        return PeerEndpoint(address[0], None, port, tuple(address[1:]))
     if isinstance(address, str):  # a DNS name, or any
         return PeerEndpoint(None, None if address == ANY_PEER else address, port)
     return PeerEndpoint(address, None, port)
+
+
+def _hub_addresses(doc: Doc, node: Node, path: str) -> tuple[IPAddress, ...] | None:
+    """peer.address as a list: IP addresses of the hubs a branch may use, all of one family, each once."""
+    items = _items(_peer_address, non_empty=True)(doc, node, path)
+    if items is None:
+        return None
+    if any(isinstance(item, str) for item in items):
+        doc.error(node, path, "a list of hub addresses takes IP addresses only (not DNS names or any)")
+        return None
+    if len(items) > MAX_HUBS or len(set(items)) != len(items) or len({a.version for a in items}) != 1:
+        doc.error(node, path, f"give 1 to {MAX_HUBS} different IP addresses of one family (IPv4 or IPv6)")
+        return None
+    return tuple(items)
 
 
 def _manual_keys(doc: Doc, node: Node, path: str, base_dir: Path) -> ManualKeys | None:
@@ -369,6 +392,10 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
         "rekey_bytes": lambda doc, node, path: doc.integer(node, path, 0, 2**62),
         "rekey_packets": lambda doc, node, path: doc.integer(node, path, 0, 2**32 - 1),
         "fragmentation": Doc.boolean,
+        # Retransmissions (§2.1): the first after retransmit_timeout seconds, each next one twice as late;
+        # the peer counts as gone after retransmit_tries transmissions (defaults 1 s and 6: 63 s in all).
+        "retransmit_timeout": _seconds(0.1, 30.0),
+        "retransmit_tries": lambda doc, node, path: doc.integer(node, path, 1, 20),
     }
     start = doc.checkpoint()
     required = ("auth", "local_id", "remote_id")
@@ -405,9 +432,28 @@ def _ike(doc: Doc, node: Node, path: str, base_dir: Path) -> IkeParts | None:
         return IkeParts(**parts, model=None)
     model = Ike(auth=auth, local_id=v["local_id"][0], remote_id=remote[0], psk=psk, accept_psk=accept,
                 **{key: v[key] for key in ("ike_proposals", "esp_proposals", "dpd_action", "fragmentation",
-                                           *LIFETIME_KEYS) if key in v},
+                                           "retransmit_timeout", "retransmit_tries", *LIFETIME_KEYS) if key in v},
                 start=StartMode(v.get("start", StartMode.INITIATE)))
     return IkeParts(**parts, model=model)
+
+
+def _seconds(lo: float, hi: float) -> Parser:
+    """A duration in seconds, a whole or decimal number within lo..hi."""
+
+    def parse(doc: Doc, node: Node, path: str) -> float | None:
+        text = doc.scalar_text(node, path, "a number of seconds", (INT, FLOAT))
+        if text is None:
+            return None
+        try:
+            value = float(text)
+        except ValueError:  # YAML 1.1 floats such as .inf or 1_000.0
+            value = float("nan")
+        if not lo <= value <= hi:
+            doc.error(node, path, f"{quote(text)} is not a number of seconds within {lo:g}..{hi:g}")
+            return None
+        return value
+
+    return parse
 
 
 def _psk_file(doc: Doc, node: Node, path: str, base_dir: Path) -> Secret | None:

@@ -53,12 +53,22 @@ class PeerEndpoint:
     address: IPAddress | None = None  # a literal address
     host: str | None = None  # a DNS name (address is None)
     port: int = ESP_UDP_PORT
+    # `address: [a, b, c]`: the peer is one of several hubs (scale-out, README "Several hubs"): tried in
+    # this order after `address`, the next one after each attempt or IKE SA that fails.
+    more: tuple[IPAddress, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[IPAddress, ...]:
+        """Every literal address the peer may be at, in the order they are tried."""
+        return () if self.address is None else (self.address, *self.more)
 
     @property
     def is_any(self) -> bool:
         return self.address is None and self.host is None
 
     def __str__(self) -> str:
+        if self.more:
+            return ", ".join(map(str, self.addresses))
         return str(self.address) if self.address is not None else self.host or ANY_PEER
 
 
@@ -125,6 +135,8 @@ class Ike:
     rekey_bytes: int = 0  # rekey the Child SA after this many bytes sent on it; 0 = no byte limit
     rekey_packets: int = 0  # likewise packets (the 32-bit sequence number space always triggers one)
     fragmentation: bool = True  # offer IKE fragmentation (RFC 7383) for messages beyond 1280-byte packets
+    retransmit_timeout: float = 1.0  # seconds to the first retransmission of a request (§2.1), doubling after
+    retransmit_tries: int = 6  # transmissions before the peer counts as gone (with 1.0: 63 s in all)
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,9 @@ def _dynamic_peers(doc: Doc, tunnels: list[TunnelParts]) -> None:
     the authenticated IDi (unique, _unique_remote_ids). A peer at `any` can only be answered, and manual
     keys, which have no IKE, need a literal address to send to."""
     for t in tunnels:
+        if t.peer is not None and t.peer.more and t.manual_keys is not None:
+            doc.error_at(f"{t.path}.peer.address", "manual keys need one peer address: several hubs take IKE, "
+                                                   "which finds the hub that answers")
         if t.peer is None or t.peer.address is not None:
             continue
         if t.manual_keys is not None:
