@@ -305,7 +305,7 @@ def test_all_problems_reported_at_once_in_file_order(site: Path) -> None:
             .replace("remote_subnets: [10.2.0.0/24]", "remote_subnets: [10.2.0.1/24]")
             .replace("address: 198.18.1.2", "address: 198.18.1.2\n    port: 'x'"))
     assert problems(write(site, text)) == [
-        "C:3:3: gateway.colour: unknown key; expected one of: control_socket, ha, ike_port, key_log, listen, "
+        "C:3:3: gateway.colour: unknown key; expected one of: announce, control_socket, ha, ike_port, key_log, listen, "
         "log_format, log_level, metrics, name, pki, qos, socket_buffer_bytes, state_dir, tun, workers",
         "C:6:11: gateway.listen.port: expected an integer, got a string",
         "C:12:22: tunnels[0].remote_subnets[0]: 10.2.0.1/24 has host bits set; did you mean 10.2.0.0/24?",
@@ -316,7 +316,7 @@ def test_key_file_problems_fold_into_the_config_error(site: Path) -> None:
     os.chmod(site / "keys" / "b1.keys", 0o640)
     text = GOOD.replace("  name: hq\n", "  name: hq\n  extra: 1\n")
     found = problems(write(site, text))
-    assert found[0] == ("C:3:3: gateway.extra: unknown key; expected one of: control_socket, ha, ike_port, key_log, "
+    assert found[0] == ("C:3:3: gateway.extra: unknown key; expected one of: announce, control_socket, ha, ike_port, key_log, "
                         "listen, log_format, log_level, metrics, name, pki, qos, socket_buffer_bytes, state_dir, tun, workers")
     assert found[1].startswith(f"C:12:18: tunnels[0].manual_keys: key file {site}/keys/b1.keys has mode 0640")
     assert found[1].endswith(f"chmod 600 {site}/keys/b1.keys")

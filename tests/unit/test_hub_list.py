@@ -69,3 +69,28 @@ def test_retransmit_timeout_is_checked(tmp_path: Path, value: str, message: str)
         Link(tmp_path, dpd=f"0\n      retransmit_timeout: {value}")  # type: ignore[arg-type]
     found = info.value.problems
     assert any("ike.retransmit_timeout" in p and message in p for p in found), found
+
+
+def test_the_subnets_of_tunnels_up_are_what_a_hub_announces(tmp_path: Path) -> None:
+    link = Link(tmp_path, dpd=FAST)  # type: ignore[arg-type]
+    keying = link.hq.keying
+    assert not keying.take_up_changed() and keying.up_subnets() == []
+    keying.start(link.now)
+    link.pump()
+    assert keying.take_up_changed() and [str(n) for n in keying.up_subnets()] == ["10.2.0.0/24"]
+    assert not keying.take_up_changed()  # asked once per change
+    del link.sites[ADDR["branch1"]]  # the branch goes away: DPD ends the tunnel here
+    for _ in range(20):
+        link.advance(0.25)
+    assert keying.take_up_changed() and keying.up_subnets() == []
+
+
+@pytest.mark.parametrize(("table", "message"), [("254", "the main table"), ("0", "out of range"),
+                                                ("5174", "full tunnel")])
+def test_announce_needs_a_table_of_its_own(tmp_path: Path, table: str, message: str) -> None:
+    Link(tmp_path)
+    path = tmp_path / "hq" / "config.yaml"
+    path.write_text(path.read_text().replace("gateway:\n", f"gateway:\n  announce: {{table: {table}}}\n", 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any("gateway.announce.table" in p and message in p for p in info.value.problems), info.value.problems

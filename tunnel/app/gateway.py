@@ -22,6 +22,7 @@ from pathlib import Path
 
 from policy.qos import QosClass
 from tunnel.app import workers
+from tunnel.app.announce import Announcer
 from tunnel.app.assemble import build_forwarder, install_manual_keys, make_schedulers, reconfigure_forwarder
 from tunnel.app.keying import KEEPALIVE_INTERVAL, DataPlane, Keying, LocalPlane
 from tunnel.app.readout import GatewayReadout
@@ -124,6 +125,7 @@ class Gateway:
         self.readout = GatewayReadout(self)  # what operations (status, metrics, logs) read
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()  # reloads and DNS lookups in progress (referenced: kept alive)
+        self._announcer: Announcer | None = None  # gateway.announce
 
     # -- life cycle -----------------------------------------------------------------------------------
     @property
@@ -153,6 +155,9 @@ class Gateway:
                 log.warning("exporting IKE SA keys to %s: anyone who can read it can decrypt IKE", self._ike_key_log)
             self._open = io = self._open_io(stack)
             stack.callback(setattr, self, "_open", None)
+            if self.config.announce is not None:
+                self._announcer = Announcer(io.tun_index, self.config.announce.table)
+                stack.callback(self._announcer.close)
             schedulers = make_schedulers(self.config)
             if schedulers is not None:
                 self.qos_pump = pumps.QosPump(self.forwarder, io.tun, io.esp_socks, io.sender, *schedulers)
@@ -536,6 +541,8 @@ class Gateway:
         worker's queue too, before the answer that lets the peer use them leaves), re-arm the one timer."""
         self._keying().process_events(time.monotonic())
         self._flush_ike()
+        if self._announcer is not None and self._keying().take_up_changed():
+            self._announcer.update(self._keying().up_subnets())
         for name, host in self._keying().take_resolves().items():
             task = asyncio.get_running_loop().create_task(self._resolve(name, host))
             self._tasks.add(task)

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from tunnel.app.assemble import ike_configs, peer_of, volume_limits
 from tunnel.app.reload import ReloadPlan
-from tunnel.config.model import GatewayConfig, HaRole, StartMode, Tunnel
+from tunnel.config.model import GatewayConfig, HaRole, IPNetwork, StartMode, Tunnel
 from tunnel.dataplane.events import (
     DataEvent,
     IkeMessage,
@@ -171,6 +171,7 @@ class Keying:
         self._timed: set[str] = set()
         # One of an HA pair (gateway.ha): the standby initiates nothing and holds no SA (set_role).
         self.standby = config.ha is not None and config.ha.role is HaRole.STANDBY
+        self._up_changed = False  # a tunnel got its first outbound SA or lost its last (take_up_changed)
         self._accept_ike()
 
     def _runtime(self, tunnel: Tunnel) -> TunnelRuntime:
@@ -355,6 +356,16 @@ class Keying:
         log.info("tunnel %s: %s rekey on request", name, kind)
         (self.dispatcher.rekey_ike if kind == "ike" else self.dispatcher.rekey_child)(name, now)
         return len(sessions)
+
+    def take_up_changed(self) -> bool:
+        """Whether a tunnel came up or went down since last asked (the gateway then re-reads up_subnets)."""
+        changed, self._up_changed = self._up_changed, False
+        return changed
+
+    def up_subnets(self) -> list[IPNetwork]:
+        """The remote subnets of the tunnels with an outbound SA (traffic to them flows from here)."""
+        return [net for r in self.tunnels.values() if any(lane.outbound_spi is not None for lane in r.lanes)
+                for net in r.config.remote_subnets]
 
     def current_ike(self, name: str) -> IkeSession | None:
         """The tunnel's established IKE SA (the one status and metrics describe), if any."""
@@ -636,6 +647,7 @@ class Keying:
 
     def _switch_outbound(self, runtime: TunnelRuntime, worker: int, spi: int, key: bytes) -> None:
         name, plane, lane = runtime.config.name, self.planes[worker], runtime.lanes[worker]
+        self._up_changed = self._up_changed or lane.outbound_spi is None
         plane.install_outbound(name, spi, key, runtime.limits)
         lane.outbound_spi = spi
         lane.pending_out = None
@@ -659,6 +671,7 @@ class Keying:
             else:
                 self.planes[worker].remove_outbound(runtime.config.name)  # fail closed until a new SA exists
                 lane.outbound_spi = None
+                self._up_changed = True
 
 
 def _known_at(runtime: TunnelRuntime, host: str) -> bool:

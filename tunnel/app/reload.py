@@ -20,7 +20,7 @@ from tunnel.errors import ReloadRefused
 # GatewayConfig fields a running gateway cannot change; every other field is applied by a reload
 # (tunnels, services, pki for the next IKE SAs, log_level).
 RESTART_FIELDS = ("name", "listen", "tun", "socket_buffer_bytes", "log_format", "ike_port", "workers", "qos",
-                  "metrics", "control_socket", "key_log", "state_dir", "ha")
+                  "metrics", "control_socket", "key_log", "state_dir", "ha", "announce")
 LIVE_FIELDS = ("path", "tunnels", "services", "pki", "log_level")
 
 

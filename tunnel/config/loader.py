@@ -23,6 +23,7 @@ from tunnel.config.model import (
     ANY_PEER,
     DEFAULT_REPLAY_WINDOW,
     ESP_UDP_PORT,
+    Announce,
     Endpoint,
     GatewayConfig,
     GatewayQos,
@@ -150,6 +151,8 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
         "metrics": _metrics,
         "control_socket": lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a socket path"),
         "state_dir": lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a directory path"),
+        "announce": lambda doc, node, path: _section(doc, node, path, Announce, ("table",), {
+            "table": _route_table}),
         "ha": lambda doc, node, path: _section(doc, node, path, Ha, (), {
             "role": lambda doc, node, path: _enum(doc, node, path, HaRole)}),
         "key_log": lambda doc, node, path: _section(doc, node, path, KeyLog, (), {
@@ -160,6 +163,19 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
     if fields is None:
         return None
     return {"tun": TunDevice()} | _fields(doc, fields, "gateway", parsers)  # tun: is optional as a whole
+
+
+RESERVED_TABLES = {0: "unspecified", 253: "default", 254: "main", 255: "local", 5174: "sitelink's full tunnel"}
+
+
+def _route_table(doc: Doc, node: Node, path: str) -> int | None:
+    """A kernel routing table of the announcements' own, not one that routes traffic."""
+    table = doc.integer(node, path, 1, 2**32 - 1)
+    if table is not None and table in RESERVED_TABLES:
+        doc.error(node, path, f"table {table} is the {RESERVED_TABLES[table]} table; give one of its own "
+                              "(e.g. 100) for the routing daemon to read")
+        return None
+    return table
 
 
 def _metrics(doc: Doc, node: Node, path: str) -> Metrics | None:

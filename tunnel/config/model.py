@@ -232,6 +232,14 @@ class Ha:
 
 
 @dataclass(frozen=True)
+class Announce:
+    """gateway.announce: the remote subnets of the tunnels up here, as routes in this kernel table, for
+    BIRD or FRR to export by BGP (app/announce.py)."""
+
+    table: int
+
+
+@dataclass(frozen=True)
 class KeyLog:
     """DEBUGGING ONLY: files that receive every SA's keys in Wireshark's formats (off unless named)."""
 
@@ -277,3 +285,4 @@ class GatewayConfig:
     # Where the gateway keeps what must outlive it: the ledger of manual keys already used (config/ledger.py).
     state_dir: Path = Path("/var/lib/sitelink")
     ha: Ha | None = None  # gateway.ha: one of an active/standby pair
+    announce: Announce | None = None  # gateway.announce: one of several hubs, its tunnels' routes for BGP

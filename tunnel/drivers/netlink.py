@@ -175,6 +175,26 @@ class Netlink:
                     found.append(network)
         return found
 
+    def announce(self, index: int, table: int, networks: Iterable[Network]) -> None:
+        """Exactly these subnets, and no others, as routes into the TUN in `table` (app/announce.py): what
+        a routing daemon exports by BGP for the tunnels that are up here."""
+        wanted = {str(n): n for n in networks}
+        present: dict[str, Network] = {}
+        for family in (2, 10):
+            for route in self._ipr.get_routes(family=family, table=table):
+                if route.get_attr("RTA_OIF") != index:
+                    continue
+                dst = route.get_attr("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
+                network = ipaddress.ip_network(f"{dst}/{route['dst_len']}")
+                present[str(network)] = network
+        try:
+            for key in present.keys() - wanted.keys():
+                self._ipr.route("del", **{**self._route(present[key], oif=index), "table": table})
+            for key in wanted.keys() - present.keys():
+                self._ipr.route("replace", **{**self._route(wanted[key], oif=index), "table": table})
+        except NetlinkError as exc:
+            raise DriverError(f"cannot update the announced routes in table {table}: {exc}") from exc
+
     def route_to(self, address: str) -> str:
         """How the kernel would send to `address` now, as one line (for `sitelink down`)."""
         try:
