@@ -48,7 +48,7 @@ def test_a_standby_initiates_nothing_until_made_active(tmp_path: Path) -> None:
     assert not link.send(link.hq, 1)  # no SA: dropped (fail closed), and no IKE started for it
     link.advance(120)  # retries and on-demand would have fired by now
     assert ike_inits(link, "hq") == 0 and link.ike_log == []
-    assert link.hq.keying.set_role(True, link.now).startswith("active: initiating 1 tunnel")
+    assert link.hq.keying.set_role(True, link.now).startswith("active: 0 tunnel(s) taken over, initiating 1 tunnel")
     link.pump()
     assert ike_inits(link, "hq") == 1
     assert link.send(link.hq, 2) and link.send(link.br, 3)

@@ -24,6 +24,7 @@ from policy.qos import QosClass
 from tunnel.app import workers
 from tunnel.app.announce import Announcer
 from tunnel.app.assemble import build_forwarder, install_manual_keys, make_schedulers, reconfigure_forwarder
+from tunnel.app.hasync import SYNC_INTERVAL, SyncChannel
 from tunnel.app.keying import KEEPALIVE_INTERVAL, DataPlane, Keying, LocalPlane
 from tunnel.app.readout import GatewayReadout
 from tunnel.app.reload import ReloadPlan, plan_reload
@@ -126,6 +127,9 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()  # reloads and DNS lookups in progress (referenced: kept alive)
         self._announcer: Announcer | None = None  # gateway.announce
+        self._sync_sock: socket.socket | None = None  # gateway.ha.sync
+        self._sync_channel: SyncChannel | None = None
+        self._sync_timer: asyncio.TimerHandle | None = None
 
     # -- life cycle -----------------------------------------------------------------------------------
     @property
@@ -155,6 +159,11 @@ class Gateway:
                 log.warning("exporting IKE SA keys to %s: anyone who can read it can decrypt IKE", self._ike_key_log)
             self._open = io = self._open_io(stack)
             stack.callback(setattr, self, "_open", None)
+            sync = self.config.ha.sync if self.config.ha is not None else None
+            if sync is not None:
+                self._sync_sock = stack.enter_context(udp.open_socket(str(sync.local), sync.port, 1 << 22,
+                                                                      zero_checksum=False))
+                self._sync_channel = SyncChannel(sync.key)
             if self.config.announce is not None:
                 self._announcer = Announcer(io.tun_index, self.config.announce.table)
                 stack.callback(self._announcer.close)
@@ -259,6 +268,9 @@ class Gateway:
             loop.add_reader(ike_sock.fileno(), self._on_ike_readable, ike_sock)
         for worker in self.worker_proxies:
             loop.add_reader(worker.conn.fileno(), self._on_worker_report, worker)
+        if self._sync_sock is not None:
+            loop.add_reader(self._sync_sock.fileno(), self._on_sync_readable)
+            self._sync_timer = loop.call_later(SYNC_INTERVAL, self._sync_tick)
         control = ControlServer(self.readout, self, self.config.control_socket or default_path(self.config.name))
         await control.start()
         keying.start(time.monotonic())
@@ -275,7 +287,9 @@ class Gateway:
                 loop.remove_reader(worker.conn.fileno())
             if self._timer is not None:
                 self._timer.cancel()
-            for handle in (self._keepalive, self._qos_flush):
+            if self._sync_sock is not None:
+                loop.remove_reader(self._sync_sock.fileno())
+            for handle in (self._keepalive, self._qos_flush, self._sync_timer):
                 if handle is not None:
                     handle.cancel()
             keying.dispatcher.delete_all(time.monotonic())  # best effort: tell peers (§1.4.1)
@@ -423,6 +437,34 @@ class Gateway:
                 self._stopping.set()
             return
         self._data_events(worker.take_events())
+
+    def _sync_tick(self) -> None:
+        """The active gateway streams its SA state to the standby (app/hasync.py)."""
+        keying, sock, channel = self._keying(), self._sync_sock, self._sync_channel
+        self._sync_timer = asyncio.get_running_loop().call_later(SYNC_INTERVAL, self._sync_tick)
+        if keying.sync is None or keying.standby or sock is None or channel is None or self.config.ha is None:
+            return
+        sync = self.config.ha.sync
+        assert sync is not None
+        for message in keying.sync.outgoing(time.monotonic()):
+            try:
+                sock.sendto(channel.seal(message), (str(sync.peer), sync.port))
+            except OSError as exc:
+                log.debug("HA sync datagram not sent: %s", exc)
+
+    def _on_sync_readable(self) -> None:
+        keying, sock, channel = self._keying(), self._sync_sock, self._sync_channel
+        if sock is None or channel is None or keying.sync is None or self.config.ha is None:
+            return
+        sync = self.config.ha.sync
+        assert sync is not None
+        for data, addr in udp.recv_batch(sock, 64):
+            if addr[0] != str(sync.peer):
+                channel.dropped["stranger"] = channel.dropped.get("stranger", 0) + 1
+                continue
+            message = channel.open(data)
+            if message is not None and keying.standby:
+                keying.sync.receive(message)
 
     def _send_keepalives(self) -> None:
         # A NAT between the gateways forgets an idle UDP mapping; one byte every 20 s keeps it (RFC 3948 §2.3).

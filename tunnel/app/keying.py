@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tunnel.app.assemble import ike_configs, peer_of, volume_limits
+from tunnel.app.hasync import StateSync
 from tunnel.app.reload import ReloadPlan
 from tunnel.config.model import GatewayConfig, HaRole, IPNetwork, StartMode, Tunnel
 from tunnel.dataplane.events import (
@@ -172,6 +173,11 @@ class Keying:
         # One of an HA pair (gateway.ha): the standby initiates nothing and holds no SA (set_role).
         self.standby = config.ha is not None and config.ha.role is HaRole.STANDBY
         self._up_changed = False  # a tunnel got its first outbound SA or lost its last (take_up_changed)
+        self.random_bytes = random_bytes
+        # gateway.ha.sync: the state the active streams to the standby, which adopts it on takeover
+        self.sync: StateSync | None = None
+        if config.ha is not None and config.ha.sync is not None and isinstance(self.planes[0], LocalPlane):
+            self.sync = StateSync(self, self.planes[0].forwarder)
         self._accept_ike()
 
     def _runtime(self, tunnel: Tunnel) -> TunnelRuntime:
@@ -327,18 +333,22 @@ class Keying:
             for runtime in self.tunnels.values():
                 runtime.retry_at, runtime.retry_delay = None, RETRY_DELAY
             self.dispatcher.forget_all("this gateway became the standby of its pair", now)
+            if self.sync is not None:
+                self.sync.held.clear()  # the new active's state arrives from now on
             log.warning("HA: now standby; every SA forgotten, nothing initiated")
             return "standby"
         self.standby = False
         self.dispatcher.forget_contacts()
+        adopted = self.sync.adopt(now) if self.sync is not None else set()
         started = []
         for name, runtime in self.tunnels.items():
             runtime.retry_at, runtime.retry_delay = None, RETRY_DELAY
-            if not runtime.config.peer.is_any and not runtime.held:
+            if name not in adopted and not runtime.config.peer.is_any and not runtime.held:
                 self.initiate(name, now)
                 started.append(name)
-        log.warning("HA: now active; initiating %d tunnel(s) with INITIAL_CONTACT", len(started))
-        return f"active: initiating {len(started)} tunnel(s)"
+        log.warning("HA: now active; %d tunnel(s) taken over with their SAs, %d initiated with INITIAL_CONTACT",
+                    len(adopted), len(started))
+        return f"active: {len(adopted)} tunnel(s) taken over, initiating {len(started)} tunnel(s)"
 
     def terminate(self, name: str, now: float) -> int:
         """Delete the tunnel's IKE SAs (and their Child SAs) at the peer; traffic fails closed until it is
@@ -627,6 +637,8 @@ class Keying:
         if lane.outbound_spi is not None:
             runtime.stats.child_rekeys += 1
         plane.install_inbound(name, event.spi_in, event.key_in.reveal(), runtime.config.replay_window)
+        if self.sync is not None:
+            self.sync.keys[event.spi_in] = (event.key_in.reveal(), event.key_out.reveal())
         runtime.peer = (event.remote[0], event.remote[1])
         for each in self.planes:
             each.set_peer(name, runtime.peer)
@@ -653,9 +665,31 @@ class Keying:
         lane.pending_out = None
         lane.drop_at = None
 
+    def adopt_child(self, runtime: TunnelRuntime, remote: Peer, spi_in: int, spi_out: int, key_in: bytes,
+                    key_out: bytes, seq: int, highest: int) -> None:
+        """A Child SA taken over from the other gateway of the pair (app/hasync.py): installed as _install
+        does, its outbound sequence numbers from `seq` on, its replay window past `highest`."""
+        plane = self.planes[0]
+        assert isinstance(plane, LocalPlane)  # ha.sync needs workers: 1 (config/loader.py)
+        name, lane = runtime.config.name, runtime.lanes[0]
+        plane.install_inbound(name, spi_in, key_in, runtime.config.replay_window)
+        inbound = plane.forwarder.inbound_sa(spi_in)
+        if inbound is not None:
+            inbound.window.skip_to(highest)
+        runtime.peer = (remote[0], remote[1])
+        plane.set_peer(name, runtime.peer)
+        runtime.inbound_spis.append(spi_in)
+        lane.usable[spi_in] = (spi_out, key_out)
+        self._switch_outbound(runtime, 0, spi_out, key_out)
+        outbound = plane.forwarder.outbound_sa(name)
+        if outbound is not None:
+            outbound.seq = min(seq, outbound.seq_limit - 1)
+
     def _remove(self, runtime: TunnelRuntime, spi_in: int, spi_out: int, now: float) -> None:
         worker = spi_in % len(self.planes)
         lane = runtime.lanes[worker]
+        if self.sync is not None:
+            self.sync.keys.pop(spi_in, None)
         if spi_in in runtime.inbound_spis:
             runtime.inbound_spis.remove(spi_in)
             self._retiring.append((now + INBOUND_GRACE, worker, spi_in, runtime.config.name))

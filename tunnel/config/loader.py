@@ -29,6 +29,7 @@ from tunnel.config.model import (
     GatewayQos,
     Ha,
     HaRole,
+    HaSync,
     Ike,
     IPAddress,
     IPInterface,
@@ -113,6 +114,10 @@ def _config(doc: Doc, root: Node, path: Path) -> GatewayConfig | None:
     has_pki = "pki" in gateway if gateway is not None else None
     cross_check(doc, listen, tun, tunnels, ike_port, has_pki, gateway.get("workers", 1) if gateway else None)
     queues_fit_replay_window(doc, gateway.get("qos", GatewayQos()) if gateway else None, tunnels)
+    ha = gateway.get("ha") if gateway else None
+    if ha is not None and ha.sync is not None and gateway is not None and gateway.get("workers", 1) > 1:
+        doc.error_at("gateway.ha.sync", "SA state sync needs workers: 1 (for now): the standby takes over "
+                                        "each SA's sequence numbers from one data plane")
     if doc.sink or gateway is None:
         return None
     return GatewayConfig(path=path, tunnels=tuple(_tunnel_model(t) for t in tunnels),
@@ -154,7 +159,8 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
         "announce": lambda doc, node, path: _section(doc, node, path, Announce, ("table",), {
             "table": _route_table}),
         "ha": lambda doc, node, path: _section(doc, node, path, Ha, (), {
-            "role": lambda doc, node, path: _enum(doc, node, path, HaRole)}),
+            "role": lambda doc, node, path: _enum(doc, node, path, HaRole),
+            "sync": lambda doc, node, path: _ha_sync(doc, node, path, base_dir)}),
         "key_log": lambda doc, node, path: _section(doc, node, path, KeyLog, (), {
             key: (lambda doc, node, path: _relative_path(doc, node, path, base_dir, "a file path"))
             for key in ("esp_sa", "ikev2_decryption_table")}),
@@ -163,6 +169,25 @@ def _gateway(doc: Doc, node: Node, base_dir: Path) -> dict[str, Any] | None:
     if fields is None:
         return None
     return {"tun": TunDevice()} | _fields(doc, fields, "gateway", parsers)  # tun: is optional as a whole
+
+
+def _ha_sync(doc: Doc, node: Node, path: str, base_dir: Path) -> HaSync | None:
+    start = doc.checkpoint()
+    fields = doc.mapping(node, path, ("local", "peer", "key_file"), ("port",))
+    if fields is None:
+        return None
+    values = _fields(doc, fields, path, {"local": _listen_address, "peer": _listen_address, "port": _PORT})
+    key = None
+    if "key_file" in fields:
+        here = key_path(path, "key_file")
+        file = _relative_path(doc, fields["key_file"], here, base_dir, "a path to a key file")
+        key = read_psk(file, doc.at(fields["key_file"], here), doc.sink) if file is not None else None
+    if not doc.clean_since(start) or key is None:
+        return None
+    if values["local"] == values["peer"] or values["local"].version != values["peer"].version:
+        doc.error(node, path, "local and peer must be the two gateways' own addresses, of one family")
+        return None
+    return HaSync(values["local"], values["peer"], key, values.get("port", 4510))
 
 
 RESERVED_TABLES = {0: "unspecified", 253: "default", 254: "main", 255: "local", 5174: "sitelink's full tunnel"}

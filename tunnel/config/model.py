@@ -224,11 +224,24 @@ class HaRole(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class HaSync:
+    """gateway.ha.sync: the active gateway streams its SA state to the standby, which takes over with the
+    same SAs (no new IKE SA for the peers). Over UDP between the two gateways' own addresses, sealed with
+    a key both hold (AES-256-GCM under a per-start key derived from it)."""
+
+    local: IPAddress  # this gateway's own address on the sync link
+    peer: IPAddress  # the other gateway's
+    key: Secret  # from key_file (a PSK-style file, mode 0600)
+    port: int = 4510
+
+
+@dataclass(frozen=True)
 class Ha:
     """An active/standby pair behind keepalived (README "High availability"): both gateways listen on the
     virtual address (bound before it is local) and keepalived's notify scripts switch the role."""
 
     role: HaRole = HaRole.STANDBY  # the role at start
+    sync: HaSync | None = None
 
 
 @dataclass(frozen=True)

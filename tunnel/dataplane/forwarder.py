@@ -114,6 +114,16 @@ class Forwarder:
         self._inbound.pop(spi, None)
         self._unused.discard(spi)
 
+    def outbound_sa(self, tunnel: str) -> OutboundSa | None:
+        """The tunnel's outbound SA (its sequence number: HA state sync)."""
+        state = self.tunnels.get(tunnel)
+        return None if state is None else state.outbound
+
+    def inbound_sa(self, spi: int) -> InboundSa | None:
+        """The inbound SA of this SPI (its replay window: HA state sync)."""
+        entry = self._inbound.get(spi)
+        return None if entry is None else entry[1]
+
     def inbound_tunnel(self, spi: int) -> str | None:
         """The tunnel an inbound SPI belongs to, if any."""
         entry = self._inbound.get(spi)

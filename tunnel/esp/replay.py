@@ -37,6 +37,13 @@ class ReplayWindow:
             return False  # too old: left of the window
         return not (self._blocks[(seq >> _BLOCK_SHIFT) % self._nblocks] >> (seq & _BIT_MASK)) & 1
 
+    def skip_to(self, seq: int) -> None:
+        """Count every sequence number up to seq as received (an SA taken over from the other gateway of
+        an HA pair, which saw them: their replays are refused here too)."""
+        if seq > self.highest:
+            self.highest = seq
+            self._blocks = [(1 << BLOCK_BITS) - 1] * self._nblocks
+
     def update(self, seq: int) -> None:
         """Mark seq as received. Call only after the ICV verified (RFC 4303 §3.4.3) and check() passed."""
         index = seq >> _BLOCK_SHIFT

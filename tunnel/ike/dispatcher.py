@@ -129,6 +129,17 @@ class IkeDispatcher:
             self._collect(session, now)
         self._out.clear()  # close() sends nothing; nothing queued before it may leave either
 
+    def adopt(self, session: IkeSession, now: float) -> bool:
+        """An established IKE SA taken over from the other gateway of an HA pair (handover.restore): found
+        by its SPI from now on, its timers queued; it counts as the tunnel's contact (no INITIAL_CONTACT
+        follows). False if its SPI is in use here (then it is not adopted)."""
+        if session.local_spi in self.sessions:
+            return False
+        self.sessions[session.local_spi] = session
+        self._contacted.add(session.config.tunnel)
+        self._collect(session, now)
+        return True
+
     def forget_contacts(self) -> None:
         """The next IKE SA of each tunnel carries INITIAL_CONTACT (a standby taking over: the peers still
         hold SAs with the gateway that died, under the same identity)."""

@@ -35,7 +35,9 @@ class SkCipher:
 
     __slots__ = ("_aead", "_salt", "_next_iv", "_name")
 
-    def __init__(self, key: bytes, salt_len: int = SALT_LEN) -> None:
+    def __init__(self, key: bytes, salt_len: int = SALT_LEN, first_iv: int = 0) -> None:
+        """first_iv: where the IV counter starts (an SA taken over from the other gateway of an HA pair
+        starts past every IV that one may have used)."""
         if salt_len != SALT_LEN:
             raise ValueError("AES-GCM in IKEv2 uses a 4-byte salt (RFC 5282 §7.1)")
         aes_len = len(key) - salt_len
@@ -44,7 +46,7 @@ class SkCipher:
         key = bytes(key)
         self._aead = AESGCM(key[:aes_len])
         self._salt = key[aes_len:]
-        self._next_iv = 0
+        self._next_iv = first_iv
         self._name = _AES_KEY_LENGTHS[aes_len]
 
     def seal(self, aad: bytes, plaintext: bytes) -> bytes:
@@ -55,6 +57,10 @@ class SkCipher:
         self._next_iv = counter + 1
         iv = counter.to_bytes(IV_LEN, "big")
         return iv + self._aead.encrypt(self._salt + iv, plaintext, aad)
+
+    @property
+    def next_iv(self) -> int:
+        return self._next_iv
 
     def open(self, aad: bytes, body: bytes) -> bytes:
         """The plaintext of an SK payload body; IntegrityError if it is too short or its ICV is wrong."""
