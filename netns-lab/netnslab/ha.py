@@ -14,9 +14,11 @@ tracked by a check on its control socket, and notify scripts that run ``sitelink
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .lab import Lab, LabError, _pids_in_netns
-from .sitelink import sitelink_command
+from .sitelink import sitelink_command, write_secret
 
 KEEPALIVED = "/usr/sbin/keepalived"
 ADVERT_INT = 0.2  # seconds between VRRP adverts: a dead master is noticed after ~3.2 of them (RFC 5798)
@@ -130,9 +132,12 @@ class HaPair:
     """Two sitelink gateways of one site behind keepalived. ``nodes[0]`` is the preferred (active) one."""
 
     def __init__(self, lab: Lab, site: str, workdir: Path, sitelink_yaml: str,
-                 priorities: tuple[int, int] = (150, 100)) -> None:
+                 priorities: tuple[int, int] = (150, 100), sync: bool = False,
+                 advert_int: float = ADVERT_INT) -> None:
         """sitelink_yaml: the site's gateway configuration as netnslab.Deployment wrote it (listening on the
-        site's WAN address, which becomes the virtual one); each node gets a copy of its own."""
+        site's WAN address, which becomes the virtual one); each node gets a copy of its own. sync: the
+        gateways stream SA state over the LAN (gateway.ha.sync, a key file of their own)."""
+        self.sync, self.advert_int = sync, advert_int
         if shutil.which(KEEPALIVED) is None and not Path(KEEPALIVED).exists():
             raise LabError("keepalived is not installed (apt-get install keepalived)")
         self.lab, self.site = lab, lab.site(site)
@@ -150,6 +155,8 @@ class HaPair:
         ports = (s.router_if, f"{s.router_if}-2"[:15])
         self.nodes = [HaNode(names[i], str(wan_vip + 1 + i), str(lan_vip + 1 + i), ports[i],
                              s.host_if if i == 0 else "eth1", priorities[i], self.workdir) for i in range(2)]
+        if sync:
+            write_secret(self.workdir / "ha-sync.key", base64.b64encode(secrets.token_bytes(32)) + b"\n")
         for n in self.nodes:
             for a, net in ((n.wan4, s.wan4), (n.lan4, s.lan4)):
                 if ipaddress.ip_address(a) not in net or a in (str(s.host4), str(s.router_wan4)):
@@ -221,8 +228,12 @@ class HaPair:
             elif stripped.startswith("tun:"):  # the TUN's address: the node's own, never the virtual one
                 line = line.replace(f"{s.gw_lan4}/32", f"{n.lan4}/32")
             lines.append(line)
-            if line == "gateway:":
+            if line == "gateway:" and not self.sync:
                 lines.append("  ha: {role: standby}")
+            elif line == "gateway:":
+                other = next(m for m in self.nodes if m is not n)
+                lines.append(f"  ha: {{role: standby, sync: {{local: {n.lan4}, peer: {other.lan4}, "
+                             f"key_file: {self.workdir / 'ha-sync.key'}}}}}")
         if f"address: {self.wan_vip}," not in text:
             raise LabError(f"the site's configuration does not listen on {self.wan_vip}")
         return "\n".join(lines) + "\n"
@@ -246,7 +257,8 @@ class HaPair:
         conf = self.workdir / f"{n.node}.keepalived.conf"
         conf.write_text(keepalived_config(n.node.replace("-", "_"), self.command, n.socket, s.gw_wan_if,
                                           s.gw_lan_if, f"{self.wan_vip}/{self.wan_plen}",
-                                          f"{self.lan_vip}/{self.lan_plen}", n.priority))
+                                          f"{self.lan_vip}/{self.lan_plen}", n.priority,
+                                          advert_int=self.advert_int))
         pids = {k: self.workdir / f"{n.node}.{k}.pid" for k in ("main", "vrrp", "checkers")}
         argv = [KEEPALIVED, "--dont-fork", "--log-console", "--log-detail", "--no-syslog", "--vrrp",
                 "--use-file", str(conf), "--pid", str(pids["main"]), "--vrrp_pid", str(pids["vrrp"]),

@@ -78,3 +78,41 @@ def test_keepalived_pair_fails_over_and_back(tmp_path: Path, failure: str) -> No
                 esp += 1
     assert cap.packets and esp > 2000, (cap.packets, esp)  # the capture saw the tunnel's traffic
     assert clear == [], clear[:5]
+
+
+@pytest.mark.parametrize("failure", ["node-kill", "wan-cut"])
+def test_state_sync_takes_over_without_a_new_ike_sa(tmp_path: Path, failure: str) -> None:
+    """gateway.ha.sync with 0.1 s adverts: the standby carries on with the SAs the active had (streamed
+    to it over the LAN), both at failover and at failback; the branch's sitelink sets up no IKE SA after
+    the first and hears no INITIAL_CONTACT; the probes' outage is keepalived's detection and little more."""
+    with Lab(hub_and_spoke_topology(1)) as lab:
+        dep = Deployment(lab, tmp_path, ike_options={"dpd_delay": 30})
+        pair = HaPair(lab, "hq", tmp_path, dep.gateways["hq"].config.read_text(), sync=True, advert_int=0.1)
+        dep.start("branch1")
+        pair.start(0)
+        pair.start(1)
+        pair.wait_holder(0)
+        dep.wait_established("branch1")
+        branch = dep.gateways["branch1"]
+        established = branch.log_text().count("IKE SA established")
+        assert established == 1
+        pcap = tmp_path / "wan.pcap"
+        with lab.capture(lab.topology.router, "any", pcap, "udp port 4500 or net 10.0.0.0/8") as cap:
+            result = measure_failover(pair, "branch1-host", failure)
+        print(json.dumps({f"sync {failure}": {phase: {"detect_s": r["detect_s"], "outage_s": r["outage_s"],
+                                                      "ping": r["ping"]} for phase, r in result.items()}}))
+        log = branch.log_text()
+        assert log.count("IKE SA established") == established, log[-3000:]  # no new IKE SA, either time
+        assert "INITIAL_CONTACT" not in log
+        for phase, r in result.items():
+            assert r["outage_s"] <= r["detect_s"] + SITELINK_SHARE, (phase, r)
+            for direction in ("to_hq", "to_branch"):
+                assert r[direction]["lost"] / 200 <= r[direction]["longest_gap_ms"] / 1000 + 0.1, (phase, r)
+        for node in pair.nodes:  # each took over the other's SAs once
+            assert "took over IKE SA" in node.log_text(), node.log_text()[-2000:]
+        status = json.loads(dep.sitelink("branch1", "status", "--json").stdout)
+        assert status["tunnels"][0]["state"] == "up"
+        assert status["tunnels"][0]["drops"].get("replay", 0) == 0, status["tunnels"][0]["drops"]
+    with PcapReader(str(pcap)) as packets:
+        clear = [f.summary() for f in packets if f.haslayer(IP) and (lan(f[IP].src) or lan(f[IP].dst))]
+    assert cap.packets and clear == [], clear[:5]

@@ -145,3 +145,26 @@ def test_sync_needs_one_worker_and_two_addresses(tmp_path: Path, extra: str, pee
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert any("gateway.ha.sync" in p and message in p for p in info.value.problems), info.value.problems
+
+
+def test_a_restarted_standby_asks_for_what_it_lacks(tmp_path: Path) -> None:
+    link = Link(tmp_path)
+    active = ha_site(link.hq, tmp_path / "hq", "active", "10.9.0.1", "10.9.0.2")
+    standby = standby_of(tmp_path)
+    assert active.keying.sync is not None and standby.keying.sync is not None
+    tx, rx = SyncChannel(Secret(KEY)), SyncChannel(Secret(KEY))
+    active.keying.start(link.now)
+    link.pump()
+    assert link.send(active, 1)
+    assert active.keying.sync.outgoing(link.now)[0]["snaps"]  # the first goes to nobody (no standby yet)
+    assert link.send(active, 2)
+    positions_only = active.keying.sync.outgoing(link.now + 0.1)
+    assert positions_only and not positions_only[0]["snaps"] and positions_only[0]["pos"]
+    standby.keying.sync.receive(rx.open(tx.seal(positions_only[0])) or {})
+    assert standby.keying.sync.held == {}
+    asks = standby.keying.sync.requests()
+    assert asks == [{"want": ["branch1"]}]
+    active.keying.sync.on_request(asks[0])
+    again = active.keying.sync.outgoing(link.now + 0.2)
+    standby.keying.sync.receive(rx.open(tx.seal(again[0])) or {})
+    assert list(standby.keying.sync.held) == ["branch1"]

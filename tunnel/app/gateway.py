@@ -442,11 +442,12 @@ class Gateway:
         """The active gateway streams its SA state to the standby (app/hasync.py)."""
         keying, sock, channel = self._keying(), self._sync_sock, self._sync_channel
         self._sync_timer = asyncio.get_running_loop().call_later(SYNC_INTERVAL, self._sync_tick)
-        if keying.sync is None or keying.standby or sock is None or channel is None or self.config.ha is None:
+        if keying.sync is None or sock is None or channel is None or self.config.ha is None:
             return
         sync = self.config.ha.sync
         assert sync is not None
-        for message in keying.sync.outgoing(time.monotonic()):
+        messages = keying.sync.requests() if keying.standby else keying.sync.outgoing(time.monotonic())
+        for message in messages:
             try:
                 sock.sendto(channel.seal(message), (str(sync.peer), sync.port))
             except OSError as exc:
@@ -465,6 +466,8 @@ class Gateway:
             message = channel.open(data)
             if message is not None and keying.standby:
                 keying.sync.receive(message)
+            elif message is not None:
+                keying.sync.on_request(message)
 
     def _send_keepalives(self) -> None:
         # A NAT between the gateways forgets an idle UDP mapping; one byte every 20 s keeps it (RFC 3948 §2.3).

@@ -3,10 +3,10 @@ with the same SAs, as strongSwan's ha plugin does (README "High availability"). 
 IKE SA, and the outage is keepalived's detection plus a few milliseconds.
 
 What goes over the wire, every SYNC_INTERVAL: a full snapshot (tunnel/ike/handover.py) of each tunnel
-whose IKE SAs changed (new SAs, message IDs, keys), every tunnel's again each REFRESH_INTERVAL, and the
-sequence numbers of the SAs that carry traffic. On takeover the standby's outbound sequence numbers
-start ESP_SEQ_JUMP past the last it heard of and its replay windows count everything up to the last
-heard sequence number as seen.
+whose IKE SAs changed (new SAs, message IDs, keys), every tunnel's again each REFRESH_INTERVAL or when a
+(re)started standby asks for it, and the sequence numbers of the SAs that carry traffic. On takeover
+the standby's outbound sequence numbers start ESP_SEQ_JUMP past the last it heard of and its replay
+windows count everything up to the last heard sequence number as seen.
 
 The channel (SyncChannel): UDP between the two gateways' own addresses; each datagram is sealed with
 AES-256-GCM under a key derived (HKDF-SHA256) from the shared key file and a random 16-byte id of the
@@ -116,6 +116,7 @@ class StateSync:
         self._sent: dict[str, Any] = {}  # tunnel -> fingerprint of what was last sent
         self._refresh_at = 0.0
         self.adopted = 0
+        self.wanted: set[str] = set()  # the standby's: tunnels it heard positions of but holds no snapshot of
 
     # -- the active's side ------------------------------------------------------------------------------
     def outgoing(self, now: float) -> list[dict[str, Any]]:
@@ -165,7 +166,22 @@ class StateSync:
             pos["in"] = highest
         return pos
 
+    def on_request(self, message: dict[str, Any]) -> None:
+        """The standby asks for the snapshots it lacks (it just started): they go in the next datagram."""
+        wanted = message.get("want")
+        if isinstance(wanted, list):
+            for name in wanted:
+                if isinstance(name, str):
+                    self._sent.pop(name, None)
+
     # -- the standby's side -----------------------------------------------------------------------------
+    def requests(self) -> list[dict[str, Any]]:
+        """What the standby asks of the active now: the snapshots of tunnels it holds none of."""
+        if not self.wanted:
+            return []
+        wanted, self.wanted = sorted(self.wanted), set()
+        return [{"want": wanted}]
+
     def receive(self, message: dict[str, Any]) -> None:
         snaps, positions = message.get("snaps", {}), message.get("pos", {})
         if not isinstance(snaps, dict) or not isinstance(positions, dict):
@@ -176,6 +192,8 @@ class StateSync:
         for name, pos in positions.items():
             if not isinstance(pos, dict):
                 continue
+            if name in self.keying.tunnels and name not in self.held:
+                self.wanted.add(name)
             for snap in self.held.get(name, []):
                 for child in snap.get("children", []):
                     out = pos.get("out")
