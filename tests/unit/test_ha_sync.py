@@ -168,3 +168,48 @@ def test_a_restarted_standby_asks_for_what_it_lacks(tmp_path: Path) -> None:
     again = active.keying.sync.outgoing(link.now + 0.2)
     standby.keying.sync.receive(rx.open(tx.seal(again[0])) or {})
     assert list(standby.keying.sync.held) == ["branch1"]
+
+
+def test_damaged_state_never_breaks_a_takeover(tmp_path: Path) -> None:
+    """Whatever an authenticated but broken (or hostile) peer sends, receive() and the takeover neither
+    raise nor adopt half an SA: the tunnel is then initiated afresh."""
+    import json
+    import random
+
+    link = Link(tmp_path)
+    active = ha_site(link.hq, tmp_path / "hq", "active", "10.9.0.1", "10.9.0.2")
+    active.keying.start(link.now)
+    link.pump()
+    assert link.send(active, 1)
+    assert active.keying.sync is not None
+    good = active.keying.sync.outgoing(link.now)[0]
+    text = json.dumps(good)
+    rng = random.Random(7)
+    exercised = 0
+    for trial in range(300):
+        chars = list(text)
+        for _ in range(rng.randint(1, 6)):
+            chars[rng.randrange(len(chars))] = rng.choice('0123456789abcdef"[]{},:-.nulltrue ')
+        try:
+            damaged = json.loads("".join(chars))
+        except ValueError:
+            continue
+        site = Site.__new__(Site)
+        site.name, site.peer = "hq", "branch1"
+        directory = tmp_path / f"s{trial}"
+        directory.mkdir()
+        (directory / "config.yaml").write_text((tmp_path / "hq" / "config.yaml").read_text()
+                                               .replace("role: active", "role: standby")
+                                               .replace("local: 10.9.0.1, peer: 10.9.0.2", "local: 10.9.0.2, peer: 10.9.0.1"))
+        write_file(directory / "hq.psk", (tmp_path / "hq" / "hq.psk").read_bytes())
+        write_file(directory / "sync.key", KEY + b"\n")
+        config = load_config(directory / "config.yaml")
+        site.forwarder = build_forwarder(config)
+        site.keying = Keying(config, site.forwarder, os.urandom)
+        assert site.keying.sync is not None
+        if isinstance(damaged, dict):
+            site.keying.sync.receive(damaged)
+            exercised += bool(site.keying.sync.held)
+        message = site.keying.set_role(True, link.now)
+        assert message.startswith("active: "), message
+    assert exercised > 50  # most damaged messages still parsed and reached the takeover

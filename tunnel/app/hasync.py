@@ -194,12 +194,16 @@ class StateSync:
                 continue
             if name in self.keying.tunnels and name not in self.held:
                 self.wanted.add(name)
+            out, inbound = pos.get("out"), pos.get("in")
             for snap in self.held.get(name, []):
-                for child in snap.get("children", []):
-                    out = pos.get("out")
-                    if isinstance(out, list) and len(out) == 2 and out[0] == child.get("out"):
+                children = snap.get("children")
+                for child in children if isinstance(children, list) else ():
+                    if not isinstance(child, dict):
+                        continue
+                    if isinstance(out, list) and len(out) == 2 and out[0] == child.get("out") \
+                            and isinstance(out[1], int):
                         child["seq"] = out[1]
-                    highest = pos.get("in", {}).get(str(child.get("in")))
+                    highest = inbound.get(str(child.get("in"))) if isinstance(inbound, dict) else None
                     if isinstance(highest, int):
                         child["highest"] = highest
 
@@ -221,11 +225,17 @@ class StateSync:
                     continue
                 if not self.keying.dispatcher.adopt(session, now):
                     continue
-                by_spi = {c.get("in"): c for c in snap.get("children", [])}
+                by_spi = {c.get("in"): c for c in snap.get("children", []) if isinstance(c, dict)}
                 for child, key_in, key_out in children:
                     info = by_spi.get(child.spi_in, {})
-                    self.keying.adopt_child(runtime, session.remote, child.spi_in, child.spi_out, key_in, key_out,
-                                            int(info.get("seq", 0)) + ESP_SEQ_JUMP, int(info.get("highest", 0)))
+                    seq, highest = info.get("seq", 0), info.get("highest", 0)
+                    try:
+                        self.keying.adopt_child(runtime, session.remote, child.spi_in, child.spi_out, key_in, key_out,
+                                                (seq if isinstance(seq, int) else 0) + ESP_SEQ_JUMP,
+                                                highest if isinstance(highest, int) else 0)
+                    except ValueError as exc:  # an SPI in use here, a key the data plane refuses
+                        log.warning("tunnel %s: a synced Child SA cannot be taken over: %s", name, exc)
+                        continue
                     self.keys[child.spi_in] = (key_in, key_out)
                 adopted.add(name)
                 log.info("tunnel %s: took over IKE SA %s_i %s_r with %d Child SA(s) from the other gateway",

@@ -105,7 +105,10 @@ def restore(config: IkeConfig, snap: Snapshot, random_bytes: Callable[[int], byt
                             rekey_at=_at(c["rekey_in"], now), expire_at=_at(c["expire_in"], now),
                             installed_at=None if c["age"] is None else now - float(c["age"]),
                             state=ChildState.INSTALLED, announced=True)
-            children.append((child, bytes.fromhex(c["key_in"]), bytes.fromhex(c["key_out"])))
+            key_in, key_out = bytes.fromhex(c["key_in"]), bytes.fromhex(c["key_out"])
+            if {len(key_in), len(key_out)} != {child.suite.key_bits // 8 + 4}:  # AES key + salt (RFC 4106)
+                raise BadSnapshot("a Child SA key of the wrong length")
+            children.append((child, key_in, key_out))
         session.children = [child for child, _, _ in children]
     except BadSnapshot:
         raise
