@@ -241,13 +241,14 @@ class HaPair:
     # -- processes ----------------------------------------------------------------------------------------
     def start_sitelink(self, i: int, timeout: float = 10.0) -> None:
         n = self.nodes[i]
+        started = n.log_text().count("control socket")  # a restart appends to the same log
         with n.log.open("a") as log:
             n.sitelink = self.lab.popen(n.node, [*self.command, "up", str(n.config)], stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if n.sitelink.poll() is not None:
                 raise LabError(f"sitelink on {n.node} exited {n.sitelink.returncode}:\n{n.log_text()[-2000:]}")
-            if "control socket" in n.log_text() and n.socket.exists():
+            if n.log_text().count("control socket") > started:
                 return
             time.sleep(0.05)
         raise LabError(f"sitelink on {n.node} not ready after {timeout}s:\n{n.log_text()[-2000:]}")

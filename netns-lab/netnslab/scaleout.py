@@ -108,6 +108,7 @@ class ScaleOut:
             raise LabError("a scale-out lab needs hub* and branch* sites (scale_out_topology)")
         self.dpd_delay, self.retransmit = dpd_delay, retransmit
         self.procs: dict[str, subprocess.Popen] = {}
+        self._starts: dict[str, int] = {}  # "control socket" lines in a gateway's log before its last start
         self._wire()
         self._write_configs()
 
@@ -210,6 +211,8 @@ class ScaleOut:
             self.procs[f"bird-{name}"] = self.lab.popen(node, argv, stdout=out, stderr=subprocess.STDOUT)
 
     def start_sitelink(self, site) -> None:
+        """Start (or restart) `sitelink up`; wait_started() waits until it answers."""
+        self._starts[site.name] = self.log_text(site.name).count("control socket")
         with self.path(site.name, "log").open("a") as log:
             self.procs[site.name] = self.lab.popen(site.gw, [*self.command, "up", str(self.path(site.name, "yaml"))],
                                                    stdout=log, stderr=log)
@@ -224,20 +227,22 @@ class ScaleOut:
             self.start_bird(hub.gw, hub.name)
             self.start_sitelink(hub)
         for hub in self.hubs:
-            self._wait_log(hub.name, "control socket")
+            self.wait_started(hub)
         for branch in self.branches:
             self.start_sitelink(branch)
 
-    def _wait_log(self, name: str, text: str, timeout: float = 10.0) -> None:
+    def wait_started(self, site, timeout: float = 10.0) -> None:
+        """Until the last start_sitelink(site) opened its control socket."""
+        name = site.name
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.log_text(name):
+            if self.log_text(name).count("control socket") > self._starts.get(name, 0):
                 return
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise LabError(f"{name}: no {text!r} within {timeout}s:\n{self.log_text(name)[-2000:]}")
+        raise LabError(f"{name}: not started within {timeout}s:\n{self.log_text(name)[-2000:]}")
 
     def core_routes(self) -> dict[str, str]:
         """{branch subnet: next hop} as the core's kernel has them (BIRD's routes)."""

@@ -11,6 +11,7 @@ dead-peer detection (dpd_delay 30 s here) or a lost INITIAL_CONTACT would show a
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from netnslab.sitelink import Deployment
 
 pytestmark = pytest.mark.lab
 
+REPO = Path(__file__).resolve().parents[2]
 SITELINK_SHARE = 1.0  # seconds sitelink may add to keepalived's failover time (measured: ~0.01-0.1)
 
 
@@ -54,7 +56,7 @@ def test_keepalived_pair_fails_over_and_back(tmp_path: Path, failure: str) -> No
                 # the stream came back: what was lost is one outage, not a stream that never resumed
                 lost_s = probe["lost"] / 200
                 assert lost_s <= probe["longest_gap_ms"] / 1000 + 0.1, (phase, direction, probe)
-            assert r["ping"]["received"] > 0.7 * r["ping"]["sent"], (phase, r["ping"])
+            assert r["ping"]["received"] > 0.5 * r["ping"]["sent"], (phase, r["ping"])
         assert over["outage_s"] <= over["detect_s"] + SITELINK_SHARE, over
         # failback: no second outage longer than the failover's (the returning node takes over the
         # moment it wins VRRP; the other forgets its SAs)
@@ -110,9 +112,32 @@ def test_state_sync_takes_over_without_a_new_ike_sa(tmp_path: Path, failure: str
                 assert r[direction]["lost"] / 200 <= r[direction]["longest_gap_ms"] / 1000 + 0.1, (phase, r)
         for node in pair.nodes:  # each took over the other's SAs once
             assert "took over IKE SA" in node.log_text(), node.log_text()[-2000:]
+        # a stranger on the LAN sends to the active gateway's sync port: refused and counted, nothing else
+        active = pair.nodes[0]
+        lab.run(pair.site.host, ["python3", "-c", "import socket; s = socket.socket(socket.AF_INET, "
+                                 f"socket.SOCK_DGRAM); [s.sendto(b'SLHA' + bytes(60), ('{active.lan4}', 4510)) "
+                                 "for _ in range(3)]"])
+        own = json.loads(subprocess.run([*pair.command, "status", "--json", "--socket", str(active.socket)],
+                                        capture_output=True, text=True, timeout=15, check=True).stdout)
+        assert own["ha_role"] == "active" and own["ha_sync"]["taken_over"] == 1, own["ha_sync"]
+        assert own["ha_sync"]["drops"].get("stranger") == 3, own["ha_sync"]
         status = json.loads(dep.sitelink("branch1", "status", "--json").stdout)
         assert status["tunnels"][0]["state"] == "up"
         assert status["tunnels"][0]["drops"].get("replay", 0) == 0, status["tunnels"][0]["drops"]
     with PcapReader(str(pcap)) as packets:
         clear = [f.summary() for f in packets if f.haslayer(IP) and (lan(f[IP].src) or lan(f[IP].dst))]
     assert cap.packets and clear == [], clear[:5]
+
+
+def test_documented_keepalived_config_passes_keepalived_s_own_check(tmp_path: Path) -> None:
+    """configs/ha/keepalived.conf, script security on, in a gateway namespace with its wan0 and lan0
+    (keepalived -t checks that they exist); the sitelink path swapped for a root-owned binary that exists
+    here (the example installs sitelink in /usr/local/bin)."""
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text((REPO / "configs/ha/keepalived.conf").read_text().replace("/usr/local/bin/sitelink", "/usr/bin/true"))
+    with Lab(hub_and_spoke_topology(1)) as lab:
+        cp = lab.run("hq-gw", ["keepalived", "-t", "-f", str(conf)], check=False)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        broken = tmp_path / "broken.conf"
+        broken.write_text(conf.read_text().replace("advert_int 0.2", "advert_int fast", 1))
+        assert lab.run("hq-gw", ["keepalived", "-t", "-f", str(broken)], check=False).returncode != 0

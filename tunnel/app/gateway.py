@@ -128,7 +128,7 @@ class Gateway:
         self._tasks: set[asyncio.Task] = set()  # reloads and DNS lookups in progress (referenced: kept alive)
         self._announcer: Announcer | None = None  # gateway.announce
         self._sync_sock: socket.socket | None = None  # gateway.ha.sync
-        self._sync_channel: SyncChannel | None = None
+        self.sync_channel: SyncChannel | None = None
         self._sync_timer: asyncio.TimerHandle | None = None
 
     # -- life cycle -----------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ class Gateway:
             if sync is not None:
                 self._sync_sock = stack.enter_context(udp.open_socket(str(sync.local), sync.port, 1 << 22,
                                                                       zero_checksum=False))
-                self._sync_channel = SyncChannel(sync.key)
+                self.sync_channel = SyncChannel(sync.key)
             if self.config.announce is not None:
                 self._announcer = Announcer(io.tun_index, self.config.announce.table)
                 stack.callback(self._announcer.close)
@@ -440,7 +440,7 @@ class Gateway:
 
     def _sync_tick(self) -> None:
         """The active gateway streams its SA state to the standby (app/hasync.py)."""
-        keying, sock, channel = self._keying(), self._sync_sock, self._sync_channel
+        keying, sock, channel = self._keying(), self._sync_sock, self.sync_channel
         self._sync_timer = asyncio.get_running_loop().call_later(SYNC_INTERVAL, self._sync_tick)
         if keying.sync is None or sock is None or channel is None or self.config.ha is None:
             return
@@ -454,7 +454,7 @@ class Gateway:
                 log.debug("HA sync datagram not sent: %s", exc)
 
     def _on_sync_readable(self) -> None:
-        keying, sock, channel = self._keying(), self._sync_sock, self._sync_channel
+        keying, sock, channel = self._keying(), self._sync_sock, self.sync_channel
         if sock is None or channel is None or keying.sync is None or self.config.ha is None:
             return
         sync = self.config.ha.sync

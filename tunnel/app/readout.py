@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from policy.qos import QosClass
+from tunnel.app.hasync import SyncChannel
 from tunnel.app.keying import Keying
 from tunnel.app.workers import WorkerProxy
 from tunnel.config.model import GatewayConfig
@@ -29,6 +30,7 @@ class Parts(Protocol):
     keying: Keying | None
     worker_proxies: list[WorkerProxy]
     qos_pump: QosPump | None
+    sync_channel: SyncChannel | None
 
 
 class GatewayReadout:
@@ -51,6 +53,12 @@ class GatewayReadout:
         if self._gateway.config.ha is None or keying is None:
             return None
         return "standby" if keying.standby else "active"
+
+    def ha_sync(self) -> dict[str, object] | None:
+        keying, channel = self._gateway.keying, self._gateway.sync_channel
+        if keying is None or keying.sync is None or channel is None:
+            return None
+        return {"taken_over": keying.sync.adopted, "drops": dict(channel.dropped)}
 
     def tunnels(self) -> list[TunnelView]:
         gateway, views = self._gateway, []

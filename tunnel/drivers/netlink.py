@@ -180,6 +180,7 @@ class Netlink:
         a routing daemon exports by BGP for the tunnels that are up here."""
         wanted = {str(n): n for n in networks}
         present: dict[str, Network] = {}
+        found: dict[str, dict[str, object]] = {}  # what deletes each, as the kernel listed it
         for family in (2, 10):
             for route in self._ipr.get_routes(family=family, table=table):
                 if route.get_attr("RTA_OIF") != index:
@@ -187,9 +188,16 @@ class Netlink:
                 dst = route.get_attr("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
                 network = ipaddress.ip_network(f"{dst}/{route['dst_len']}")
                 present[str(network)] = network
+                found[str(network)] = {"family": family, "dst": str(network), "oif": index, "table": table,
+                                       "proto": route["proto"], "scope": route["scope"], "type": route["type"]}
         try:
-            for key in present.keys() - wanted.keys():
-                self._ipr.route("del", **{**self._route(present[key], oif=index), "table": table})
+            for key in present.keys() - wanted.keys():  # whoever put it there: the table is ours (config)
+                gone = found[key]
+                try:
+                    self._ipr.route("del", **gone)
+                except NetlinkError as exc:
+                    if exc.code != 3:  # ESRCH: gone meanwhile
+                        raise
             for key in wanted.keys() - present.keys():
                 self._ipr.route("replace", **{**self._route(wanted[key], oif=index), "table": table})
         except NetlinkError as exc:

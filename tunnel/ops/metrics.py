@@ -48,6 +48,16 @@ class GatewayCollector(Collector):
                                        "standby (keepalived's notify scripts switch it)")
             active.add_metric([], 1 if self.readout.ha_role == "active" else 0)
             yield active
+        sync = self.readout.ha_sync()
+        if sync is not None:
+            drops = CounterMetricFamily(f"{PREFIX}_ha_sync_drops", "HA state-sync datagrams refused, by reason "
+                                        "(stranger, malformed, auth_failed, replay, stale, own)", labels=["reason"])
+            for reason, count in sorted(dict(sync["drops"]).items()):  # type: ignore[call-overload]
+                drops.add_metric([reason], count)
+            taken = CounterMetricFamily(f"{PREFIX}_ha_takeovers", "Tunnels taken over with their SAs from the "
+                                        "other gateway of the pair")
+            taken.add_metric([], sync["taken_over"])  # type: ignore[arg-type]
+            yield from (drops, taken)
         tunnels = self.readout.tunnels()
         yield from self._data_plane(tunnels)
         yield from self._ike(tunnels)

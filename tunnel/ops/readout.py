@@ -94,6 +94,8 @@ class Readout(Protocol):
     @property
     def ha_role(self) -> str | None:
         """"active" or "standby" for one of an HA pair (gateway.ha), else None."""
+    def ha_sync(self) -> dict[str, object] | None:
+        """gateway.ha.sync: {"taken_over": tunnels adopted so far, "drops": {reason: count}}, else None."""
     def unowned(self) -> Counters:
         """Data-plane drops no tunnel can be blamed for (unknown SPI, no route), over every worker."""
     def unowned_ike_drops(self) -> dict[str, int]:

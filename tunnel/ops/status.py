@@ -22,6 +22,7 @@ def snapshot(readout: Readout, now: float) -> dict[str, Any]:
                           for cls, (depth, stats) in zip(QosClass, rows)}
               for direction, rows in readout.queues().items()}
     return {"gateway": readout.gateway_name, "listen": readout.listen, "ha_role": readout.ha_role,
+            "ha_sync": readout.ha_sync(),
             "tunnels": [_tunnel(t, now) for t in readout.tunnels()], "queues": queues,
             "unowned_drops": readout.unowned().drops_by_reason(), "unowned_ike_drops": readout.unowned_ike_drops()}
 
