@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import os
 import re
 import secrets
 import shutil
@@ -26,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .lab import Lab, LabError, _pids_in_netns
+from .lab import Lab, LabError
 from .sitelink import sitelink_command, write_secret
 
 KEEPALIVED = "/usr/sbin/keepalived"
@@ -205,16 +204,8 @@ class HaPair:
         for n in self.nodes:
             lab.run(n.node, ["ip", "route", "replace", "default", "via", str(s.router_wan4)])
         for n in self.nodes:
-            self._wait_reaches(n.node, str(s.router_wan4))
-            self._wait_reaches(n.node, str(s.host4))
-
-    def _wait_reaches(self, node: str, address: str, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.lab.run(node, ["ping", "-c", "1", "-W", "0.2", address], check=False).returncode == 0:
-                return
-            time.sleep(0.05)
-        raise LabError(f"{node} cannot reach {address} after wiring the HA pair")
+            lab.wait_reaches(n.node, str(s.router_wan4))
+            lab.wait_reaches(n.node, str(s.host4))
 
     def _node_yaml(self, text: str, n: HaNode) -> str:
         s = self.site
@@ -283,16 +274,7 @@ class HaPair:
         """The machine dies: every process in its namespace gets SIGKILL (sitelink, keepalived and its
         children, which would otherwise release the addresses on their way out) and its links go dark."""
         n = self.nodes[i]
-        for _ in range(3):
-            pids = _pids_in_netns(self.lab.ns(n.node))
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)
+        self.lab.kill_all(n.node)
         self.set_links(i, up=False)
         for proc in (n.sitelink, n.keepalived):
             if proc is not None:

@@ -315,6 +315,30 @@ class Lab:
         self.run(node, ["sysctl", "-q", "-w", *sysctls], timeout=10)
         return name
 
+    def kill_all(self, node: str) -> None:
+        """SIGKILL for every process in the node's namespace, until none is left: a machine losing power
+        (nothing gets to clean up, e.g. keepalived's children releasing their addresses)."""
+        for _ in range(20):
+            pids = _pids_in_netns(self.ns(node))
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+        raise LabError(f"processes in {node} survive SIGKILL: {_pids_in_netns(self.ns(node))}")
+
+    def wait_reaches(self, node: str, address: str, timeout: float = 5.0) -> None:
+        """Until one ping from node to address is answered (links come up asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.run(node, ["ping", "-c", "1", "-W", "0.2", address], check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise LabError(f"{node} cannot reach {address} within {timeout}s")
+
     @property
     def namespaces(self) -> list[str]:
         """Namespaces this lab created and has not yet deleted."""

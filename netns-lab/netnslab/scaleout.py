@@ -13,15 +13,13 @@ them; branches list every hub (``peer.address``), each starting with a different
 from __future__ import annotations
 
 import base64
-import os
 import re
 import secrets
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-from .lab import Lab, LabError, _pids_in_netns
+from .lab import Lab, LabError
 from .sitelink import TUN_NAME, sitelink_command, write_secret
 from .topology import Topology, parse_topology
 
@@ -145,16 +143,8 @@ class ScaleOut:
             lab.run(hub.gw, ["ip", "link", "set", "core0", "up"])
             lab.run(hub.gw, ["ip", "route", "add", SERVER_NET, "via", core_ip])
         for k in range(1, len(self.hubs) + 1):
-            self._wait_reaches("core", self.transit(k)[1])
-        self._wait_reaches("server", "10.100.0.1")
-
-    def _wait_reaches(self, node: str, address: str, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.lab.run(node, ["ping", "-c", "1", "-W", "0.2", address], check=False).returncode == 0:
-                return
-            time.sleep(0.05)
-        raise LabError(f"{node} cannot reach {address}")
+            lab.wait_reaches("core", self.transit(k)[1])
+        lab.wait_reaches("server", "10.100.0.1")
 
     # -- configuration ------------------------------------------------------------------------------------
     def path(self, name: str, suffix: str) -> Path:
@@ -272,16 +262,7 @@ class ScaleOut:
         """Hub k (from 0) dies: SIGKILL for every process in its namespace (sitelink, BIRD), and its cables
         (WAN and transit) go dark, as when the machine loses power."""
         hub = self.hubs[k]
-        for _ in range(3):
-            pids = _pids_in_netns(self.lab.ns(hub.gw))
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)
+        self.lab.kill_all(hub.gw)
         self.lab.run(self.lab.topology.router, ["ip", "link", "set", hub.router_if, "down"])
         self.lab.run("core", ["ip", "link", "set", f"to-{hub.name}", "down"])
 
