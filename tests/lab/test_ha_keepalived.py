@@ -121,6 +121,13 @@ def test_state_sync_takes_over_without_a_new_ike_sa(tmp_path: Path, failure: str
                                         capture_output=True, text=True, timeout=15, check=True).stdout)
         assert own["ha_role"] == "active" and own["ha_sync"]["taken_over"] == 1, own["ha_sync"]
         assert own["ha_sync"]["drops"].get("stranger") == 3, own["ha_sync"]
+        # the exporter of each (what configs/prometheus/sitelink-ha-alerts.yml watches)
+        fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9548/metrics').read().decode())"
+        scraped = [lab.run(n.node, ["python3", "-c", fetch]).stdout for n in pair.nodes]
+        assert 'sitelink_ha_active{gateway="hq"} 1.0' in scraped[0]
+        assert 'sitelink_ha_active{gateway="hq"} 0.0' in scraped[1]
+        assert 'sitelink_ha_sync_drops_total{reason="stranger"} 3.0' in scraped[0]
+        assert "sitelink_ha_takeovers_total 1.0" in scraped[0]
         status = json.loads(dep.sitelink("branch1", "status", "--json").stdout)
         assert status["tunnels"][0]["state"] == "up"
         assert status["tunnels"][0]["drops"].get("replay", 0) == 0, status["tunnels"][0]["drops"]

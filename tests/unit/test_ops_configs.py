@@ -30,6 +30,17 @@ def test_sa_near_hard_expiry_fires_only_when_the_rekey_failed(tmp_path: Path) ->
     assert cp.returncode == 0 and "SUCCESS" in cp.stdout, cp.stdout + cp.stderr
 
 
+def test_ha_alerts_fire_for_a_pair_without_an_active_gateway_and_for_a_split_brain(tmp_path: Path) -> None:
+    promtool = require_tool("promtool", "prometheus")
+    rules = REPO / "configs/prometheus/sitelink-ha-alerts.yml"
+    cp = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0 and "SUCCESS: 2 rules found" in cp.stdout, cp.stdout + cp.stderr
+    tests = tmp_path / "ha-alerts-test.yml"
+    tests.write_text((REPO / "tests/data/sitelink-ha-alerts-test.yml").read_text().replace("RULES", str(rules)))
+    cp = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0 and "SUCCESS" in cp.stdout, cp.stdout + cp.stderr
+
+
 def test_dashboard_panels_query_sitelink_metrics() -> None:
     dashboard = json.loads((REPO / "configs/grafana/sitelink-dashboard.json").read_text())
     assert dashboard["uid"] == "sitelink" and len(dashboard["panels"]) >= 8

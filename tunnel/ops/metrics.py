@@ -45,8 +45,9 @@ class GatewayCollector(Collector):
         yield info
         if self.readout.ha_role is not None:
             active = GaugeMetricFamily(f"{PREFIX}_ha_active", "1 on the active gateway of an HA pair, 0 on the "
-                                       "standby (keepalived's notify scripts switch it)")
-            active.add_metric([], 1 if self.readout.ha_role == "active" else 0)
+                                       "standby (keepalived's notify scripts switch it); both of a pair have "
+                                       "the same gateway name", labels=["gateway"])
+            active.add_metric([self.readout.gateway_name], 1 if self.readout.ha_role == "active" else 0)
             yield active
         sync = self.readout.ha_sync()
         if sync is not None:
