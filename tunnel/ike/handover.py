@@ -36,8 +36,17 @@ def _in(t: float | None, now: float) -> float | None:
     return None if t is None else max(0.0, t - now)
 
 
+MAX_SECONDS = 366 * 24 * 3600.0  # no lifetime or age in a snapshot is longer
+
+
 def _at(seconds: Any, now: float) -> float | None:
-    return None if seconds is None else now + float(seconds)
+    return None if seconds is None else now + _seconds(seconds)
+
+
+def _seconds(value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= MAX_SECONDS:
+        raise BadSnapshot(f"{value!r} is not a number of seconds within 0..{MAX_SECONDS:.0f}")
+    return float(value)
 
 
 def _ts(ranges: tuple[TsRange, ...]) -> list[list[int]]:
@@ -70,6 +79,13 @@ def snapshot(sa: IkeSa, now: float, child_keys: Callable[[int], tuple[bytes, byt
             "reauth_in": _in(sa.reauth_at, now), "fragmentation": sa.fragmentation, "children": children}
 
 
+def _bounded(value: Any, limit: int) -> int:
+    """An integer field of a snapshot within 0..limit-1 (message IDs, SPIs, IV counters)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < limit:
+        raise BadSnapshot(f"{value!r} is not an integer within 0..{limit - 1}")
+    return value
+
+
 def restore(config: IkeConfig, snap: Snapshot, random_bytes: Callable[[int], bytes], now: float,
             drops: IkeDrops | None = None) -> tuple[IkeSession, list[tuple[ChildSa, bytes, bytes]]]:
     """An established IkeSession from a snapshot, with its Child SAs (and their keys, for the data
@@ -87,8 +103,9 @@ def restore(config: IkeConfig, snap: Snapshot, random_bytes: Callable[[int], byt
         sk_in = SkCipher(er if session.initiator else ei)
         sk_out = SkCipher(ei if session.initiator else er, first_iv=first_iv)
         session.crypto = IkeSaCrypto(suite, keys, sk_in, sk_out, b"", b"", b"", b"")
-        session.requests.next_id = int(snap["next_id"])
-        session.responses.expected = int(snap["expected"])
+        session.requests.next_id = _bounded(snap["next_id"], 2**32)
+        session.responses.expected = _bounded(snap["expected"], 2**32)
+        _bounded(snap["iv"], 2**62)
         session.fragmentation = bool(snap["fragmentation"])
         session.send_initial_contact = False
         session.enter(IkeState.ESTABLISHED, now)
@@ -98,12 +115,12 @@ def restore(config: IkeConfig, snap: Snapshot, random_bytes: Callable[[int], byt
         children = []
         for c in snap["children"]:
             e = c["suite"]
-            child = ChildSa(int(c["in"]), int(c["out"]), EspSuite(int(e[0]), int(e[1]), int(e[2]),
-                                                                   None if e[3] is None else int(e[3])),
+            esp = EspSuite(int(e[0]), int(e[1]), int(e[2]), None if e[3] is None else int(e[3]))
+            child = ChildSa(_bounded(c["in"], 2**32), _bounded(c["out"], 2**32), esp,
                             tuple(TsRange(*map(int, r)) for r in c["lts"]),
                             tuple(TsRange(*map(int, r)) for r in c["rts"]),
                             rekey_at=_at(c["rekey_in"], now), expire_at=_at(c["expire_in"], now),
-                            installed_at=None if c["age"] is None else now - float(c["age"]),
+                            installed_at=None if c["age"] is None else now - _seconds(c["age"]),
                             state=ChildState.INSTALLED, announced=True)
             key_in, key_out = bytes.fromhex(c["key_in"]), bytes.fromhex(c["key_out"])
             if {len(key_in), len(key_out)} != {child.suite.key_bits // 8 + 4}:  # AES key + salt (RFC 4106)
