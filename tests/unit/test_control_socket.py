@@ -41,6 +41,18 @@ def test_commands_answer_or_refuse_in_one_line(tmp_path: Path) -> None:
         assert not answer["ok"] and expected in answer["error"], answer
 
 
+def test_role_on_a_gateway_that_is_not_in_a_pair(tmp_path: Path) -> None:
+    gateway = manual_gateway(tmp_path)
+    server = ControlServer(gateway.readout, gateway, tmp_path / "c.sock")
+    assert server.handle({"command": "role"}) == {"ok": True, "message": "not one of an HA pair"}
+    for bad, expected in (({"command": "role", "role": "active"}, "not one of an HA pair (no gateway.ha"),
+                          ({"command": "role", "role": "master"}, "role must be one of active, standby"),
+                          ({"command": "role", "role": ["active"]}, "role must be one of")):
+        answer = server.handle(bad)
+        assert not answer["ok"] and expected in answer["error"], answer
+    assert server.handle({"command": "status"})["status"]["ha_role"] is None
+
+
 def test_brief_status_and_filters_for_many_tunnels(tmp_path: Path) -> None:
     """`sitelink status --brief --tunnel 'b*' --state down`: a count by state, then one line per tunnel."""
     gateway = manual_gateway(tmp_path)
