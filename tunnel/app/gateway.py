@@ -127,7 +127,8 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()  # reloads and DNS lookups in progress (referenced: kept alive)
         self._announcer: Announcer | None = None  # gateway.announce
-        self._sync_sock: socket.socket | None = None  # gateway.ha.sync
+        self._sync_sock: socket.socket | None = None  # gateway.ha.sync, and where the other gateway listens
+        self._sync_peer: tuple[str, int] | None = None
         self.sync_channel: SyncChannel | None = None
         self._sync_timer: asyncio.TimerHandle | None = None
 
@@ -164,6 +165,7 @@ class Gateway:
                 self._sync_sock = stack.enter_context(udp.open_socket(str(sync.local), sync.port, 1 << 22,
                                                                       zero_checksum=False))
                 self.sync_channel = SyncChannel(sync.key)
+                self._sync_peer = (str(sync.peer), sync.port)
             if self.config.announce is not None:
                 self._announcer = Announcer(io.tun_index, self.config.announce.table)
                 stack.callback(self._announcer.close)
@@ -440,27 +442,23 @@ class Gateway:
 
     def _sync_tick(self) -> None:
         """The active gateway streams its SA state to the standby (app/hasync.py)."""
-        keying, sock, channel = self._keying(), self._sync_sock, self.sync_channel
+        keying, sock, channel, peer = self._keying(), self._sync_sock, self.sync_channel, self._sync_peer
         self._sync_timer = asyncio.get_running_loop().call_later(SYNC_INTERVAL, self._sync_tick)
-        if keying.sync is None or sock is None or channel is None or self.config.ha is None:
+        if keying.sync is None or sock is None or channel is None or peer is None:
             return
-        sync = self.config.ha.sync
-        assert sync is not None
         messages = keying.sync.requests() if keying.standby else keying.sync.outgoing(time.monotonic())
         for message in messages:
             try:
-                sock.sendto(channel.seal(message), (str(sync.peer), sync.port))
+                sock.sendto(channel.seal(message), peer)
             except OSError as exc:
                 log.debug("HA sync datagram not sent: %s", exc)
 
     def _on_sync_readable(self) -> None:
-        keying, sock, channel = self._keying(), self._sync_sock, self.sync_channel
-        if sock is None or channel is None or keying.sync is None or self.config.ha is None:
+        keying, sock, channel, peer = self._keying(), self._sync_sock, self.sync_channel, self._sync_peer
+        if sock is None or channel is None or keying.sync is None or peer is None:
             return
-        sync = self.config.ha.sync
-        assert sync is not None
         for data, addr in udp.recv_batch(sock, 64):
-            if addr[0] != str(sync.peer):
+            if addr[0] != peer[0]:
                 channel.dropped["stranger"] = channel.dropped.get("stranger", 0) + 1
                 continue
             message = channel.open(data)

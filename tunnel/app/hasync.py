@@ -100,7 +100,6 @@ class SyncChannel:
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        return None
 
 
 class StateSync:
@@ -128,11 +127,11 @@ class StateSync:
         positions: dict[str, dict[str, Any]] = {}
         for name, runtime in self.keying.tunnels.items():
             sessions = [s for s in self.keying.dispatcher.sessions_for(name) if s.established]
-            taken = [snap for s in sessions if (snap := snapshot(s, now, self.keys.get)) is not None]
-            mark = [(t["spi_i"], t["spi_r"], t["next_id"], t["expected"], t["iv"],
-                     [c["in"] for c in t["children"]]) for t in taken]
+            # what a snapshot would change on: compared before one is made (keys hexed only when sent)
+            mark = [(s.spi_i, s.spi_r, s.requests.next_id, s.responses.expected, s.crypto.sk_out.next_iv,
+                     [c.spi_in for c in s.children if c.active]) for s in sessions if s.crypto is not None]
             if refresh or self._sent.get(name) != mark:
-                snaps[name] = taken
+                snaps[name] = [snap for s in sessions if (snap := snapshot(s, now, self.keys.get)) is not None]
                 self._sent[name] = mark
             pos = self._positions(runtime)
             if pos:

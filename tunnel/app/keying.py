@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tunnel.app.assemble import ike_configs, peer_of, volume_limits
+from tunnel.app.assemble import ike_configs, volume_limits
 from tunnel.app.hasync import StateSync
 from tunnel.app.reload import ReloadPlan
 from tunnel.config.model import GatewayConfig, HaRole, IPNetwork, StartMode, Tunnel
@@ -710,7 +710,7 @@ class Keying:
 
 def _known_at(runtime: TunnelRuntime, host: str) -> bool:
     """Whether the tunnel's peer may be at this address: configured (any of its hubs) or resolved."""
-    return host == runtime.resolved or host in (peer_of(runtime.config)[0], *map(str, runtime.config.peer.more))
+    return host == runtime.resolved or host in map(str, runtime.config.peer.addresses)
 
 
 def _restarts(tunnel: Tunnel) -> bool:
