@@ -22,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .lab import Lab, LabError
@@ -43,7 +43,6 @@ class HaNode:
     workdir: Path
     sitelink: subprocess.Popen | None = None
     keepalived: subprocess.Popen | None = None
-    paths: dict[str, Path] = field(default_factory=dict)
 
     @property
     def config(self) -> Path:
