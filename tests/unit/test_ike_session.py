@@ -212,7 +212,25 @@ def test_peer_silent_means_failure_after_backoff() -> None:
         wire.advance(10.0)
     failed = [e for e in events(hq) if isinstance(e, IkeSaFailed)]
     assert failed and "does not answer" in failed[0].reason
-    assert len(wire.log) == 4  # 1 + 3 retransmissions (Backoff tries=4)
+    # 1 + the early IKE_SA_INIT (not a try) + 3 retransmissions (Backoff tries=4)
+    assert len(wire.log) == 5
+
+
+@pytest.mark.parametrize("lost", ["IKE_SA_INIT", "IKE_AUTH"])
+def test_only_ike_sa_init_is_sent_again_early(lost: str) -> None:
+    """A peer started a moment later than us missed our IKE_SA_INIT: it goes again after 0.2 s, not after
+    the first backoff step (1 s). Later requests (IKE_AUTH here) keep the backoff schedule."""
+    hq, br, wire = pair()
+    seen = {"n": 0}
+    wire.lose = lambda sender, message: (seen.__setitem__("n", seen["n"] + 1) or
+                                         seen["n"] == (1 if lost == "IKE_SA_INIT" else 3))
+    hq.initiate("branch1", wire.now)
+    wire.pump()
+    wire.advance(0.25)
+    early = any(isinstance(e, ChildSaEstablished) for e in events(hq))  # (events() takes them)
+    assert early is (lost == "IKE_SA_INIT")
+    wire.advance(1.0)
+    assert early or any(isinstance(e, ChildSaEstablished) for e in events(hq))
 
 
 def test_cookie_round_trip() -> None:

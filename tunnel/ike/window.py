@@ -26,10 +26,19 @@ class Backoff:
         return sum(self.delay(attempt) for attempt in range(self.tries))
 
 
-class RequestWindow:
-    """Our outgoing requests: at most one outstanding (window size 1)."""
+FIRST_CONTACT_PROBE = 0.2  # seconds: IKE_SA_INIT is sent once more this soon, outside the backoff schedule
 
-    __slots__ = ("backoff", "next_id", "outstanding", "packets", "attempt", "deadline")
+
+class RequestWindow:
+    """Our outgoing requests: at most one outstanding (window size 1).
+
+    A new IKE SA's first request (IKE_SA_INIT, message ID 0) gets one extra, early transmission: two
+    gateways started together (a site's power coming back, `systemctl start` on both) are each up at
+    some moment in the same second, and an IKE_SA_INIT that reached the peer before its socket existed
+    would otherwise wait the whole first backoff step (1 s by default). It is small, stateless to the
+    peer until answered, and a duplicate gets the cached answer."""
+
+    __slots__ = ("backoff", "next_id", "outstanding", "packets", "attempt", "deadline", "probe")
 
     def __init__(self, backoff: Backoff, first_id: int = 0) -> None:
         self.backoff = backoff
@@ -38,6 +47,7 @@ class RequestWindow:
         self.packets: list[bytes] = []  # the request as sent: one message, or its fragments (RFC 7383)
         self.attempt = 0
         self.deadline: float | None = None
+        self.probe = False  # the early transmission of IKE_SA_INIT is still due
 
     @property
     def busy(self) -> bool:
@@ -47,7 +57,8 @@ class RequestWindow:
         self.outstanding = message_id
         self.packets = packets
         self.attempt = 0
-        self.deadline = now + self.backoff.delay(0)
+        self.probe = message_id == 0 and FIRST_CONTACT_PROBE < self.backoff.delay(0)
+        self.deadline = now + (FIRST_CONTACT_PROBE if self.probe else self.backoff.delay(0))
         self.next_id = message_id + 1
 
     def resend_same(self, packet: bytes, now: float) -> None:
@@ -55,6 +66,7 @@ class RequestWindow:
         self.outstanding = self.next_id - 1
         self.packets = [packet]
         self.attempt = 0
+        self.probe = False  # the peer answered: it is there
         self.deadline = now + self.backoff.delay(0)
 
     def hold(self) -> tuple[int | None, list[bytes], int]:
@@ -79,6 +91,10 @@ class RequestWindow:
         """The packets to retransmit now (none yet: empty). Raises TimeoutError once every try is used."""
         if self.deadline is None or now < self.deadline:
             return []
+        if self.probe:  # the early IKE_SA_INIT: not a try; the backoff schedule runs from the first send
+            self.probe = False
+            self.deadline += self.backoff.delay(0) - FIRST_CONTACT_PROBE
+            return self.packets
         self.attempt += 1
         if self.attempt >= self.backoff.tries:
             self.complete()
