@@ -10,16 +10,15 @@ import math
 from policy.match import compile_rules
 from policy.qos import QosClass
 from policy.ts import ranges
-from tunnel.app import credentials
 from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.dataplane.forwarder import Forwarder
 from tunnel.dataplane.scheduler import PriorityScheduler
 from tunnel.dataplane.tunnels import NO_LIMIT, TunnelPolicy, VolumeLimits
 from tunnel.esp.overhead import inner_mtu
 from tunnel.esp.sa import InboundSa, OutboundSa
-from tunnel.ike.certs import PeerIdentity
 from tunnel.ike.config import CertAuth, IkeConfig, PskAuth
 from tunnel.ike.fragments import DEFAULT_FRAGMENT_SIZE
+from tunnel.ike.identity import PeerIdentity
 from tunnel.ike.window import Backoff
 
 SEQ_SOFT_LIMIT = 3 * 2**30  # rekey long before the 32-bit sequence numbers run out (RFC 4303 §3.3.3)
@@ -123,7 +122,11 @@ def ike_configs(config: GatewayConfig, workers: int) -> list[tuple[IkeConfig, st
     raises when they cannot be used)."""
     tunnels = [t for t in config.tunnels if t.ike is not None]
     uses_certs = any(t.ike is not None and t.ike.auth == "cert" for t in tunnels)
-    cert_auth = credentials.cert_auth(config) if uses_certs else None
+    cert_auth = None
+    if uses_certs:  # X.509 (cryptography.x509, the PKI files) only for a gateway that uses certificates
+        from tunnel.app import credentials
+
+        cert_auth = credentials.cert_auth(config)
     # A peer with several hub addresses is, like one at `any`, known by its identity: it may answer from any
     return [(ike_config(t, cert_auth, workers), (peer_of(t)[0] or None) if not t.peer.more else None)
             for t in tunnels]

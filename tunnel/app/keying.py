@@ -18,10 +18,9 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tunnel.app.assemble import ike_configs, volume_limits
-from tunnel.app.hasync import StateSync
 from tunnel.app.reload import ReloadPlan
 from tunnel.config.model import GatewayConfig, HaRole, IPNetwork, StartMode, Tunnel
 from tunnel.dataplane.events import (
@@ -57,6 +56,9 @@ from tunnel.ike.keys import IkeKeys
 from tunnel.ike.sa import IkeState
 from tunnel.ike.session import IkeSession
 from tunnel.ops.readout import IkeStats
+
+if TYPE_CHECKING:  # HA state sync is imported only by a gateway configured for it
+    from tunnel.app.hasync import StateSync
 
 log = logging.getLogger("sitelink.ike")
 
@@ -177,6 +179,8 @@ class Keying:
         # gateway.ha.sync: the state the active streams to the standby, which adopts it on takeover
         self.sync: StateSync | None = None
         if config.ha is not None and config.ha.sync is not None and isinstance(self.planes[0], LocalPlane):
+            from tunnel.app.hasync import StateSync
+
             self.sync = StateSync(self, self.planes[0].forwarder)
         self._accept_ike()
 

@@ -6,12 +6,10 @@ time can make a tunnel appear or vanish between two scrapes, never break one.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from policy.qos import QosClass
-from tunnel.app.hasync import SyncChannel
 from tunnel.app.keying import Keying
-from tunnel.app.workers import WorkerProxy
 from tunnel.config.model import GatewayConfig
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.forwarder import Forwarder
@@ -20,6 +18,10 @@ from tunnel.dataplane.tunnels import TunnelState
 from tunnel.drivers.pumps import QosPump
 from tunnel.ike.session import IkeSession
 from tunnel.ops.readout import ChildView, IkeView, QueueRows, TunnelView
+
+if TYPE_CHECKING:  # (imported by gateways that use them)
+    from tunnel.app.hasync import SyncChannel
+    from tunnel.app.workers import WorkerProxy
 
 
 class Parts(Protocol):

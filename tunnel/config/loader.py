@@ -64,8 +64,8 @@ from tunnel.config.yamlnodes import (
     read_regular_file,
 )
 from tunnel.errors import ConfigError
-from tunnel.ike.certs import InvalidIdentity, PeerIdentity
 from tunnel.ike.constants import IKE_PORT
+from tunnel.ike.identity import InvalidIdentity, PeerIdentity
 from tunnel.secret import Secret
 
 MAX_CONFIG_BYTES = 1024 * 1024

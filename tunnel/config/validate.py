@@ -23,7 +23,7 @@ from tunnel.config.model import (
 from tunnel.config.yamlnodes import Doc, quote
 from tunnel.dataplane.scheduler import DEFAULT_LIMITS
 from tunnel.esp.overhead import inner_mtu
-from tunnel.ike.certs import PeerIdentity
+from tunnel.ike.identity import PeerIdentity
 
 IPV6_MIN_MTU = 1280  # RFC 8200 §5
 

@@ -11,7 +11,6 @@ from typing import TypeVar
 
 from policy.ts import TsRange, covered, narrow
 from tunnel.ike import keys
-from tunnel.ike.certs import sign_auth, verify_auth
 from tunnel.ike.child import ChildSa, from_wire, wire_selectors
 from tunnel.ike.config import CertAuth, PskAuth
 from tunnel.ike.constants import AuthMethod, CertEncoding, ExchangeType, IdType, NotifyType
@@ -203,6 +202,8 @@ def _auth_payload(sa: IkeSa, octets: bytes) -> AuthPayload:
     auth = sa.config.auth
     if isinstance(auth, PskAuth):
         return AuthPayload(AuthMethod.SHARED_KEY_MIC, keys.psk_auth(_crypto(sa).suite.prf, auth.psk, octets))
+    from tunnel.ike.certs import sign_auth  # X.509 only for certificate tunnels (a PSK gateway starts faster)
+
     credential = _credential(sa)[0]
     method, data = sign_auth(credential.private_key, octets, rsa_pss=credential.rsa_pss)
     return AuthPayload(method, data)
@@ -231,6 +232,8 @@ def _verify(sa: IkeSa, auth: AuthPayload, octets: bytes, id_payload: IdPayload, 
             if request:
                 sa.event(RevocationQuery(config.tunnel, key, url, request))
         raise
+    from tunnel.ike.certs import verify_auth
+
     verify_auth(public_key, auth.method, auth.data, octets)
     sa.peer_chain = tuple(bytes(c) for c in chain)  # checked again when a reload brings new revocations
 
