@@ -127,10 +127,9 @@ class SitelinkPair:
             return None
 
     def start(self) -> None:
-        # the responder first, as an admin would; the initiator starts IKE as soon as it is up
-        initiating = {a for a, _ in self.deployment.initiators}
-        for site in sorted(self.deployment.gateways, key=lambda s: s in initiating):
-            self.deployment.start(site)
+        # both sites' `sitelink up` at once (as the wireguard-go and OpenVPN anchors are started), then
+        # wait until both are serving; the first ping reply is timed from before the first launch
+        self.deployment.launch_all()
 
     def pids(self) -> list[int]:
         return [gw.proc.pid for gw in self.deployment.gateways.values()

@@ -228,13 +228,27 @@ class Deployment:
     def start(self, site: str, timeout: float = 10.0) -> Gateway:
         """Start `sitelink up` in the site's gateway namespace and wait until its TUN device is up."""
         gw = self.launch(site)
+        self._wait_ready(gw, timeout)
+        return gw
+
+    def launch_all(self, timeout: float = 10.0) -> None:
+        """Start every gateway at once (no order, as sites come up on their own), then wait until each
+        is serving."""
+        for site in self.gateways:
+            self.launch(site)
+        for gw in self.gateways.values():
+            self._wait_ready(gw, timeout)
+
+    def _wait_ready(self, gw: Gateway, timeout: float) -> None:
+        site = gw.site.name
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if gw.proc.poll() is not None:
-                raise GatewayError(f"gateway {site} exited with {gw.proc.returncode}:\n{gw.log_text()[-2000:]}")
-            if self._tun_up(gw) and "listening on" in gw.log_text():
-                return gw
-            time.sleep(0.05)
+            if gw.proc is None or gw.proc.poll() is not None:
+                code = gw.proc.returncode if gw.proc is not None else None
+                raise GatewayError(f"gateway {site} exited with {code}:\n{gw.log_text()[-2000:]}")
+            if "listening on" in gw.log_text() and self._tun_up(gw):
+                return
+            time.sleep(0.02)
         raise GatewayError(f"gateway {site} not ready after {timeout}s:\n{gw.log_text()[-2000:]}")
 
     def start_all(self, established: bool = True, timeout: float = 15.0) -> None:

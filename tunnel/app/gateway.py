@@ -19,12 +19,11 @@ import time
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from policy.qos import QosClass
-from tunnel.app import workers
 from tunnel.app.announce import Announcer
 from tunnel.app.assemble import build_forwarder, install_manual_keys, make_schedulers, reconfigure_forwarder
-from tunnel.app.hasync import SYNC_INTERVAL, SyncChannel
 from tunnel.app.keying import KEEPALIVE_INTERVAL, DataPlane, Keying, LocalPlane
 from tunnel.app.readout import GatewayReadout
 from tunnel.app.reload import ReloadPlan, plan_reload
@@ -34,7 +33,7 @@ from tunnel.config.model import GatewayConfig, Tunnel
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.events import DataEvent
 from tunnel.dataplane.scheduler import ClassStats
-from tunnel.drivers import ocsp_http, pumps, udp
+from tunnel.drivers import pumps, udp
 from tunnel.drivers.netlink import FULL_TUNNEL_MARK, Netlink
 from tunnel.drivers.tun import TunDevice
 from tunnel.errors import ConfigError, DriverError, KeyFileError, ReloadFailed, ReloadRefused, SitelinkError
@@ -44,6 +43,10 @@ from tunnel.ike.events import RevocationQuery
 from tunnel.ops.control_socket import ControlServer, default_path
 from tunnel.ops.keylog import EspKeyLog, IkeKeyLog
 from tunnel.ops.metrics import MetricsServer
+
+if TYPE_CHECKING:  # data-plane workers and HA sync are imported only by gateways configured for them
+    from tunnel.app import workers
+    from tunnel.app.hasync import SyncChannel
 
 log = logging.getLogger("sitelink.gateway")
 RESOLVE_TIMEOUT = 10.0  # seconds for the system resolver to name a DNS-named peer's address
@@ -164,6 +167,8 @@ class Gateway:
             if sync is not None:
                 self._sync_sock = stack.enter_context(udp.open_socket(str(sync.local), sync.port, 1 << 22,
                                                                       zero_checksum=False))
+                from tunnel.app.hasync import SyncChannel
+
                 self.sync_channel = SyncChannel(sync.key)
                 self._sync_peer = (str(sync.peer), sync.port)
             if self.config.announce is not None:
@@ -189,18 +194,10 @@ class Gateway:
         )
 
     def _open_io(self, stack: ExitStack) -> _Io:
-        """The TUN device with its address and routes, and the sockets; each undone by `stack`."""
+        """The sockets, then the TUN device with its address and routes; each undone by `stack`. The
+        sockets first: a peer started at the same moment may send its IKE_SA_INIT while our netlink
+        work runs, and the kernel keeps it for us only once the port is bound."""
         tun, listen = self.config.tun, self.config.listen
-        netlink = stack.enter_context(closing(Netlink()))
-        tun_index = netlink.ensure_tun(tun.name)
-        device = stack.enter_context(closing(TunDevice(tun.name)))
-        netlink.configure(tun_index, tun_mtu(self.config), tun.txqueuelen, tun.addresses)
-        remote = [net for t in self.config.tunnels for net in t.remote_subnets]
-        netlink.add_routes(tun_index, remote, self._route_sources())
-        stale = netlink.stale_routes(tun_index, remote)
-        if stale:  # tunnels removed from the configuration while the gateway was stopped: on purpose
-            log.info("removing the routes of subnets no tunnel has any more: %s", ", ".join(map(str, stale)))
-            netlink.delete_routes(tun_index, stale)
         mark = socket_mark(self.config)
         freebind = self.config.ha is not None  # one of a pair: the virtual address comes and goes (keepalived)
         sock = stack.enter_context(udp.open_socket(str(listen.address), listen.port, self.config.socket_buffer_bytes,
@@ -212,22 +209,37 @@ class Gateway:
         if ike:
             ike_sock = stack.enter_context(udp.open_socket(str(listen.address), self.config.ike_port, 1 << 20,
                                                            mark=mark, freebind=freebind))
-        io = _Io(netlink, tun_index, device, sock, udp.SegmentingSender(sock), ike_sock)
+        dual_sock = dual_ike_sock = None
         if listen.dual is not None:  # dual stack: the other family at the same ports
-            io.dual_sock = stack.enter_context(udp.open_socket(
+            dual_sock = stack.enter_context(udp.open_socket(
                 str(listen.dual), listen.port, self.config.socket_buffer_bytes, zero_checksum=False, mark=mark,
                 freebind=freebind))
-            udp.enable_gro(io.dual_sock)
+            udp.enable_gro(dual_sock)
             if ike:
-                io.dual_ike_sock = stack.enter_context(udp.open_socket(str(listen.dual), self.config.ike_port,
-                                                                       1 << 20, mark=mark, freebind=freebind))
-            v4, v6 = sorted((io.sock, io.dual_sock), key=lambda s: s.family == socket.AF_INET6)
+                dual_ike_sock = stack.enter_context(udp.open_socket(str(listen.dual), self.config.ike_port,
+                                                                    1 << 20, mark=mark, freebind=freebind))
+        netlink = stack.enter_context(closing(Netlink()))
+        tun_index = netlink.ensure_tun(tun.name)
+        device = stack.enter_context(closing(TunDevice(tun.name)))
+        netlink.configure(tun_index, tun_mtu(self.config), tun.txqueuelen, tun.addresses)
+        remote = [net for t in self.config.tunnels for net in t.remote_subnets]
+        netlink.add_routes(tun_index, remote, self._route_sources())
+        stale = netlink.stale_routes(tun_index, remote)
+        if stale:  # tunnels removed from the configuration while the gateway was stopped: on purpose
+            log.info("removing the routes of subnets no tunnel has any more: %s", ", ".join(map(str, stale)))
+            netlink.delete_routes(tun_index, stale)
+        io = _Io(netlink, tun_index, device, sock, udp.SegmentingSender(sock), ike_sock)
+        if dual_sock is not None:
+            io.dual_sock, io.dual_ike_sock = dual_sock, dual_ike_sock
+            v4, v6 = sorted((io.sock, dual_sock), key=lambda s: s.family == socket.AF_INET6)
             io.sender = udp.FamilySender(udp.SegmentingSender(v4), udp.SegmentingSender(v6))
         return io
 
     def _spawn_workers(self, io: _Io, n: int) -> None:
         """Workers 1..n-1: a TUN queue and a socket each, joined in order (the SPI filter numbers the
         sockets by joining order), forked before the event loop exists."""
+        from tunnel.app.workers import spawn as spawn_worker
+
         listen = self.config.listen
         extra = [(TunDevice(self.config.tun.name), udp.open_socket(
             str(listen.address), listen.port, self.config.socket_buffer_bytes, zero_checksum=False, reuseport=True,
@@ -237,7 +249,7 @@ class Gateway:
             others: list[TunDevice | socket.socket] = [io.tun, io.sock, *([io.ike_sock] if io.ike_sock else [])]
             others += [r for j, pair in enumerate(extra, start=1) if j != k for r in pair]
             others += [w.conn for w in self.worker_proxies]
-            self.worker_proxies.append(workers.spawn(self.config, k, tun, sock, others))
+            self.worker_proxies.append(spawn_worker(self.config, k, tun, sock, others))
             tun.close()  # the worker holds its queue and socket now
             sock.close()
         log.info("%d data-plane workers: this process and pids %s", n,
@@ -272,6 +284,8 @@ class Gateway:
             loop.add_reader(worker.conn.fileno(), self._on_worker_report, worker)
         if self._sync_sock is not None:
             loop.add_reader(self._sync_sock.fileno(), self._on_sync_readable)
+            from tunnel.app.hasync import SYNC_INTERVAL
+
             self._sync_timer = loop.call_later(SYNC_INTERVAL, self._sync_tick)
         control = ControlServer(self.readout, self, self.config.control_socket or default_path(self.config.name))
         await control.start()
@@ -443,6 +457,8 @@ class Gateway:
     def _sync_tick(self) -> None:
         """The active gateway streams its SA state to the standby (app/hasync.py)."""
         keying, sock, channel, peer = self._keying(), self._sync_sock, self.sync_channel, self._sync_peer
+        from tunnel.app.hasync import SYNC_INTERVAL
+
         self._sync_timer = asyncio.get_running_loop().call_later(SYNC_INTERVAL, self._sync_tick)
         if keying.sync is None or sock is None or channel is None or peer is None:
             return
@@ -626,10 +642,12 @@ class Gateway:
     async def _ask_ocsp(self, query: RevocationQuery) -> None:
         """POST an OCSP request (in a thread: a slow responder never stalls the data path), then hand the
         answer to keying; the IKE_AUTH that waited for it is handled when it comes again."""
+        from tunnel.drivers.ocsp_http import post as http_post  # urllib: only once a CA asks for OCSP
+
         timeout = float(self.config.pki.ocsp.timeout) if self.config.pki and self.config.pki.ocsp else 5.0
         try:
             response, problem = await asyncio.wait_for(
-                asyncio.to_thread(ocsp_http.post, query.url, query.request, timeout), timeout + 1)
+                asyncio.to_thread(http_post, query.url, query.request, timeout), timeout + 1)
         except TimeoutError:
             response, problem = None, f"no answer within {timeout:.0f} s"
         if self.keying is not None and not self._stopping.is_set():
