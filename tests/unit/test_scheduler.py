@@ -135,3 +135,31 @@ def test_shaper_holds_the_rate_and_priority_still_applies() -> None:
     for step in range(1, 101):  # one more second in 10 ms steps: 1 MB, 1000 packets of 1000 bytes
         sent += len(s.dequeue(1000, 0.1 + step * 0.01))
     assert 998 <= sent <= 1002
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(QosClass)), st.integers(40, 1500), st.floats(0, 0.01)),
+                min_size=1, max_size=60))
+def test_a_lone_packet_passing_through_counts_as_queued_and_served(packets: list) -> None:
+    """pass_through (an idle tunnel's lone packet skips the queues) leaves the same statistics and
+    real-time tokens as enqueue then dequeue: the metrics do not depend on the shortcut. A small rate cap
+    (1 Mbit/s) makes some real-time packets go over it (demoted) on both paths."""
+    shortcut, queued = PriorityScheduler(1_000_000), PriorityScheduler(1_000_000)
+    now = 0.0
+    for cls, size, gap in packets:
+        now += gap
+        assert shortcut.pass_through(cls, size, now)
+        assert queued.enqueue(cls, "p", size, now) and queued.dequeue(8, now) == ["p"]
+    assert [s.values() for s in shortcut.stats] == [s.values() for s in queued.stats]
+    assert shortcut.tokens == queued.tokens and shortcut.length == queued.length == 0
+
+
+def test_nothing_passes_a_backlog_or_a_shaper() -> None:
+    """Behind queued packets (or with the WAN shaper on) a packet must queue: priority and the shaper
+    decide, not arrival."""
+    s = PriorityScheduler(GBIT)
+    s.enqueue(BULK, "bulk", 1400, 0.0)
+    assert not s.pass_through(AUDIO, 200, 0.0)
+    assert s.stats[AUDIO].enqueued == 0
+    shaped = PriorityScheduler(GBIT, shape_bps=10_000_000)
+    assert not shaped.pass_through(AUDIO, 200, 0.0)

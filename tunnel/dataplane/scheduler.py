@@ -105,6 +105,26 @@ class PriorityScheduler:
         self.length += 1
         return True
 
+    def pass_through(self, cls: int, size: int, now: float) -> bool:
+        """Whether a packet may skip the queues: with nothing queued and no shaper, enqueue() then
+        dequeue() would hand it straight back. Accounted as they would (counts, a zero wait, real-time
+        tokens, a demotion when over the cap), so the statistics do not depend on the shortcut; an idle
+        tunnel's lone packet then costs no queue work (issue 17: the delay added on an idle tunnel)."""
+        if self.length or self.shape_rate:
+            return False
+        stats = self.stats[cls]
+        self._refill(now)
+        if cls in REALTIME_CLASSES:
+            if self.tokens >= size:
+                self.tokens -= size
+            else:
+                stats.demoted += 1
+        stats.enqueued += 1
+        stats.dequeued += 1
+        stats.bytes += size
+        stats.sojourn_buckets[0] += 1
+        return True
+
     def dequeue(self, n: int, now: float) -> list[Any]:
         out: list[Any] = []
         if not self.length:

@@ -98,18 +98,36 @@ class QosPump:
         """When the shaper lets the egress queue go on, if it holds it back."""
         return self.egress.ready_at(now)
 
-    def service(self, clock: Callable[[], float], on_events: Callable[[], None] | None = None) -> None:
-        """Up to ROUNDS rounds of: drain both kernel queues a little, serve a chunk each way. Ends early
-        when everything is empty; the caller comes back while pending() says there is work left."""
+    def service(self, clock: Callable[[], float], on_events: Callable[[], None] | None = None,
+                egress_first: bool = True) -> None:
+        """Up to ROUNDS rounds of: drain one kernel queue a little and serve a chunk of that direction,
+        then the same the other way. Ends early when everything is empty; the caller comes back while
+        pending() says there is work left. egress_first: which device woke us; its direction goes first,
+        so a lone packet on an idle tunnel is sealed (or opened) and sent before any other system call."""
+        now = clock()
+        pulled = self.egress_round(now) if egress_first else self.ingress_round(now, on_events)
+        if pulled < PULL and not self.pending(now):
+            return  # drained and nothing queued: back to sleep (the loop reports the other device if ready)
         for _ in range(ROUNDS):
             now = clock()
-            pulled = self.pull_tun(now) + self.pull_udp(now)
+            if egress_first:
+                pulled = self.egress_round(now) + self.ingress_round(now, on_events)
+            else:
+                pulled = self.ingress_round(now, on_events) + self.egress_round(now)
             if not pulled and not self.pending(now):
                 return
-            if self.egress.sendable(now):
-                self.push_egress(now)
-            if self.ingress.length:
-                self.push_ingress(now, on_events)
+
+    def egress_round(self, now: float) -> int:
+        pulled = self.pull_tun(now)
+        if self.egress.sendable(now):
+            self.push_egress(now)
+        return pulled
+
+    def ingress_round(self, now: float, on_events: Callable[[], None] | None) -> int:
+        pulled = self.pull_udp(now, on_events)
+        if self.ingress.length:
+            self.push_ingress(now, on_events)
+        return pulled
 
     def pull_tun(self, now: float) -> int:
         packets = self.tun.read_batch(PULL)
@@ -119,6 +137,16 @@ class QosPump:
         classify = self.forwarder.classify_into
         for packet in packets:
             classify(packet, items)
+        if len(items) == 1:  # an idle tunnel's lone packet: sealed and sent now if the queues allow
+            cls, tunnel, packet = items[0]
+            if self.egress.pass_through(cls, len(packet), now):
+                out: Sealed = []
+                self.forwarder.seal_into(tunnel, packet, out)
+                if out and self.sender.send(out):
+                    self.forwarder.counters.drops[DropReason.SEND_FAILED] += 1
+                if self.forwarder.to_tun:
+                    write_errors(self.forwarder, self.tun)
+                return 1
         enqueue = self.egress.enqueue
         for cls, tunnel, packet in items:
             if not enqueue(cls, (tunnel, packet), len(packet), now):
@@ -127,11 +155,17 @@ class QosPump:
             write_errors(self.forwarder, self.tun)
         return len(packets)
 
-    def pull_udp(self, now: float) -> int:
+    def pull_udp(self, now: float, on_events: Callable[[], None] | None = None) -> int:
         enqueue, counters = self.ingress.enqueue, self.forwarder.counters
         items = udp.recv_gro_batch(self.socks[0], PULL)
         for sock in self.socks[1:]:
             items += udp.recv_gro_batch(sock, PULL)
+        if len(items) == 1:
+            data, peer, tos = items[0]
+            cls = SIGNALLING if data[:4] == NON_ESP_MARKER else DSCP_CLASS[tos >> 2]
+            if self.ingress.pass_through(cls, len(data), now):
+                self.open_now(data, peer, tos, on_events)
+                return 1
         for item in items:
             data = item[0]
             # IKE (RFC 3948 non-ESP marker) is signalling whatever its DSCP: a data path full of bulk
@@ -140,6 +174,16 @@ class QosPump:
             if not enqueue(cls, item, len(data), now):
                 counters.drops[DropReason.QUEUE_FULL] += 1  # not yet decrypted: no tunnel to blame
         return len(items)
+
+    def open_now(self, datagram: bytes, peer: tuple, tos: int, on_events: Callable[[], None] | None) -> None:
+        """One datagram past the queues (pass_through): opened and written to the TUN at once."""
+        forwarder = self.forwarder
+        inner = forwarder.inbound(datagram, peer, tos)
+        if inner is not None:
+            if not self.tun.write(inner):
+                forwarder.counters.drops[DropReason.SEND_FAILED] += 1
+        elif forwarder.ike_pending and on_events is not None:
+            on_events()
 
     def push_egress(self, now: float) -> None:
         out: Sealed = []
