@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import uvloop
 
 from policy.qos import QosClass
 from tunnel.app.announce import Announcer
@@ -544,19 +548,19 @@ class Gateway:
     # -- data path --------------------------------------------------------------------------------------
     def _on_tun_readable(self) -> None:
         if self.qos_pump is not None:
-            self._serve_queues()
+            self._serve_queues(egress_first=True)
             return
         pumps.tun_to_udp(self.forwarder, self._io.tun, self._io.sender)
         self._take_events()
 
     def _on_udp_readable(self, sock: socket.socket) -> None:
         if self.qos_pump is not None:
-            self._serve_queues()
+            self._serve_queues(egress_first=False)
             return
         pumps.udp_to_tun(self.forwarder, sock, self._io.tun, self._take_events)
         self._take_events()
 
-    def _serve_queues(self) -> None:
+    def _serve_queues(self, egress_first: bool = True) -> None:
         """Both directions in short rounds (pumps.QosPump.service); queued packets are served on the next
         loop turn even if no device becomes readable."""
         if self._qos_flush is not None:
@@ -564,12 +568,12 @@ class Gateway:
             self._qos_flush = None
         qos = self.qos_pump
         assert qos is not None  # this path serves only the priority scheduler
-        qos.service(time.monotonic, self._take_events)
+        qos.service(time.monotonic, self._take_events, egress_first)
         loop = asyncio.get_running_loop()
         if qos.pending(time.monotonic()):
             self._qos_flush = loop.call_soon(self._serve_queues)
         elif (wake := qos.wake_at(time.monotonic())) is not None:
-            self._qos_flush = loop.call_at(wake, self._serve_queues)  # the shaper's next send
+            self._qos_flush = call_at(loop, wake, self._serve_queues)  # the shaper's next send
         self._take_events()
 
     def _take_events(self) -> None:
@@ -615,7 +619,7 @@ class Gateway:
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_ike_timer)
+            self._timer = call_at(asyncio.get_running_loop(), deadline, self._on_ike_timer)
 
     async def _resolve(self, name: str, host: str) -> None:
         """A DNS-named peer's address, of a family the gateway listens on (a dual-stack gateway takes the
@@ -667,6 +671,14 @@ class Gateway:
                 log.debug("IKE datagram to %s not sent: %s", remote, exc)
 
 
+def call_at(loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+    """`callback` at time.monotonic() `when`, never early: uvloop keeps whole milliseconds (rounded down)
+    of a clock it reads once per turn, so the delay is rounded up to the next millisecond (a timer that
+    fired early would only be armed again, turn after turn, until its time came)."""
+    delay = when - time.monotonic()
+    return loop.call_later(math.ceil(delay * 1000) / 1000 if delay > 0 else 0.0, callback)
+
+
 def take_down(config: GatewayConfig) -> list[str]:
     """`sitelink down`: remove the (stopped) gateway's TUN device, its routes and their backstops, on
     purpose: the tunnels' subnets then follow the host's other routes, in clear. Returns one line per
@@ -694,6 +706,9 @@ def run(config: GatewayConfig, esp_key_log: Path | None = None, ike_key_log: Pat
     # the cyclic collector's full passes, which would otherwise walk it in the middle of the data path.
     gc.freeze()
     try:
-        asyncio.run(gateway.serve())
+        # uvloop: libuv's loop in C instead of asyncio's in Python, a sixth less CPU per packet on an idle
+        # tunnel, where each packet is a loop turn of its own (issue 17: 155 -> 130 µs per packet for both
+        # gateways at 1000 datagrams/s)
+        uvloop.run(gateway.serve())
     finally:
         gateway.close()
