@@ -548,19 +548,19 @@ class Gateway:
     # -- data path --------------------------------------------------------------------------------------
     def _on_tun_readable(self) -> None:
         if self.qos_pump is not None:
-            self._serve_queues(egress_first=True)
+            self._serve_queues("tun")
             return
         pumps.tun_to_udp(self.forwarder, self._io.tun, self._io.sender)
         self._take_events()
 
     def _on_udp_readable(self, sock: socket.socket) -> None:
         if self.qos_pump is not None:
-            self._serve_queues(egress_first=False)
+            self._serve_queues("udp")
             return
         pumps.udp_to_tun(self.forwarder, sock, self._io.tun, self._take_events)
         self._take_events()
 
-    def _serve_queues(self, egress_first: bool = True) -> None:
+    def _serve_queues(self, woke: str | None = None) -> None:
         """Both directions in short rounds (pumps.QosPump.service); queued packets are served on the next
         loop turn even if no device becomes readable."""
         if self._qos_flush is not None:
@@ -568,7 +568,7 @@ class Gateway:
             self._qos_flush = None
         qos = self.qos_pump
         assert qos is not None  # this path serves only the priority scheduler
-        qos.service(time.monotonic, self._take_events, egress_first)
+        qos.service(time.monotonic, self._take_events, woke)
         loop = asyncio.get_running_loop()
         if qos.pending(time.monotonic()):
             self._qos_flush = loop.call_soon(self._serve_queues)

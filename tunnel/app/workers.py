@@ -179,7 +179,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
         for key, _ in selector.select(wait):
             if key.data == "tun":
                 if qos is not None:
-                    qos.service(time.monotonic)
+                    qos.service(time.monotonic, woke="tun")
                 else:
                     pumps.tun_to_udp(forwarder, tun, sender)
             elif key.data == "udp":
@@ -188,7 +188,7 @@ def run_worker(config: GatewayConfig, index: int, tun: TunDevice, sock: socket.s
                 if not _commands(forwarder, conn, generation):
                     return 0
                 if qos is not None:
-                    qos.service(time.monotonic)
+                    qos.service(time.monotonic, woke="udp")
                 else:
                     pumps.udp_to_tun(forwarder, sock, tun)
             elif not _commands(forwarder, conn, generation):

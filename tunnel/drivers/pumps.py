@@ -99,15 +99,19 @@ class QosPump:
         return self.egress.ready_at(now)
 
     def service(self, clock: Callable[[], float], on_events: Callable[[], None] | None = None,
-                egress_first: bool = True) -> None:
+                woke: str | None = None) -> None:
         """Up to ROUNDS rounds of: drain one kernel queue a little and serve a chunk of that direction,
         then the same the other way. Ends early when everything is empty; the caller comes back while
-        pending() says there is work left. egress_first: which device woke us; its direction goes first,
-        so a lone packet on an idle tunnel is sealed (or opened) and sent before any other system call."""
-        now = clock()
-        pulled = self.egress_round(now) if egress_first else self.ingress_round(now, on_events)
-        if pulled < PULL and not self.pending(now):
-            return  # drained and nothing queued: back to sleep (the loop reports the other device if ready)
+        pending() says there is work left. woke: the device whose readiness brought us here ("tun" or
+        "udp"): its direction goes first, so a lone packet on an idle tunnel is sealed (or opened) and
+        sent before any other system call, and when that drains it and nothing is queued we are done (the
+        event loop reports the other device if it is ready too). None: both directions, every round."""
+        egress_first = woke != "udp"
+        if woke is not None:
+            now = clock()
+            pulled = self.egress_round(now) if egress_first else self.ingress_round(now, on_events)
+            if pulled < PULL and not self.pending(now):
+                return
         for _ in range(ROUNDS):
             now = clock()
             if egress_first:
