@@ -44,7 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "netns-lab"))
 
-from netnslab import TOPOLOGIES, Lab, iperf3, ping  # noqa: E402
+from netnslab import TOPOLOGIES, Lab, iperf3, ping, stages  # noqa: E402
 from netnslab.anchors import ANCHORS, Anchor  # noqa: E402
 from netnslab.sitelink import Deployment, GatewayError, sitelink_command  # noqa: E402
 from netnslab.tools import ReplyWatch, cpu_seconds  # noqa: E402
@@ -82,6 +82,25 @@ def figures(rates: list[str]) -> list[Figure]:
             Figure("cpu_s_per_gbit", "gateway CPU s per Gbit", "s/Gbit", False, 2),
             Figure("setup_s", "start to first ping reply", "s", False, 3)]
     return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal of issue 17 for sitelink (the default priority scheduler), judged on this run's medians:
+    `ratio` against the best anchor, or `absolute` in the figure's unit."""
+
+    key: str
+    goal: str
+    ratio: float | None = None
+    absolute: float | None = None
+
+
+TARGETS = (
+    Target("ping_idle_avg_ms", "idle ping at or below the best anchor's", ratio=1.0),
+    Target("setup_s", "start to first ping reply within 0.200 s", absolute=0.200),
+    Target("tcp1_mbps", "TCP 1 stream at least 2x the best anchor's", ratio=2.0),
+    Target("ping_load_p99_ms", "EF ping p99 under TCP load at most 0.5x the best anchor's", ratio=0.5),
+)
 
 
 @dataclass(frozen=True)
@@ -216,6 +235,10 @@ def measure_mode(mode: str, s: Settings) -> dict[str, Any]:
             raise BenchError("no ping reply through plain routing")
         time.sleep(0.3)
         result.update(_try(lab, errors, "idle ping", lambda: _idle_ping(lab, dst, s)))
+        if mode != "plain":  # after the idle ping, whose figure the captures must not touch
+            stage_row = _try(lab, errors, "latency stages", lambda: _stages(lab, dst, s))
+            if stage_row:
+                result["stages_us"] = stage_row
         result.update(_try(lab, errors, "TCP 1 stream", lambda: _tcp1_with_cpu(lab, dst, s, gw)))
         time.sleep(0.3)
         result.update(_try(lab, errors, "TCP 4 streams", lambda: {
@@ -240,6 +263,15 @@ def _idle_ping(lab: Lab, dst: str, s: Settings) -> dict[str, float | None]:
     if not r.ok:
         raise BenchError(f"idle ping: {r.loss_pct:.0f} % loss")
     return {"ping_idle_avg_ms": r.avg, "ping_idle_loss_pct": r.loss_pct}
+
+
+def _stages(lab: Lab, dst: str, s: Settings) -> dict[str, float | None]:
+    """Where an idle ping's round trip goes (netnslab/stages.py): both gateways captured, µs per stage."""
+    got = stages.measure(lab, CLIENT, dst, lab.site("hq").gw, lab.site("branch1").gw,
+                         count=max(20, s.ping_count // 2), interval=0.02)
+    if not got.get("rounds"):
+        raise BenchError("no echo could be followed through both captures")
+    return dict(got)
 
 
 def _tcp1_with_cpu(lab: Lab, dst: str, s: Settings, gw: Any) -> dict[str, float | None]:
@@ -386,6 +418,28 @@ def summarize(report: dict[str, Any], figs: list[Figure]) -> None:
             f.key: (entry["median"][f.key] / best[f.key]["value"]
                     if best[f.key] and best[f.key]["value"] and entry["median"][f.key] is not None else None)
             for f in figs}
+        rows = [r["stages_us"] for r in entry["rounds"] if "error" not in r and r.get("stages_us")]
+        if rows:
+            entry["stages_us"] = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+    report["targets"] = judge_targets(report, figs)
+
+
+def judge_targets(report: dict[str, Any], figs: list[Figure]) -> list[dict[str, Any]]:
+    """Each issue-17 target with sitelink's median, the threshold it is held to and met (True/False), or
+    None when either side was not measured."""
+    units = {f.key: (f.label, f.unit, f.higher_is_better) for f in figs}
+    entry = report["modes"].get("sitelink", {})
+    out = []
+    for t in TARGETS:
+        label, unit, higher = units.get(t.key, (t.key, "", False))
+        value = entry.get("median", {}).get(t.key)
+        best = report["best_anchor"].get(t.key)
+        threshold = t.absolute if t.absolute is not None else (
+            best["value"] * t.ratio if best and t.ratio is not None else None)
+        met = None if value is None or threshold is None else (value >= threshold if higher else value <= threshold)
+        out.append({"figure": t.key, "label": label, "unit": unit, "goal": t.goal, "sitelink": value,
+                    "threshold": threshold, "best_anchor": best, "met": met})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -420,6 +474,25 @@ def format_table(report: dict[str, Any], figs: list[Figure]) -> str:
             failed = [r.get("error") or "; ".join(r["errors"]) for r in e["rounds"] if r.get("errors")]
             if failed:
                 lines.append(f"{LABELS[m]}: some figures failed in some rounds: {' | '.join(failed)[:600]}")
+    lines.append("")
+    lines.append("targets (issue 17, sitelink with its default priority scheduler):")
+    for t in report.get("targets", []):
+        status = {True: "MET", False: "NOT MET", None: "NOT MEASURED"}[t["met"]]
+        value = "–" if t["sitelink"] is None else f"{t['sitelink']:.3f}"
+        threshold = "–" if t["threshold"] is None else f"{t['threshold']:.3f}"
+        lines.append(f"  {status:12} {t['goal']}: {value} {t['unit']} (threshold {threshold})")
+    staged = {m: e["stages_us"] for m, e in report["modes"].items() if e.get("stages_us")}
+    if staged:
+        lines.append("")
+        lines.append("idle ping round trip by stage (medians, µs; both gateways captured with tcpdump, which "
+                     "adds its own delay)")
+        head = f"{'stage':62}" + "".join(f"{LABELS[m][:14]:>15}" for m in staged)
+        lines.append(head)
+        for key, text in (*stages.STAGES, ("total", "total (LAN in -> LAN out at the client gateway)")):
+            lines.append(f"{text[:61]:62}" + "".join(
+                f"{staged[m].get(key, float('nan')):15.0f}" for m in staged))
+        lines.append(f"{'the gateways own share (the four gateway stages)':62}" + "".join(
+            f"{sum(staged[m].get(k, 0.0) for k in stages.GATEWAY_STAGES):15.0f}" for m in staged))
     lines.append("versions: " + "; ".join(f"{m}: {e['version']}" for m, e in report["modes"].items()
                                           if e.get("version")))
     meta = report["meta"]
