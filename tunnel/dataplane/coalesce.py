@@ -144,15 +144,16 @@ def _joins(run: _Run, packet: bytes, hlen: int, size: int, seq: int) -> bool:
 def _checksum_ok(p: bytes, proto: int, ihl: int) -> bool:
     """The TCP or UDP checksum over the pseudo header (RFC 793, RFC 768, RFC 8200 §8.1) is right. Sums
     of 16-bit words taken modulo 0xffff: a big-endian integer of the bytes is congruent to the sum of its
-    words."""
+    words. The packet's big integer is reduced once, first; the rest is small-integer arithmetic (a third
+    of the receiving gateway's checksum time went to adding and shifting the big one, issue 17)."""
     tcp_len = len(p) - ihl
     if ihl == 20:
         # The whole packet: its IPv4 header sums to 0 (mod 0xffff) when its own checksum is right,
         # so what is left is the TCP part; add the pseudo header (addresses, protocol, length).
-        words = int.from_bytes(p, "big")
+        words = int.from_bytes(p, "big") % 0xFFFF
         pseudo = int.from_bytes(p[12:20], "big")
     else:
-        words = int.from_bytes(p[40:], "big")
+        words = int.from_bytes(p[40:], "big") % 0xFFFF
         pseudo = int.from_bytes(p[8:40], "big")
     if tcp_len & 1:
         words <<= 8  # pad to a whole word
