@@ -106,3 +106,32 @@ def test_a_lone_tun_packet_leaves_at_once_and_a_backlog_keeps_priority(sites) ->
     time.sleep(0.02)
     first = hq.inbound(hq_sock.recv(4096), branch_sock.getsockname())
     assert first is not None and first[1] == 46 << 2
+
+
+def test_a_real_time_packet_arriving_mid_chunk_does_not_wait_for_the_chunk(sites) -> None:
+    """A bulk backlog is being sealed when an EF packet reaches the TUN: the pump looks at the kernel
+    queues every SUB packets and sends it right after what it had sealed so far, not after the chunk."""
+    from tunnel.drivers.pumps import CHUNK, SUB
+
+    hq, pump, tun, hq_sock, branch_sock = sites
+    hq_sock.setblocking(False)
+    bulk = [ipv4("10.2.0.10", "10.1.0.10", 1000) for _ in range(CHUNK)]
+    now = time.monotonic()
+    tun.to_read = bulk
+    pump.pull_tun(now)  # the backlog, in our queue
+    ef = bytearray(ipv4("10.2.0.11", "10.1.0.10"))
+    ef[1] = 46 << 2
+    tun.to_read = [bytes(ef)]  # arrives while the chunk is being worked on
+    pump.push_egress(now)
+    time.sleep(0.02)
+    order = []
+    while True:
+        try:
+            data = hq_sock.recv(65536)
+        except BlockingIOError:
+            break
+        inner = hq.inbound(data, branch_sock.getsockname())
+        assert inner is not None
+        order.append(inner[1] >> 2)  # the inner DSCP
+    assert order.index(46) == SUB  # after the first SUB bulk packets, before the other CHUNK - SUB
+    assert len(order) == CHUNK + 1

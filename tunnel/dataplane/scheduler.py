@@ -126,6 +126,19 @@ class PriorityScheduler:
         return True
 
     def dequeue(self, n: int, now: float) -> list[Any]:
+        out = self.dequeue_realtime(n, now)
+        if len(out) < n and self.length:
+            self._round_robin(n, now, out)
+        return out
+
+    def realtime_waiting(self) -> bool:
+        """Whether a real-time packet is queued (the pump then serves it before the rest of its batch)."""
+        queues = self.queues
+        return bool(queues[QosClass.REALTIME_AUDIO] or queues[QosClass.INTERACTIVE_VIDEO])
+
+    def dequeue_realtime(self, n: int, now: float) -> list[Any]:
+        """Up to n real-time packets within their cap, audio first: the strict-priority part of dequeue(),
+        which the pump also calls alone in the middle of a bulk batch."""
         out: list[Any] = []
         if not self.length:
             return out
@@ -139,8 +152,6 @@ class PriorityScheduler:
                     self.shape_tokens -= queue[0][1] + self.overhead
                 self.tokens -= queue[0][1]
                 self._take(cls, now, out)
-        if len(out) < n and self.length:
-            self._round_robin(n, now, out)
         return out
 
     def sendable(self, now: float) -> bool:

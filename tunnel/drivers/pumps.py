@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from policy.qos import DSCP_CLASS, QosClass
 from tunnel.dataplane.forwarder import Classified, Forwarder, Sealed
@@ -29,7 +30,13 @@ BATCH = 128  # packets per readiness callback: large enough to amortise, small e
 # backlog lives in our queues, where priority decides and drops are counted per class; and a real-time
 # packet waits at most about one short round (CHUNK packets of work), not a whole batch, in each gateway.
 PULL = 128
-CHUNK = 64
+CHUNK = 32
+# Inside a chunk, the kernel queues are looked at every SUB packets of work, so that a real-time packet
+# that arrives meanwhile waits for at most that much bulk, not for the chunk (whose size keeps the sends
+# and TUN writes large). Issue 17, EF ping under one TCP stream, medians of 4 labs: chunks of 64 without
+# looking p50 2.3 / p99 9.3 ms; 64 looking every 8: 0.80 / 6.6; 32 looking every 8: 0.63 / 4.2 ms (a
+# 64-segment TUN write or UDP_SEGMENT send is itself a long system call); TCP within 3 %.
+SUB = 8
 ROUNDS = 8  # rounds per readiness callback before the event loop gets its turn (timers, IKE, reports)
 
 
@@ -109,22 +116,22 @@ class QosPump:
         egress_first = woke != "udp"
         if woke is not None:
             now = clock()
-            pulled = self.egress_round(now) if egress_first else self.ingress_round(now, on_events)
+            pulled = self.egress_round(now, on_events) if egress_first else self.ingress_round(now, on_events)
             if pulled < PULL and not self.pending(now):
                 return
         for _ in range(ROUNDS):
             now = clock()
             if egress_first:
-                pulled = self.egress_round(now) + self.ingress_round(now, on_events)
+                pulled = self.egress_round(now, on_events) + self.ingress_round(now, on_events)
             else:
-                pulled = self.ingress_round(now, on_events) + self.egress_round(now)
+                pulled = self.ingress_round(now, on_events) + self.egress_round(now, on_events)
             if not pulled and not self.pending(now):
                 return
 
-    def egress_round(self, now: float) -> int:
+    def egress_round(self, now: float, on_events: Callable[[], None] | None = None) -> int:
         pulled = self.pull_tun(now)
         if self.egress.sendable(now):
-            self.push_egress(now)
+            self.push_egress(now, on_events)
         return pulled
 
     def ingress_round(self, now: float, on_events: Callable[[], None] | None) -> int:
@@ -133,7 +140,8 @@ class QosPump:
             self.push_ingress(now, on_events)
         return pulled
 
-    def pull_tun(self, now: float) -> int:
+    def pull_tun(self, now: float, alone: bool = True) -> int:
+        """Read the TUN queue into ours. alone: a lone packet with nothing queued may skip the queues."""
         packets = self.tun.read_batch(PULL)
         if not packets:
             return 0
@@ -141,7 +149,7 @@ class QosPump:
         classify = self.forwarder.classify_into
         for packet in packets:
             classify(packet, items)
-        if len(items) == 1:  # an idle tunnel's lone packet: sealed and sent now if the queues allow
+        if alone and len(items) == 1:  # an idle tunnel's lone packet: sealed and sent now if the queues allow
             cls, tunnel, packet = items[0]
             if self.egress.pass_through(cls, len(packet), now):
                 out: Sealed = []
@@ -159,12 +167,13 @@ class QosPump:
             write_errors(self.forwarder, self.tun)
         return len(packets)
 
-    def pull_udp(self, now: float, on_events: Callable[[], None] | None = None) -> int:
+    def pull_udp(self, now: float, on_events: Callable[[], None] | None = None, alone: bool = True) -> int:
+        """Receive from the ESP sockets into our queue (alone: as pull_tun)."""
         enqueue, counters = self.ingress.enqueue, self.forwarder.counters
         items = udp.recv_gro_batch(self.socks[0], PULL)
         for sock in self.socks[1:]:
             items += udp.recv_gro_batch(sock, PULL)
-        if len(items) == 1:
+        if alone and len(items) == 1:
             data, peer, tos = items[0]
             cls = SIGNALLING if data[:4] == NON_ESP_MARKER else DSCP_CLASS[tos >> 2]
             if self.ingress.pass_through(cls, len(data), now):
@@ -189,25 +198,84 @@ class QosPump:
         elif forwarder.ike_pending and on_events is not None:
             on_events()
 
-    def push_egress(self, now: float) -> None:
+    def push_egress(self, now: float, on_events: Callable[[], None] | None = None) -> None:
+        """Up to CHUNK packets sealed and sent together (runs of one UDP_SEGMENT send). Every SUB packets
+        the kernel queues are looked at: a real-time packet that came in meanwhile goes out at once
+        (after what was sealed so far), instead of waiting for the rest of the bulk batch."""
         out: Sealed = []
-        seal_into = self.forwarder.seal_into
-        for tunnel, packet in self.egress.dequeue(CHUNK, now):
-            seal_into(tunnel, packet, out)
-        failed = self.sender.send(out) if out else 0
-        if failed:
-            self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
+        egress, seal_into = self.egress, self.forwarder.seal_into
+        left = CHUNK
+        while left > 0:
+            urgent = egress.realtime_waiting()
+            items = egress.dequeue(min(SUB, left), now)
+            if not items:
+                break
+            for tunnel, packet in items:
+                seal_into(tunnel, packet, out)
+            left -= len(items)
+            if urgent or (left > 0 and self._look(now, on_events)):
+                self._send(out)
+                out = []
+                self.push_realtime(now, on_events)
+        self._send(out)
 
     def push_ingress(self, now: float, on_events: Callable[[], None] | None = None) -> None:
-        forwarder = self.forwarder
+        """Up to CHUNK datagrams opened and written together (coalesced), looking at the kernel queues
+        every SUB of them as push_egress does."""
         delivered: list[bytes] = []
+        ingress = self.ingress
+        left = CHUNK
+        while left > 0:
+            urgent = ingress.realtime_waiting()
+            items = ingress.dequeue(min(SUB, left), now)
+            if not items:
+                break
+            self._open_into(items, delivered, on_events)
+            left -= len(items)
+            if urgent or (left > 0 and self._look(now, on_events)):
+                self._write(delivered)
+                delivered = []
+                self.push_realtime(now, on_events)
+        self._write(delivered)
+
+    def push_realtime(self, now: float, on_events: Callable[[], None] | None = None) -> None:
+        """Only the real-time packets (within their cap), both ways, sent and written at once."""
+        items = self.egress.dequeue_realtime(CHUNK, now)
+        if items:
+            out: Sealed = []
+            seal_into = self.forwarder.seal_into
+            for tunnel, packet in items:
+                seal_into(tunnel, packet, out)
+            self._send(out)
+        datagrams = self.ingress.dequeue_realtime(CHUNK, now)
+        if datagrams:
+            delivered: list[bytes] = []
+            self._open_into(datagrams, delivered, on_events)
+            self._write(delivered)
+
+    def _look(self, now: float, on_events: Callable[[], None] | None) -> bool:
+        """Move what waits in the kernel queues into ours (no packet passes the queues here: one of a flow
+        whose packets are in the batch being built would overtake them); whether real-time came."""
+        self.pull_tun(now, alone=False)
+        self.pull_udp(now, on_events, alone=False)
+        return self.egress.realtime_waiting() or self.ingress.realtime_waiting()
+
+    def _open_into(self, items: list[Any], delivered: list[bytes], on_events: Callable[[], None] | None) -> None:
+        forwarder = self.forwarder
         inbound, deliver = forwarder.inbound, delivered.append
-        for datagram, peer, tos in self.ingress.dequeue(CHUNK, now):
+        for datagram, peer, tos in items:
             inner = inbound(datagram, peer, tos)
             if inner is not None:
                 deliver(inner)
             elif forwarder.ike_pending and on_events is not None:
                 on_events()
+
+    def _send(self, out: Sealed) -> None:
+        failed = self.sender.send(out) if out else 0
+        if failed:
+            self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
+
+    def _write(self, delivered: list[bytes]) -> None:
         failed = self.tun.write_batch(delivered) if delivered else 0
         if failed:
-            forwarder.counters.drops[DropReason.SEND_FAILED] += failed
+            self.forwarder.counters.drops[DropReason.SEND_FAILED] += failed
