@@ -137,6 +137,7 @@ class Gateway:
         self._sync_sock: socket.socket | None = None  # gateway.ha.sync, and where the other gateway listens
         self._sync_peer: tuple[str, int] | None = None
         self.sync_channel: SyncChannel | None = None
+        self._sync_interval = 0.1  # tunnel.app.hasync.SYNC_INTERVAL, read when sync is set up
         self._sync_timer: asyncio.TimerHandle | None = None
 
     # -- life cycle -----------------------------------------------------------------------------------
@@ -171,9 +172,10 @@ class Gateway:
             if sync is not None:
                 self._sync_sock = stack.enter_context(udp.open_socket(str(sync.local), sync.port, 1 << 22,
                                                                       zero_checksum=False))
-                from tunnel.app.hasync import SyncChannel
+                from tunnel.app.hasync import SYNC_INTERVAL, SyncChannel
 
                 self.sync_channel = SyncChannel(sync.key)
+                self._sync_interval = SYNC_INTERVAL
                 self._sync_peer = (str(sync.peer), sync.port)
             if self.config.announce is not None:
                 self._announcer = Announcer(io.tun_index, self.config.announce.table)
@@ -288,9 +290,7 @@ class Gateway:
             loop.add_reader(worker.conn.fileno(), self._on_worker_report, worker)
         if self._sync_sock is not None:
             loop.add_reader(self._sync_sock.fileno(), self._on_sync_readable)
-            from tunnel.app.hasync import SYNC_INTERVAL
-
-            self._sync_timer = loop.call_later(SYNC_INTERVAL, self._sync_tick)
+            self._sync_timer = loop.call_later(self._sync_interval, self._sync_tick)
         control = ControlServer(self.readout, self, self.config.control_socket or default_path(self.config.name))
         await control.start()
         keying.start(time.monotonic())
@@ -461,9 +461,7 @@ class Gateway:
     def _sync_tick(self) -> None:
         """The active gateway streams its SA state to the standby (app/hasync.py)."""
         keying, sock, channel, peer = self._keying(), self._sync_sock, self.sync_channel, self._sync_peer
-        from tunnel.app.hasync import SYNC_INTERVAL
-
-        self._sync_timer = asyncio.get_running_loop().call_later(SYNC_INTERVAL, self._sync_tick)
+        self._sync_timer = asyncio.get_running_loop().call_later(self._sync_interval, self._sync_tick)
         if keying.sync is None or sock is None or channel is None or peer is None:
             return
         messages = keying.sync.requests() if keying.standby else keying.sync.outgoing(time.monotonic())
@@ -560,7 +558,7 @@ class Gateway:
         pumps.udp_to_tun(self.forwarder, sock, self._io.tun, self._take_events)
         self._take_events()
 
-    def _serve_queues(self, woke: str | None = None) -> None:
+    def _serve_queues(self, woke: pumps.Woke | None = None) -> None:
         """Both directions in short rounds (pumps.QosPump.service); queued packets are served on the next
         loop turn even if no device becomes readable."""
         if self._qos_flush is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from policy.qos import DSCP_CLASS, QosClass
 from tunnel.dataplane.forwarder import Classified, Forwarder, Sealed
@@ -22,6 +22,7 @@ from tunnel.esp.drops import DropReason
 from tunnel.esp.encap import NON_ESP_MARKER
 
 SIGNALLING = QosClass.SIGNALLING
+Woke = Literal["tun", "udp"]  # the device whose readiness called QosPump.service
 
 BATCH = 128  # packets per readiness callback: large enough to amortise, small enough to stay fair
 # With QoS, the data path works in short rounds: read up to PULL packets (TUN) / receive calls (socket; one
@@ -106,7 +107,7 @@ class QosPump:
         return self.egress.ready_at(now)
 
     def service(self, clock: Callable[[], float], on_events: Callable[[], None] | None = None,
-                woke: str | None = None) -> None:
+                woke: Woke | None = None) -> None:
         """Up to ROUNDS rounds of: drain one kernel queue a little and serve a chunk of that direction,
         then the same the other way. Ends early when everything is empty; the caller comes back while
         pending() says there is work left. woke: the device whose readiness brought us here ("tun" or
