@@ -13,8 +13,9 @@ figures are medians over rounds, and each is also given as a ratio to the best a
 Figures: TCP 1 and 4 streams; UDP with 1200-byte datagrams at fixed offered rates (delivered Mbit/s
 and loss %); idle ping; EF-marked ping (``-Q 184 -i 0.01``) while one TCP stream saturates the tunnel
 (p50/p95/p99: what a video call would feel); gateway CPU seconds per Gbit carried (utime+stime of the
-gateway daemons of both sites over the 1-stream TCP run); seconds from gateway start to the first ping
-reply through the tunnel.
+gateway daemons of both sites over the 1-stream TCP run); their CPU µs per packet at 1000 small datagrams
+per second (one wake-up per packet, as a call's media); seconds from gateway start to the first ping
+reply through the tunnel; an idle ping's round trip cut into stages (netnslab/stages.py).
 
 An anchor that is not installed or cannot be set up is reported as such (table, JSON) and the others
 carry on.  Needs root.  ``--smoke`` is the short version CI runs (tests/lab/test_bench_smoke.py).
@@ -80,6 +81,7 @@ def figures(rates: list[str]) -> list[Figure]:
             Figure("ping_load_p95_ms", "EF ping under TCP p95", "ms", False, 2),
             Figure("ping_load_p99_ms", "EF ping under TCP p99", "ms", False, 2),
             Figure("cpu_s_per_gbit", "gateway CPU s per Gbit", "s/Gbit", False, 2),
+            Figure("cpu_us_per_packet_1k", "gateway CPU per packet, 1000/s", "µs", False, 1),
             Figure("setup_s", "start to first ping reply", "s", False, 3)]
     return out
 
@@ -243,6 +245,9 @@ def measure_mode(mode: str, s: Settings) -> dict[str, Any]:
         time.sleep(0.3)
         result.update(_try(lab, errors, "TCP 4 streams", lambda: {
             "tcp4_mbps": iperf3(lab, CLIENT, SERVER, dst, seconds=s.seconds, streams=4).received_mbps}))
+        if gw is not None:
+            time.sleep(0.3)
+            result.update(_try(lab, errors, "1000 packets/s", lambda: _cpu_per_packet(lab, dst, s, gw)))
         for rate in s.rates:
             time.sleep(0.5)  # let the queues of the previous run drain
             result.update(_try(lab, errors, f"UDP {rate}", lambda rate=rate: _udp(lab, dst, s, rate)))
@@ -287,6 +292,18 @@ def _tcp1_with_cpu(lab: Lab, dst: str, s: Settings, gw: Any) -> dict[str, float 
         out["cpu_s"] = used
         out["cpu_s_per_gbit"] = used / gbit if gbit > 0 else None
     return out
+
+
+def _cpu_per_packet(lab: Lab, dst: str, s: Settings, gw: Any) -> dict[str, float | None]:
+    """Both gateways' CPU per packet when packets come one at a time, as a call's media does: 1000
+    datagrams of 200 bytes per second (about 20 audio streams each way's worth); every packet wakes the
+    gateway on its own, so this is the cost of a wake-up, not of a full batch."""
+    pids = gw.pids()
+    before = cpu_seconds(pids)
+    r = iperf3(lab, CLIENT, SERVER, dst, seconds=s.seconds, udp=True, bitrate="1600K", length=200)
+    used = cpu_seconds(pids) - before
+    packets = r.raw.get("end", {}).get("sum", {}).get("packets", 0)
+    return {"cpu_us_per_packet_1k": used / packets * 1e6 if packets else None}
 
 
 def _udp(lab: Lab, dst: str, s: Settings, rate: str) -> dict[str, float | None]:

@@ -45,5 +45,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
         if name != "plain":
             assert median["cpu_s_per_gbit"] is not None and median["cpu_s_per_gbit"] > 0, name
             assert median["setup_s"] is not None and median["setup_s"] > 0, name
+            assert median["cpu_us_per_packet_1k"] is not None and median["cpu_us_per_packet_1k"] > 0, name
+            assert entry["stages_us"]["rounds"] > 0 and entry["stages_us"]["total"] > 0, name
+    assert {t["figure"] for t in report["targets"]} == {
+        "ping_idle_avg_ms", "setup_s", "tcp1_mbps", "ping_load_p99_ms"}
+    assert all(t["met"] in (True, False) for t in report["targets"]), report["targets"]
     if importlib.util.find_spec("matplotlib") is not None:  # the [bench] extra; scripts/bootstrap installs it
         assert out_png.stat().st_size > 0
