@@ -200,53 +200,41 @@ class QosPump:
             on_events()
 
     def push_egress(self, now: float, on_events: Callable[[], None] | None = None) -> None:
-        """Up to CHUNK packets sealed and sent together (runs of one UDP_SEGMENT send). Every SUB packets
-        the kernel queues are looked at: a real-time packet that came in meanwhile goes out at once
-        (after what was sealed so far), instead of waiting for the rest of the bulk batch."""
-        out: Sealed = []
-        egress, seal_into = self.egress, self.forwarder.seal_into
-        left = CHUNK
-        while left > 0:
-            urgent = egress.realtime_waiting()
-            items = egress.dequeue(min(SUB, left), now)
-            if not items:
-                break
-            for tunnel, packet in items:
-                seal_into(tunnel, packet, out)
-            left -= len(items)
-            if urgent or (left > 0 and self._look(now, on_events)):
-                self._send(out)
-                out = []
-                self.push_realtime(now, on_events)
-        self._send(out)
+        """Up to CHUNK packets sealed and sent together (runs of one UDP_SEGMENT send)."""
+        self._push(self.egress, self._seal_into, self._send, now, on_events)
 
     def push_ingress(self, now: float, on_events: Callable[[], None] | None = None) -> None:
-        """Up to CHUNK datagrams opened and written together (coalesced), looking at the kernel queues
-        every SUB of them as push_egress does."""
-        delivered: list[bytes] = []
-        ingress = self.ingress
+        """Up to CHUNK datagrams opened and written together (coalesced)."""
+        self._push(self.ingress, lambda items, out: self._open_into(items, out, on_events), self._write, now,
+                   on_events)
+
+    def _push(self, queue: PriorityScheduler, work: Callable[[list[Any], list[Any]], None],
+              flush: Callable[[list[Any]], None], now: float, on_events: Callable[[], None] | None) -> None:
+        """One chunk from `queue`: `work` turns SUB items at a time into what `flush` hands to the kernel
+        in one go at the end. Every SUB items the kernel queues are looked at: a real-time packet that
+        came in meanwhile goes out at once (after what was worked on so far), instead of waiting for the
+        rest of the bulk chunk."""
+        out: list[Any] = []
         left = CHUNK
         while left > 0:
-            urgent = ingress.realtime_waiting()
-            items = ingress.dequeue(min(SUB, left), now)
+            urgent = queue.realtime_waiting()
+            items = queue.dequeue(min(SUB, left), now)
             if not items:
                 break
-            self._open_into(items, delivered, on_events)
+            work(items, out)
             left -= len(items)
             if urgent or (left > 0 and self._look(now, on_events)):
-                self._write(delivered)
-                delivered = []
+                flush(out)
+                out = []
                 self.push_realtime(now, on_events)
-        self._write(delivered)
+        flush(out)
 
     def push_realtime(self, now: float, on_events: Callable[[], None] | None = None) -> None:
         """Only the real-time packets (within their cap), both ways, sent and written at once."""
         items = self.egress.dequeue_realtime(CHUNK, now)
         if items:
             out: Sealed = []
-            seal_into = self.forwarder.seal_into
-            for tunnel, packet in items:
-                seal_into(tunnel, packet, out)
+            self._seal_into(items, out)
             self._send(out)
         datagrams = self.ingress.dequeue_realtime(CHUNK, now)
         if datagrams:
@@ -260,6 +248,11 @@ class QosPump:
         self.pull_tun(now, alone=False)
         self.pull_udp(now, on_events, alone=False)
         return self.egress.realtime_waiting() or self.ingress.realtime_waiting()
+
+    def _seal_into(self, items: list[Any], out: Sealed) -> None:
+        seal_into = self.forwarder.seal_into
+        for tunnel, packet in items:
+            seal_into(tunnel, packet, out)
 
     def _open_into(self, items: list[Any], delivered: list[bytes], on_events: Callable[[], None] | None) -> None:
         forwarder = self.forwarder
