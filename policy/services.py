@@ -74,6 +74,25 @@ class UnknownService(KeyError):
         return self.message
 
 
+# The services whose UDP ports a tunnel's call-quality observer looks at unless its config names others:
+# PBX RTP, Teams media, and STUN/TURN's port where WebRTC media may be relayed.
+CALL_SERVICES = ("rtp", "teams", "webrtc")
+
+
+def udp_ranges(names: tuple[str, ...],
+               overrides: Mapping[str, Service] = MappingProxyType({})) -> tuple[tuple[int, int], ...]:
+    """The UDP port ranges of these services, merged where they overlap or touch (raises UnknownService)."""
+    spans = sorted({(m.ports.start, m.ports.end) for name in names for m in resolve(name, overrides).matches
+                    if m.protocol == UDP})
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return tuple(merged)
+
+
 def resolve(name: str, overrides: Mapping[str, Service] = MappingProxyType({})) -> Service:
     """The service called name: the config's own definition first, else the built-in one."""
     service = overrides.get(name) or SERVICES.get(name)

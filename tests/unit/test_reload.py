@@ -9,6 +9,7 @@ import dataclasses
 import ipaddress
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -203,7 +204,7 @@ def test_worker_applies_a_reload(tmp_path: Path) -> None:
     names = [t.name for t in config.tunnels]
     main_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        forwarder = Forwarder()
+        forwarder = Forwarder(time.monotonic)
         reconfigure_forwarder(forwarder, config, ())
         proxy = WorkerProxy(1, main_end, os.getpid(), names)
         _report(forwarder, worker_end, 0, None, [])  # a report from before the reload, read after it

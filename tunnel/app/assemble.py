@@ -5,12 +5,16 @@ volume limits and manual SAs, and the gateway's queues."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
+import time
+from collections.abc import Callable
 
 from policy.match import compile_rules
 from policy.qos import QosClass
 from policy.ts import ranges
 from tunnel.config.model import GatewayConfig, Tunnel
+from tunnel.dataplane.callquality import CallSettings, port_table
 from tunnel.dataplane.forwarder import Forwarder
 from tunnel.dataplane.scheduler import PriorityScheduler
 from tunnel.dataplane.tunnels import NO_LIMIT, TunnelPolicy, VolumeLimits
@@ -40,6 +44,19 @@ def tunnel_mtu(config: GatewayConfig, tunnel: Tunnel) -> int:
     return tunnel.mtu or inner_mtu(config.tun.wan_mtu, v6)
 
 
+@functools.lru_cache(maxsize=32)
+def _call_ports(ranges: tuple[tuple[int, int], ...]) -> bytes:
+    """One 64 KB port table per distinct set of media ports, shared by the tunnels that have it."""
+    return port_table(ranges)
+
+
+def call_settings(tunnel: Tunnel) -> CallSettings | None:
+    calls = tunnel.call_quality
+    if not calls.enabled:
+        return None
+    return CallSettings(_call_ports(calls.ports), calls.max_streams)
+
+
 def tunnel_policy(config: GatewayConfig, tunnel: Tunnel) -> TunnelPolicy:
     firewall = None
     if tunnel.firewall is not None:
@@ -53,12 +70,12 @@ def tunnel_policy(config: GatewayConfig, tunnel: Tunnel) -> TunnelPolicy:
         sources.setdefault(iface.version, int(iface.ip))
     return TunnelPolicy(firewall=firewall, qos_rules=qos_rules, outer_dscp=tunnel.qos.outer_dscp,
                         decap_copy_dscp=tunnel.qos.copy_dscp_inward, mtu=tunnel_mtu(config, tunnel),
-                        icmp_source4=sources.get(4), icmp_source6=sources.get(6))
+                        icmp_source4=sources.get(4), icmp_source6=sources.get(6), calls=call_settings(tunnel))
 
 
-def build_forwarder(config: GatewayConfig) -> Forwarder:
-    """A forwarder with every tunnel of the configuration (no SAs yet)."""
-    forwarder = Forwarder()
+def build_forwarder(config: GatewayConfig, clock: Callable[[], float] = time.monotonic) -> Forwarder:
+    """A forwarder with every tunnel of the configuration (no SAs yet); clock: for the call observers."""
+    forwarder = Forwarder(clock)
     for tunnel in config.tunnels:
         forwarder.add_tunnel(tunnel.name, peer_of(tunnel), tunnel.local_subnets, tunnel.remote_subnets,
                              tunnel_policy(config, tunnel))

@@ -6,11 +6,13 @@ time can make a tunnel appear or vanish between two scrapes, never break one.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from policy.qos import QosClass
 from tunnel.app.keying import Keying
 from tunnel.config.model import GatewayConfig
+from tunnel.dataplane.callquality import CallReport
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.forwarder import Forwarder
 from tunnel.dataplane.scheduler import ClassStats
@@ -64,13 +66,15 @@ class GatewayReadout:
 
     def tunnels(self) -> list[TunnelView]:
         gateway, views = self._gateway, []
-        keying = gateway.keying
+        keying, now = gateway.keying, time.monotonic()
         for name, state in list(gateway.forwarder.tunnels.items()):  # a copy: a reload may change the dict
             runtime = keying.tunnels.get(name) if keying is not None else None
             counters = self._counters(name, state)
+            calls = self._calls(name, state, now)
             if runtime is None or keying is None:
                 views.append(TunnelView(name, state.peer, "manual", state.outbound is not None, False, counters, {},
-                                        manual_spi_out=state.outbound.spi if state.outbound is not None else None))
+                                        manual_spi_out=state.outbound.spi if state.outbound is not None else None,
+                                        calls=calls))
                 continue
             sessions = keying.dispatcher.sessions_for(name)
             up = runtime.outbound_spi is not None
@@ -79,7 +83,7 @@ class GatewayReadout:
             views.append(TunnelView(
                 name, peer, "ike", up, not up and bool(sessions), counters,
                 keying.dispatcher.drops_for(name).by_reason(), runtime.established_at, runtime.stats,
-                _ike_view(keying.current_ike(name))))
+                _ike_view(keying.current_ike(name)), calls=calls))
         return views
 
     def unowned(self) -> Counters:
@@ -112,6 +116,17 @@ class GatewayReadout:
                 rows.append((depth, total))
             totals[direction] = rows
         return totals
+
+    def _calls(self, name: str, state: TunnelState, now: float) -> CallReport | None:
+        """The observer's report with every worker's (workers' as of their last report)."""
+        if state.calls is None:
+            return None
+        total = state.calls.report(now)
+        for worker in self._gateway.worker_proxies:
+            part = worker.calls.get(name)
+            if part is not None:
+                total.add(part)
+        return total
 
     def _counters(self, name: str, state: TunnelState) -> Counters:
         total = Counters()

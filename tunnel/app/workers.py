@@ -22,6 +22,7 @@ from typing import Any
 from policy.qos import QosClass
 from tunnel.app.assemble import build_forwarder, make_schedulers, reconfigure_forwarder
 from tunnel.config.model import GatewayConfig
+from tunnel.dataplane.callquality import CallReport
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.events import DataEvent
 from tunnel.dataplane.forwarder import Forwarder
@@ -35,6 +36,9 @@ log = logging.getLogger("sitelink.worker")
 STATS_INTERVAL = 0.25  # how often a worker reports its counters and events to the main process
 MAX_MESSAGE = 1 << 20
 MAX_UNSENT_EVENTS = 4096  # events kept for the next report while the main process has no room
+# Streams a report lists for status (their counters always travel whole): a report is one SEQPACKET
+# message, which the socket's send buffer (~200 KB) bounds.
+MAX_REPORTED_STREAMS = 256
 
 
 class WorkerProxy:
@@ -46,6 +50,7 @@ class WorkerProxy:
         self.index, self.conn, self.pid = index, conn, pid
         self.counters = {name: Counters() for name in tunnels}
         self.global_counters = Counters()
+        self.calls: dict[str, CallReport] = {}  # tunnel -> its call observer's report, as of the last report
         self.events: list[DataEvent] = []
         self.generation = 0  # reloads sent; per-tunnel news of reports from before the last one is stale
         # The worker's QoS queues as of its last report: {direction: [(depth, ClassStats values), ...]}
@@ -89,9 +94,11 @@ class WorkerProxy:
         return events
 
     def _apply(self, report: tuple[Any, ...]) -> None:
-        _, generation, tunnels, global_counters, events, queues = report
+        _, generation, tunnels, global_counters, events, queues, calls = report
         self.queues = queues
         current = generation == self.generation
+        if current:
+            self.calls = calls
         for name, counters in tunnels.items():
             if current and name in self.counters:  # else from before a reload the worker had not applied
                 self.counters[name].load(counters)
@@ -252,7 +259,14 @@ def _report(forwarder: Forwarder, conn: socket.socket, generation: int, qos: pum
     events still to send when the main process had no room for this report."""
     tunnels = {name: state.counters.values() for name, state in forwarder.tunnels.items()}
     events = unsent + forwarder.take_events()
-    report = ("stats", generation, tunnels, forwarder.counters.values(), events, _dump_queues(qos))
+    now = time.monotonic()
+    calls = {name: state.calls.report(now) for name, state in forwarder.tunnels.items()
+             if state.calls is not None and state.calls.seen}
+    budget = MAX_REPORTED_STREAMS
+    for part in calls.values():
+        part.streams = part.streams[:budget]
+        budget -= len(part.streams)
+    report = ("stats", generation, tunnels, forwarder.counters.values(), events, _dump_queues(qos), calls)
     try:
         conn.send(pickle.dumps(report), socket.MSG_DONTWAIT)
     except BlockingIOError:

@@ -47,7 +47,14 @@ from tunnel.config.model import (
     Tunnel,
     TunnelQos,
 )
-from tunnel.config.policy_config import parse_firewall, parse_gateway_qos, parse_services, parse_tunnel_qos
+from tunnel.config.policy_config import (
+    default_call_quality,
+    parse_call_quality,
+    parse_firewall,
+    parse_gateway_qos,
+    parse_services,
+    parse_tunnel_qos,
+)
 from tunnel.config.proposals import parse_esp_proposal, parse_ike_proposal
 from tunnel.config.validate import IkeParts, TunnelParts, cross_check, queues_fit_replay_window
 from tunnel.config.yamlnodes import (
@@ -345,8 +352,9 @@ def _tunnel(doc: Doc, node: Node, path: str, base_dir: Path, services: dict) -> 
         "mtu": _int_in(576, 65535),  # the upper bound that matters is checked in validate.py
         "firewall": lambda doc, node, path: parse_firewall(doc, node, path, _subnets, services),
         "qos": lambda doc, node, path: parse_tunnel_qos(doc, node, path, _subnets, services),
+        "call_quality": lambda doc, node, path: parse_call_quality(doc, node, path, services),
     }
-    optional = ("manual_keys", "ike", "replay_window", "mtu", "firewall", "qos")
+    optional = ("manual_keys", "ike", "replay_window", "mtu", "firewall", "qos", "call_quality")
     fields = doc.mapping(node, path, required=set(parsers) - set(optional), optional=optional)
     if fields is None:
         return None
@@ -357,7 +365,8 @@ def _tunnel(doc: Doc, node: Node, path: str, base_dir: Path, services: dict) -> 
     v = _fields(doc, fields, path, parsers)
     return TunnelParts(path, v.get("name"), v.get("peer"), v.get("local_subnets"), v.get("remote_subnets"),
                        v.get("manual_keys"), v.get("replay_window", DEFAULT_REPLAY_WINDOW), v.get("ike"),
-                       v.get("mtu"), v.get("firewall"), v.get("qos") or TunnelQos())
+                       v.get("mtu"), v.get("firewall"), v.get("qos") or TunnelQos(),
+                       v.get("call_quality") or default_call_quality(services))
 
 
 def _tunnel_model(t: TunnelParts) -> Tunnel:
@@ -369,7 +378,7 @@ def _tunnel_model(t: TunnelParts) -> Tunnel:
         ike = dataclasses.replace(ike, start=StartMode.RESPOND)
     return Tunnel(name=t.name, peer=t.peer, local_subnets=t.local_subnets, remote_subnets=t.remote_subnets,
                   manual_keys=t.manual_keys, ike=ike, replay_window=t.replay_window,
-                  mtu=t.mtu, firewall=t.firewall, qos=t.qos)
+                  mtu=t.mtu, firewall=t.firewall, qos=t.qos, call_quality=t.call_quality)
 
 
 MAX_HUBS = 16  # peer.address as a list: the hubs a branch tries in turn

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from policy.model import Action, Rule, Service
 from policy.qos import QosClass
+from policy.services import CALL_SERVICES, udp_ranges
 from tunnel.ike.proposal import EspSuite, IkeSuite
 from tunnel.secret import Secret
 
@@ -198,6 +199,19 @@ class TunnelQos:
 
 
 @dataclass(frozen=True)
+class CallQuality:
+    """tunnels[].call_quality: the passive RTP observer (tunnel/dataplane/callquality.py): which UDP
+    ports carry media (named services), how many streams it keeps; on unless enabled: false."""
+
+    enabled: bool = True
+    # UDP ports of these services are looked at (RTP, or STUN/DTLS/RTP on one port as WebRTC does).
+    services: tuple[str, ...] = CALL_SERVICES
+    # Their UDP port ranges (the loader resolves them with the config's own service definitions).
+    ports: tuple[tuple[int, int], ...] = field(default_factory=lambda: udp_ranges(CALL_SERVICES))
+    max_streams: int = 64  # per tunnel; the longest-silent stream makes room
+
+
+@dataclass(frozen=True)
 class GatewayQos:
     """The gateway's egress/ingress queues (tunnel/dataplane/scheduler.py)."""
 
@@ -273,6 +287,7 @@ class Tunnel:
     mtu: int | None = None  # largest inner packet; None: derived from gateway.tun.wan_mtu and the peer's family
     firewall: Firewall | None = None  # None: everything the selectors allow passes
     qos: TunnelQos = TunnelQos()
+    call_quality: CallQuality = CallQuality()
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,12 @@ never match (an earlier one covers it) and an unknown service name are errors at
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from yaml.nodes import Node
+from yaml.nodes import Node, ScalarNode
 
 from policy.check import find_conflicts, find_unmatchable
 from policy.model import (
@@ -28,9 +29,9 @@ from policy.model import (
     Service,
 )
 from policy.qos import QosClass, dscp_from_label
-from policy.services import UnknownService, resolve
-from tunnel.config.model import Firewall, GatewayQos, IPNetwork, TunnelQos
-from tunnel.config.yamlnodes import INT, STR, Doc, key_path, quote
+from policy.services import CALL_SERVICES, UnknownService, resolve, udp_ranges
+from tunnel.config.model import CallQuality, Firewall, GatewayQos, IPNetwork, TunnelQos
+from tunnel.config.yamlnodes import BOOL, INT, STR, Doc, describe, key_path, quote
 
 PROTOCOLS = {"any": ANY_PROTOCOL, "icmp": ICMP, "tcp": TCP, "udp": UDP, "icmpv6": ICMPV6, "sctp": SCTP,
              "udplite": UDPLITE}
@@ -262,6 +263,52 @@ def parse_tunnel_qos(doc: Doc, node: Node, path: str, subnets: Subnets,
     if not doc.clean_since(start):
         return None
     return TunnelQos(**values)
+
+
+MAX_CALL_STREAMS = 4096  # per tunnel: status lists them all, a scrape sums them
+
+
+def default_call_quality(services: Mapping[str, Service]) -> CallQuality:
+    """The observer a tunnel gets without `call_quality:`, with the config's own service definitions."""
+    return CallQuality(ports=udp_ranges(CALL_SERVICES, services))
+
+
+def parse_call_quality(doc: Doc, node: Node, path: str, services: Mapping[str, Service]) -> CallQuality | None:
+    """`call_quality: false` (off), or {enabled, services, max_streams}."""
+    if isinstance(node, ScalarNode):
+        if node.tag != BOOL:
+            doc.error(node, path, f"expected true, false or a mapping, got {describe(node)}")
+            return None
+        enabled = doc.boolean(node, path)
+        return None if enabled is None else dataclasses.replace(default_call_quality(services), enabled=enabled)
+    start = doc.checkpoint()
+    fields = doc.mapping(node, path, optional=("enabled", "services", "max_streams"))
+    if fields is None:
+        return None
+    values: dict[str, Any] = {}
+    if "enabled" in fields:
+        values["enabled"] = doc.boolean(fields["enabled"], key_path(path, "enabled"))
+    names: tuple[str, ...] = CALL_SERVICES
+    if "services" in fields:
+        here = key_path(path, "services")
+        found: list[str] = []
+        for i, item in enumerate(doc.sequence(fields["services"], here, non_empty=True) or ()):
+            name = doc.scalar_text(item, f"{here}[{i}]", "a service name")
+            if name is None:
+                continue
+            try:
+                if not udp_ranges((name,), services):
+                    doc.error(item, f"{here}[{i}]", f"service {quote(name)} has no UDP ports: media is RTP over UDP")
+                found.append(name)
+            except UnknownService as exc:
+                doc.error(item, f"{here}[{i}]", str(exc))
+        names = tuple(found)
+        values["services"] = names
+    if "max_streams" in fields:
+        values["max_streams"] = doc.integer(fields["max_streams"], key_path(path, "max_streams"), 1, MAX_CALL_STREAMS)
+    if not doc.clean_since(start):
+        return None
+    return CallQuality(ports=udp_ranges(names, services), **values)
 
 
 def _outer_dscp(doc: Doc, node: Node, path: str) -> int | None | str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunnel.config.model import (
+    CallQuality,
     Endpoint,
     Firewall,
     GatewayQos,
@@ -54,6 +55,7 @@ class TunnelParts:
     mtu: int | None = None
     firewall: Firewall | None = None
     qos: TunnelQos = TunnelQos()
+    call_quality: CallQuality = CallQuality()
 
 
 def cross_check(doc: Doc, listen: Endpoint | None, tun: TunDevice | None, tunnels: list[TunnelParts],

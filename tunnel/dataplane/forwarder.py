@@ -9,13 +9,14 @@ peer cannot inject traffic for subnets it was not given.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from policy.flow import addresses, flow_key
 from policy.model import Action
 from policy.prefixes import Network, PrefixTable
 from policy.qos import DSCP_CLASS, dscp_of_class
 from tunnel.dataplane import ipedit
+from tunnel.dataplane.callquality import EGRESS, INGRESS
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.events import (
     DataEvent,
@@ -49,7 +50,9 @@ MAX_UNKNOWN_SPI_HOSTS = 64  # distinct hosts reported between two takes; more ar
 
 
 class Forwarder:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        """clock: monotonic seconds, for the tunnels that observe calls (callquality.py)."""
+        self.clock = clock
         self.tunnels: dict[str, TunnelState] = {}
         self.counters = Counters()  # drops no tunnel can be blamed for (unknown SPI, no route)
         self._routes: PrefixTable[TunnelState] = PrefixTable()
@@ -69,7 +72,7 @@ class Forwarder:
         if name in self.tunnels:
             raise ValueError(f"tunnel {name!r} exists")
         remote = list(remote)
-        state = TunnelState(name, peer, local, remote, policy)
+        state = TunnelState(name, peer, local, remote, policy, self.clock)
         self._routes.add((net, state) for net in remote)  # raises on a remote subnet claimed twice
         self._route_entries += [(net, state) for net in remote]
         self.tunnels[name] = state
@@ -206,6 +209,9 @@ class Forwarder:
                 packet = ipedit.set_dscp(packet, dscp_of_class(cls))  # the trust boundary: re-mark
             else:
                 cls = DSCP_CLASS[key[6] >> 2]
+        calls = tunnel.calls
+        if calls is not None and packet[9 if version == 4 else 6] == 17:  # UDP: media from the LAN?
+            calls.observe(packet, version, INGRESS, cls)
         clamped = ipedit.clamp_mss(packet, tunnel.mss4, tunnel.mss6)
         if clamped is not None:
             packet = clamped
@@ -296,6 +302,10 @@ class Forwarder:
             if key is None or tunnel.firewall.lookup_flow(key) is Action.DENY:
                 counters.drop(DropReason.POLICY_DENY if key is not None else DropReason.MALFORMED)
                 return None
+        calls = tunnel.calls
+        if calls is not None and inner[9 if version == 4 else 6] == 17:  # UDP: media to the LAN?
+            tos = inner[1] if version == 4 else ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
+            calls.observe(inner, version, EGRESS, DSCP_CLASS[tos >> 2])
         clamped = ipedit.clamp_mss(inner, tunnel.mss4, tunnel.mss6)
         if clamped is not None:
             inner = clamped

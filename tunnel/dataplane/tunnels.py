@@ -4,13 +4,14 @@ packet path reads them for every packet."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from policy.match import Matcher
 from policy.model import Action
 from policy.prefixes import Network, SubnetSet
 from policy.qos import QosClass
+from tunnel.dataplane.callquality import CallQuality, CallSettings
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.events import PeerAddress
 from tunnel.esp.sa import OutboundSa
@@ -41,15 +42,17 @@ class TunnelPolicy:
     mtu: int = 1438  # largest inner packet the tunnel carries in one ESP packet
     icmp_source4: int | None = None  # source of our ICMP errors; None: the unreachable destination
     icmp_source6: int | None = None
+    calls: CallSettings | None = None  # the call-quality observer; None: off
 
 
 class TunnelState:
     __slots__ = ("name", "peer", "local", "remote", "outbound", "counters", "peer_changes", "asked", "alive_reported",
                  "limits", "byte_base", "soft_reported", "packet_mark", "byte_mark", "firewall", "qos_rules",
-                 "outer_dscp", "decap_copy_dscp", "mtu", "mss4", "mss6", "icmp_source4", "icmp_source6")
+                 "outer_dscp", "decap_copy_dscp", "mtu", "mss4", "mss6", "icmp_source4", "icmp_source6", "calls",
+                 "clock")
 
     def __init__(self, name: str, peer: PeerAddress, local: Iterable[Network], remote: Iterable[Network],
-                 policy: TunnelPolicy | None = None) -> None:
+                 policy: TunnelPolicy | None = None, clock: Callable[[], float] | None = None) -> None:
         self.name = name
         self.peer = peer
         self.local = SubnetSet(local)
@@ -65,6 +68,8 @@ class TunnelState:
         self.byte_base = 0  # tx_bytes when the outbound SA was installed
         self.soft_reported = False
         self.packet_mark = self.byte_mark = NEVER
+        self.clock = clock  # read by the call-quality observer, for media packets only
+        self.calls: CallQuality | None = None
         self.apply(policy or TunnelPolicy())
 
     def apply(self, policy: TunnelPolicy) -> None:
@@ -77,3 +82,10 @@ class TunnelState:
         self.mss6 = policy.mtu - 60  # IPv6 + TCP headers
         self.icmp_source4 = policy.icmp_source4
         self.icmp_source6 = policy.icmp_source6
+        settings = policy.calls
+        if settings is None:
+            self.calls = None
+        elif self.calls is None or self.calls.settings != settings:  # a reload that changed it starts afresh
+            if self.clock is None:
+                raise ValueError("a tunnel that observes calls needs a clock")
+            self.calls = CallQuality(settings, self.clock)

@@ -12,6 +12,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tunnel.dataplane.callquality import CallReport
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.scheduler import ClassStats
 
@@ -80,6 +81,7 @@ class TunnelView:
     stats: IkeStats | None = None
     ike: IkeView | None = None
     manual_spi_out: int | None = None
+    calls: CallReport | None = None  # the call-quality observer's, over every worker; None: turned off
 
 
 QueueRows = list[tuple[int, ClassStats]]  # per QoS class, in QosClass order: (depth, statistics)
