@@ -117,7 +117,7 @@ def test_loss_reordering_and_jitter_agree_with_the_lab_receiver(seed: int, count
     reference = RtpStats(clock_rate=8000)
     for at, p in arrivals:
         reference.add(at, p)
-    (stream,) = obs.report(arrivals[-1][0]).streams
+    (stream,) = obs.report().streams
     assert stream.packets == reference.received
     assert stream.expected == reference.expected
     assert stream.lost == reference.lost
@@ -130,7 +130,7 @@ def test_duplicates_are_counted_apart_and_never_hide_a_loss() -> None:
     obs, clock = observer()
     seqs = [1, 2, 3, 3, 5, 6, 5, 2, 7]  # 3 twice, 5 again after 6, 2 again: three duplicates; 4 lost
     feed(obs, clock, [(1000 + i * 0.02, udp4(rtp(s, s * 160))) for i, s in enumerate(seqs)])
-    (stream,) = obs.report(clock.now).streams
+    (stream,) = obs.report().streams
     assert (stream.packets, stream.expected, stream.lost, stream.duplicates) == (6, 7, 1, 3)
 
 
@@ -138,7 +138,7 @@ def test_a_restarted_source_is_believed_after_two_packets_in_sequence() -> None:
     obs, clock = observer()
     feed(obs, clock, [(1000 + i * 0.02, udp4(rtp(100 + i, i * 160))) for i in range(10)])
     feed(obs, clock, [(1001 + i * 0.02, udp4(rtp(40000 + i, i * 160))) for i in range(5)])
-    (stream,) = obs.report(clock.now).streams
+    (stream,) = obs.report().streams
     # RFC 3550 A.1: the jump's first packet is not believed, the next confirms it and counting starts afresh
     assert (stream.packets, stream.expected, stream.lost) == (4, 4, 0)
     assert obs.groups[(INGRESS, QosClass.REALTIME_AUDIO)].packets == 14  # what came before is kept
@@ -148,7 +148,7 @@ def test_a_stray_sequence_number_is_not_believed() -> None:
     obs, clock = observer()
     seqs = list(range(1, 11)) + [30000] + list(range(11, 21))
     feed(obs, clock, [(1000 + i * 0.02, udp4(rtp(s, s * 160))) for i, s in enumerate(seqs)])
-    (stream,) = obs.report(clock.now).streams
+    (stream,) = obs.report().streams
     assert (stream.packets, stream.expected, stream.lost) == (20, 20, 0)
 
 
@@ -157,7 +157,7 @@ def test_a_stray_sequence_number_is_not_believed() -> None:
 def test_clock_rate_from_static_payload_type_or_learned(pt: int, step: int, frame: float, expected: int) -> None:
     obs, clock = observer()
     feed(obs, clock, [(1000 + i * frame, udp4(rtp(i, i * step, pt=pt))) for i in range(2 * int(1 / frame))])
-    (stream,) = obs.report(clock.now).streams
+    (stream,) = obs.report().streams
     assert stream.clock_rate == expected
 
 
@@ -166,7 +166,7 @@ def test_learned_jitter_matches_a_constant_delay_variation() -> None:
     obs, clock = observer()
     feed(obs, clock, [(1000 + i * 0.02 + (0.004 if i % 2 else 0), udp4(rtp(i, i * 960, pt=111)))
                       for i in range(600)])
-    (stream,) = obs.report(clock.now).streams
+    (stream,) = obs.report().streams
     assert stream.clock_rate == 48000
     assert stream.jitter_ms == pytest.approx(4.0, rel=0.01)
 
@@ -193,7 +193,7 @@ def test_rtp_inside_turn_channel_data_is_seen() -> None:
     obs, clock = observer()
     feed(obs, clock, [(1000 + i * 0.02, udp4(struct.pack("!HH", 0x4001, 172) + rtp(i, i * 160), sport=3478,
                                              dport=50123)) for i in range(5)])
-    (stream,) = obs.report(clock.now).streams
+    (stream,) = obs.report().streams
     assert stream.packets == 5 and stream.src.endswith(":3478")
 
 
@@ -212,7 +212,7 @@ def test_other_ports_fragments_and_short_headers_are_not_read() -> None:
 def test_ipv6_streams_are_observed() -> None:
     obs, clock = observer()
     feed(obs, clock, [(1000 + i * 0.02, udp6(rtp(i, i * 160))) for i in range(5)])
-    (stream,) = obs.report(clock.now).streams
+    (stream,) = obs.report().streams
     assert stream.src == "[fd01:0000:0000:0000:0000:0000:0000:0010]:10000" and stream.packets == 5
 
 
@@ -237,7 +237,7 @@ def test_a_flood_of_ssrcs_stays_within_the_cap_and_keeps_the_live_call() -> None
                                                                                  sport=12000))])
         feed(obs, clock, [(t, udp4(rtp(9, 0, ssrc=5000 + i), sport=13000))])  # and single packets
         assert len(obs.streams) <= 8 and len(obs.candidates) <= 8
-    report = obs.report(t)
+    report = obs.report()
     live = [s for s in report.streams if s.ssrc == 1]
     assert live and live[0].packets == 2000 and live[0].lost == 0
     assert report.streams_evicted > 1900 and report.candidates_evicted > 1900
@@ -256,9 +256,9 @@ def test_ended_streams_leave_with_their_counts_kept() -> None:
 def test_counters_never_decrease_when_late_packets_fill_gaps() -> None:
     obs, clock = observer()
     feed(obs, clock, [(1000 + i * 0.02, udp4(rtp(s, s * 160))) for i, s in enumerate([1, 2, 3, 5, 6])])
-    lost_before = obs.report(clock.now).groups[(INGRESS, QosClass.REALTIME_AUDIO)].lost
+    lost_before = obs.report().groups[(INGRESS, QosClass.REALTIME_AUDIO)].lost
     feed(obs, clock, [(clock.now + 0.02, udp4(rtp(4, 640)))])
-    report = obs.report(clock.now)
+    report = obs.report()
     assert lost_before == 1 and report.groups[(INGRESS, QosClass.REALTIME_AUDIO)].lost == 1
     assert report.streams[0].lost == 0
 
@@ -270,7 +270,7 @@ def _stream_with_loss(loss: float, seconds: float = 3 * INTERVAL) -> float | Non
     rnd = random.Random(7)
     packets = [(1000 + i * 0.02, udp4(rtp(i, i * 160))) for i in range(int(seconds / 0.02))]
     feed(obs, clock, packets[:2] + [p for p in packets[2:] if rnd.random() >= loss])
-    (stream,) = obs.report(clock.now).streams
+    (stream,) = obs.report().streams
     return stream.mos
 
 
@@ -309,8 +309,8 @@ def test_the_forwarder_observes_ingress_at_one_side_and_egress_at_the_other() ->
         if i % 10 == 7:
             continue  # lost on the WAN: only the far side sees it
         assert br.inbound(sealed[1], sealed[0]) is not None
-    (sent,) = hq.tunnels["branch"].calls.report(clock.now).streams  # type: ignore[union-attr]
-    (got,) = br.tunnels["hq"].calls.report(clock.now).streams  # type: ignore[union-attr]
+    (sent,) = hq.tunnels["branch"].calls.report().streams  # type: ignore[union-attr]
+    (got,) = br.tunnels["hq"].calls.report().streams  # type: ignore[union-attr]
     assert (sent.direction, sent.packets, sent.lost) == ("ingress", 45, 5)
     assert (got.direction, got.packets, got.lost) == ("egress", 40, 10)
     assert got.cls == QosClass.REALTIME_AUDIO  # from the inner DSCP (EF)

@@ -6,7 +6,6 @@ time can make a tunnel appear or vanish between two scrapes, never break one.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Protocol
 
 from policy.qos import QosClass
@@ -66,11 +65,11 @@ class GatewayReadout:
 
     def tunnels(self) -> list[TunnelView]:
         gateway, views = self._gateway, []
-        keying, now = gateway.keying, time.monotonic()
+        keying = gateway.keying
         for name, state in list(gateway.forwarder.tunnels.items()):  # a copy: a reload may change the dict
             runtime = keying.tunnels.get(name) if keying is not None else None
             counters = self._counters(name, state)
-            calls = self._calls(name, state, now)
+            calls = self._calls(name, state)
             if runtime is None or keying is None:
                 views.append(TunnelView(name, state.peer, "manual", state.outbound is not None, False, counters, {},
                                         manual_spi_out=state.outbound.spi if state.outbound is not None else None,
@@ -117,11 +116,11 @@ class GatewayReadout:
             totals[direction] = rows
         return totals
 
-    def _calls(self, name: str, state: TunnelState, now: float) -> CallReport | None:
+    def _calls(self, name: str, state: TunnelState) -> CallReport | None:
         """The observer's report with every worker's (workers' as of their last report)."""
         if state.calls is None:
             return None
-        total = state.calls.report(now)
+        total = state.calls.report()
         for worker in self._gateway.worker_proxies:
             part = worker.calls.get(name)
             if part is not None:

@@ -259,8 +259,7 @@ def _report(forwarder: Forwarder, conn: socket.socket, generation: int, qos: pum
     events still to send when the main process had no room for this report."""
     tunnels = {name: state.counters.values() for name, state in forwarder.tunnels.items()}
     events = unsent + forwarder.take_events()
-    now = time.monotonic()
-    calls = {name: state.calls.report(now) for name, state in forwarder.tunnels.items()
+    calls = {name: state.calls.report() for name, state in forwarder.tunnels.items()
              if state.calls is not None and state.calls.seen}
     budget = MAX_REPORTED_STREAMS
     for part in calls.values():

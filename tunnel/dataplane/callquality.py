@@ -403,9 +403,10 @@ class CallQuality:
         for key in stale:
             del self.candidates[key]
 
-    def report(self, now: float) -> CallReport:
+    def report(self) -> CallReport:
         """What operations read: every stream, and counters that include the packets of the streams'
-        current interval."""
+        current interval (as of the observer's clock)."""
+        now = self.clock()
         self.expire(now)
         for stream in self.streams.values():
             stream._settle()

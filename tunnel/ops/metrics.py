@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from policy.qos import QosClass
+from tunnel.dataplane.callquality import DIRECTIONS, JITTER_BOUNDS, Skip
 from tunnel.dataplane.counters import Counters
 from tunnel.dataplane.scheduler import SOJOURN_BOUNDS
 from tunnel.errors import DriverError
@@ -63,6 +64,7 @@ class GatewayCollector(Collector):
         yield from self._data_plane(tunnels)
         yield from self._ike(tunnels)
         yield from self._queues()
+        yield from _calls(tunnels)
 
     def _data_plane(self, tunnels: list[TunnelView]) -> Iterator[Metric]:
         totals: dict[str, Counters] = {t.name: t.counters for t in tunnels}
@@ -162,6 +164,49 @@ class GatewayCollector(Collector):
                 dropped.add_metric(labels, stats.dropped)
                 sojourn.add_metric(labels, _buckets(SOJOURN_BOUNDS, stats.sojourn_buckets), stats.sojourn_sum)
         yield from (depth, dropped, sojourn)
+
+
+def _calls(tunnels: list[TunnelView]) -> Iterator[Metric]:
+    """The call-quality observers' figures (tunnel/dataplane/callquality.py), per tunnel, direction
+    (ingress: from this site's LAN into the tunnel; egress: out of the tunnel to this site's LAN) and
+    QoS class; never per stream (no SSRC, address or port in a label)."""
+    labels = ["tunnel", "direction", "class"]
+    streams = GaugeMetricFamily(f"{PREFIX}_call_streams", "RTP streams observed now (past probation, not idle)",
+                                labels=labels)
+    packets = CounterMetricFamily(f"{PREFIX}_call_packets", "RTP packets of the observed streams (duplicates "
+                                  "apart)", labels=labels)
+    lost = CounterMetricFamily(f"{PREFIX}_call_packets_lost", "RTP packets lost (RFC 3550: expected - received, "
+                               "counted as it grows)", labels=labels)
+    jitter = HistogramMetricFamily(f"{PREFIX}_call_jitter_seconds", "RFC 3550 interarrival jitter of the streams, "
+                                   "one observation per stream every 5 s", labels=labels)
+    mos = GaugeMetricFamily(f"{PREFIX}_call_mos", "Lowest E-model MOS estimate (ITU-T G.107) among the streams, "
+                            "over their last 10 s; absent while no stream has one", labels=labels)
+    skipped = CounterMetricFamily(f"{PREFIX}_call_skipped", "Packets on media ports not counted as RTP, by reason "
+                                  "(stun, dtls, rtcp, not_rtp, fragment)", labels=["tunnel", "reason"])
+    evicted = CounterMetricFamily(f"{PREFIX}_call_evicted", "Streams and candidates dropped from a full table to make "
+                                  "room (call_quality.max_streams)", labels=["tunnel", "kind"])
+    for t in tunnels:
+        report = t.calls
+        if report is None:
+            continue
+        keys = sorted(set(report.groups) | {(DIRECTIONS.index(s.direction), s.cls) for s in report.streams})
+        for direction, cls in keys:
+            group = report.groups.get((direction, cls))
+            here = [s for s in report.streams if s.direction == DIRECTIONS[direction] and s.cls == cls]
+            names = [t.name, DIRECTIONS[direction], QosClass(cls).label]
+            streams.add_metric(names, len(here))
+            if group is not None:
+                packets.add_metric(names, group.packets)
+                lost.add_metric(names, group.lost)
+                jitter.add_metric(names, _buckets(JITTER_BOUNDS, group.jitter_buckets), group.jitter_sum)
+            rated = [s.mos for s in here if s.mos is not None]
+            if rated:
+                mos.add_metric(names, min(rated))
+        for reason in Skip:
+            skipped.add_metric([t.name, reason.label], report.skipped[reason])
+        evicted.add_metric([t.name, "streams"], report.streams_evicted)
+        evicted.add_metric([t.name, "candidates"], report.candidates_evicted)
+    yield from (streams, packets, lost, jitter, mos, skipped, evicted)
 
 
 def _ike_drops(family: CounterMetricFamily, tunnel: str, counts: dict[str, int]) -> None:

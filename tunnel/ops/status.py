@@ -9,6 +9,7 @@ import fnmatch
 from typing import Any
 
 from policy.qos import QosClass
+from tunnel.dataplane.callquality import StreamView
 from tunnel.ops.readout import Readout, TunnelView
 
 
@@ -55,7 +56,15 @@ def _tunnel(t: TunnelView, now: float) -> dict[str, Any]:
             for c in ike.children]
     elif t.manual_spi_out is not None:
         entry["child_sas"] = [{"spi_out": f"{t.manual_spi_out:08x}", "suite": "AES_GCM_16_256", "state": "manual"}]
+    entry["calls"] = None if t.calls is None else [_stream(s) for s in t.calls.streams]
     return entry
+
+
+def _stream(s: StreamView) -> dict[str, Any]:
+    return {"direction": s.direction, "class": QosClass(s.cls).label, "ssrc": f"{s.ssrc:08x}", "src": s.src,
+            "dst": s.dst, "payload_type": s.payload_type, "clock_rate": s.clock_rate, "packets": s.packets,
+            "expected": s.expected, "lost": s.lost, "loss_pct_10s": s.loss_pct, "reordered": s.reordered,
+            "duplicates": s.duplicates, "jitter_ms": s.jitter_ms, "mos": s.mos, "seconds": s.seconds}
 
 
 def _size(n: float) -> str:
@@ -102,6 +111,17 @@ def render(snap: dict[str, Any]) -> str:
         lines.append(f"  drops     {_counts(t['drops'])}")
         if t["keying"] == "ike":
             lines.append(f"  IKE drops {_counts(t['ike_drops'])}")
+        calls = t.get("calls")
+        if calls is None:
+            lines.append("  calls     not observed (call_quality: false)")
+        elif not calls:
+            lines.append("  calls     none")
+        for c in calls or ():
+            lost = c["lost"] / c["expected"] * 100 if c["expected"] > 0 else 0.0
+            mos = "-" if c["mos"] is None else f"{c['mos']:.2f}"
+            lines.append(f"  call {c['direction']:7s} {c['class']:17s} ssrc {c['ssrc']} {c['src']} -> {c['dst']}  "
+                         f"pt {c['payload_type']}, {c['packets']} packets, lost {c['lost']} ({lost:.1f} %; "
+                         f"{c['loss_pct_10s']:.1f} % in 10 s), jitter {c['jitter_ms']:.2f} ms, MOS {mos}")
     if snap["queues"]:
         lines.append("")
         lines.append("queues (depth / sent / dropped):")
