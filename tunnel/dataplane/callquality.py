@@ -318,26 +318,23 @@ class CallQuality:
     def observe(self, packet: bytes, version: int, direction: int, cls: int) -> None:
         """An IP packet carrying UDP (the caller checked the protocol), admitted from the LAN (INGRESS)
         or delivered to it (EGRESS), with its QoS class."""
-        if version == 4:
-            off = (packet[0] & 15) << 2
-            fragment = packet[6] & 0x3F or packet[7]
-            if fragment and (packet[6] & 0x1F or packet[7]):
-                return  # not the first fragment: no UDP header to read
-            addrs = packet[12:20]
-        else:
-            off, fragment = 40, 0
-            addrs = packet[8:40]
+        off = (packet[0] & 15) << 2 if version == 4 else 40
         end = len(packet)
         if end < off + 8:
             return
+        ports = self.ports
         sport = (packet[off] << 8) | packet[off + 1]
         dport = (packet[off + 2] << 8) | packet[off + 3]
-        ports = self.ports
         if not (ports[sport] or ports[dport]):
-            return
-        if fragment:  # the first fragment of a media datagram: the rest cannot be checked
-            self.skipped[Skip.FRAGMENT] += 1
-            return
+            return  # not media: the cost of every other UDP packet ends here
+        if version == 4:
+            if packet[6] & 0x3F or packet[7]:  # a fragment (MF or an offset)
+                if not (packet[6] & 0x1F or packet[7]):  # the first: its ports are real (media never is this large)
+                    self.skipped[Skip.FRAGMENT] += 1
+                return  # a later one's "ports" are payload bytes
+            addrs = packet[12:20]
+        else:
+            addrs = packet[8:40]
         p = off + 8
         b0 = packet[p] if p < end else 0
         if 64 <= b0 <= 79:  # RFC 8656 §12: TURN ChannelData (channel 0x4000-0x4FFF, length), then the data
