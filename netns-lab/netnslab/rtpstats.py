@@ -72,6 +72,7 @@ class RtpStats:
         self._ts_ext = 0  # last RTP timestamp, unwrapped over 32-bit wraps
         self.jitter = 0.0
         self.max_jitter = 0.0
+        self.jitter_total, self.jitter_count = 0.0, 0  # for the mean of J over the stream
         # extras
         self.reordered = 0
         self.duplicates = 0
@@ -183,6 +184,8 @@ class RtpStats:
         self._transit = transit
         self.jitter += (d - self.jitter) / 16.0
         self.max_jitter = max(self.max_jitter, self.jitter)
+        self.jitter_total += self.jitter
+        self.jitter_count += 1
 
     # ---- results ----------------------------------------------------------
 
@@ -217,6 +220,8 @@ class RtpStats:
             "loss_pct": round(self.loss_pct, 4),
             "jitter_ms": round(self.jitter * 1000.0 / self.clock_rate, 4),
             "max_jitter_ms": round(self.max_jitter * 1000.0 / self.clock_rate, 4),
+            "mean_jitter_ms": round(self.jitter_total / self.jitter_count * 1000.0 / self.clock_rate, 4)
+            if self.jitter_count else 0.0,
             "reordered": self.reordered,
             "duplicates": self.duplicates,
             "malformed": self.malformed,
@@ -262,6 +267,30 @@ def parse_rtp_header(packet: bytes) -> tuple[int, int, int, int] | None:
 
 # --------------------------------------------------------------------------
 # CLI
+
+
+def from_pcap(path: str, dst_port: int, clock_rate: int) -> RtpStats:
+    """The statistics of the RTP datagrams to ``dst_port`` in a classic pcap of an Ethernet interface (what
+    tcpdump -w writes), timed by the capture's timestamps: a receiver with the kernel's clock, for
+    endpoints whose own statistics are coarser (baresip's arrival times come from a millisecond timer)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    magic = struct.unpack_from("<I", data)[0]
+    if magic not in (0xA1B2C3D4, 0xA1B23C4D) or struct.unpack_from("<I", data, 20)[0] != 1:
+        raise ValueError(f"{path}: not a little-endian pcap of an Ethernet interface")
+    scale = 1e-6 if magic == 0xA1B2C3D4 else 1e-9
+    stats, pos = RtpStats(clock_rate), 24
+    while pos + 16 <= len(data):
+        seconds, fraction, captured = struct.unpack_from("<III", data, pos)
+        frame = data[pos + 16:pos + 16 + captured]
+        pos += 16 + captured
+        if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+            continue
+        ihl = (frame[14] & 15) * 4
+        udp = frame[14 + ihl:]
+        if len(udp) >= 8 and struct.unpack_from("!H", udp, 2)[0] == dst_port:
+            stats.add(seconds + fraction * scale, udp[8:], frame[15] >> 2)
+    return stats
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,6 +124,7 @@ def test_loss_reordering_and_jitter_agree_with_the_lab_receiver(seed: int, count
     assert stream.reordered == reference.reordered
     assert stream.duplicates == reference.duplicates == 0
     assert stream.jitter_ms == pytest.approx(reference.jitter * 1000 / 8000, abs=1e-3)
+    assert stream.jitter_mean_ms == pytest.approx(reference.summary()["mean_jitter_ms"], abs=2e-3)
 
 
 def test_duplicates_are_counted_apart_and_never_hide_a_loss() -> None:

@@ -122,6 +122,7 @@ class StreamView:
     reordered: int
     duplicates: int
     jitter_ms: float  # RFC 3550 §6.4.1 interarrival jitter; 0 while the clock rate is not known
+    jitter_mean_ms: float  # its mean over the stream's packets: steadier than one moment's value
     loss_pct: float  # over the last two intervals
     mos: float | None  # E-model estimate over the last two intervals; None before the first
     seconds: float  # since the first packet
@@ -164,7 +165,7 @@ class Stream:
     __slots__ = ("key", "cls", "group", "pt", "rate", "first", "last", "base", "max_seq", "cycles", "bad_seq",
                  "received", "recent", "reordered", "duplicates", "prev_at", "prev_ts", "jitter",
                  "rate_at", "rate_ts", "roll_at", "exp_prior", "rec_prior", "last_exp", "last_lost",
-                 "loss", "mos", "rec_reported", "lost_reported")
+                 "loss", "mos", "rec_reported", "lost_reported", "jitter_total", "jitter_count")
 
     def __init__(self, key: tuple[int, bytes, int, int, int], cls: int, group: GroupTotals, pt: int,
                  seq: int, ts: int, first: tuple[float, int], now: float) -> None:
@@ -176,7 +177,8 @@ class Stream:
         self._restart(seq, 2)
         self.bad_seq = -1
         self.recent = 0b11
-        self.jitter = 0.0
+        self.jitter = self.jitter_total = 0.0
+        self.jitter_count = 0
         self.prev_at, self.prev_ts = now, ts
         self.rate_at, self.rate_ts = first
         if self.rate:
@@ -239,6 +241,8 @@ class Stream:
         # RFC 3550 §6.4.1: D = (Rj - Ri) - (Sj - Si) in timestamp units, J += (|D| - J) / 16
         d = (now - prev_at) * self.rate - _s32(ts - prev_ts)
         self.jitter += (abs(d) - self.jitter) / 16.0
+        self.jitter_total += self.jitter
+        self.jitter_count += 1
 
     @property
     def expected(self) -> int:
@@ -289,7 +293,10 @@ class Stream:
             src=_endpoint(addrs[:half], sport), dst=_endpoint(addrs[half:], dport),
             payload_type=self.pt, clock_rate=self.rate, packets=self.received, expected=self.expected,
             lost=self.expected - self.received, reordered=self.reordered, duplicates=self.duplicates,
-            jitter_ms=round(self.jitter_ms, 3), loss_pct=round(self.loss * 100.0, 3),
+            jitter_ms=round(self.jitter_ms, 3),
+            jitter_mean_ms=round(self.jitter_total / self.jitter_count * 1000.0 / self.rate, 3)
+            if self.jitter_count else 0.0,
+            loss_pct=round(self.loss * 100.0, 3),
             mos=None if self.mos is None else round(self.mos, 2), seconds=round(now - self.first, 1))
 
 
