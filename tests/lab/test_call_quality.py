@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from netnslab import TOPOLOGIES, Lab
+from netnslab.lab import NFT_TABLE
 from netnslab.media import rtp_receive, start_rtp_video
 from netnslab.rtpstats import from_pcap
 from netnslab.sipcall import sip_call
@@ -60,8 +61,43 @@ def loss_pct(stream: dict[str, Any]) -> float:
     return 100.0 * stream["lost"] / stream["expected"]
 
 
+def nft_drops(lab: Lab, node: str, table: str) -> int:
+    """What the one `counter drop` rule of an nftables table in node has dropped."""
+    listing = lab.run(node, ["nft", "list", "table", "inet", table]).stdout
+    (found,) = re.findall(r"counter packets (\d+) bytes \d+ drop", listing)
+    return int(found)
+
+
 def firing(lab: Lab) -> list[dict[str, Any]]:
     return query(lab, 'ALERTS{alertname="SitelinkCallQualityLow",alertstate="firing"}')
+
+
+LAN_TABLE = "lanloss"
+
+
+def both_sides(lab: Lab, dep: Deployment, dst: str) -> dict[str, int]:
+    """Loss before the first gateway (hq's LAN) and on the WAN: hq's
+    ingress sees the first, branch1's egress both, so the difference is the WAN's and the tunnel's."""
+    port = 10044
+    # In hq-gw's kernel as packets arrive from the LAN, before they are routed to sitelink's TUN: a lossy LAN
+    # switch. (Dropped in the sending host's output, the sender would get EPERM and GStreamer send again.)
+    lab.run("hq-gw", ["nft", "-f", "-"], input=(
+        f"table inet {LAN_TABLE} {{\n  chain lan {{\n    type filter hook prerouting priority 0; policy accept;\n"
+        f"    udp dport {port} numgen random mod 100 < 3 counter drop\n  }}\n}}\n"))
+    lab.set_wan_loss(1)
+    video = rtp_receive(lab, "branch1-host", dst, port, 12,
+                        lambda: start_rtp_video(lab, "hq-host", dst, port, dscp=AF41))
+    wan = nft_drops(lab, "router", NFT_TABLE)  # only the video crossed the WAN meanwhile (and IKE, rarely)
+    lan = nft_drops(lab, "hq-gw", LAN_TABLE)
+    lab.set_wan_loss(0)
+    ingress = one(streams(dep, "hq", "branch1"), "ingress", port)
+    egress = one(streams(dep, "branch1", "hq"), "egress", port)
+    split = {"ingress": ingress["lost"], "egress": egress["lost"], "receiver": video["lost"], "lan": lan, "wan": wan}
+    # Each drop is seen as a gap by whoever is behind it (a drop after the last packet by nobody: +-2).
+    assert lan > 0 and wan > 0, split
+    assert abs(ingress["lost"] - lan) <= 2, split
+    assert abs(egress["lost"] - (lan + wan)) <= 2 and abs(egress["lost"] - video["lost"]) <= 2, split
+    return split
 
 
 def test_gateways_report_what_the_receivers_measured(tmp_path: Path) -> None:
@@ -129,8 +165,10 @@ def test_gateways_report_what_the_receivers_measured(tmp_path: Path) -> None:
                     exported = {re.sub(r"_(bucket|sum|count|total)$", "", n)
                                 for n in api(lab, "/api/v1/label/__name__/values")["data"]}
                     assert {n.removesuffix("_total") for n in CALL_SERIES} <= exported
+            split = both_sides(lab, dep, dst)
         finally:
             lab.set_wan_loss(0)
+            lab.run("hq-gw", ["nft", "delete", "table", "inet", LAN_TABLE], check=False)
             lab.stop(server)
     print("\nWAN loss -> sitelink at branch1 (egress) | the receiver (video: RFC 3550 receiver; audio: libre's RTCP "
           "loss, jitter at the callee's interface) | libre's own jitter | hq ingress loss")
@@ -139,5 +177,7 @@ def test_gateways_report_what_the_receivers_measured(tmp_path: Path) -> None:
     for loss, kind, cls, sl_loss, sl_jitter, sl_mos, rx_loss, rx_jitter, own, hq_loss in rows:
         print(f"{loss:3}% {kind:6} {cls:17} {sl_loss:7.2f} {sl_jitter:7.3f} {sl_mos:5.2f} | {rx_loss:7.2f} "
               f"{rx_jitter:7.3f} | {own:6.3f} | {hq_loss:7.2f}")
+    print("3 % lost on hq's LAN and 1 % on the WAN (video, 12 s): hq ingress lost {ingress}, branch1 egress lost "
+          "{egress} (receiver {receiver}); nftables dropped {lan} on the LAN and {wan} on the WAN".format(**split))
     assert mos[(0, "video")] > mos[(1, "video")] > mos[(5, "video")]
     assert mos[(0, "audio")] > mos[(5, "audio")] and mos[(5, "audio")] < 3.6 < mos[(0, "audio")]
