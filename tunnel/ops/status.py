@@ -64,7 +64,8 @@ def _stream(s: StreamView) -> dict[str, Any]:
     return {"direction": s.direction, "class": QosClass(s.cls).label, "ssrc": f"{s.ssrc:08x}", "src": s.src,
             "dst": s.dst, "payload_type": s.payload_type, "clock_rate": s.clock_rate, "packets": s.packets,
             "expected": s.expected, "lost": s.lost, "loss_pct_10s": s.loss_pct, "reordered": s.reordered,
-            "duplicates": s.duplicates, "jitter_ms": s.jitter_ms, "jitter_mean_ms": s.jitter_mean_ms, "mos": s.mos, "seconds": s.seconds}
+            "duplicates": s.duplicates, "jitter_ms": s.jitter_ms, "jitter_mean_ms": s.jitter_mean_ms, "mos": s.mos,
+            "seconds": s.seconds}
 
 
 def _size(n: float) -> str:
@@ -121,8 +122,8 @@ def render(snap: dict[str, Any]) -> str:
             mos = "-" if c["mos"] is None else f"{c['mos']:.2f}"
             lines.append(f"  call {c['direction']:7s} {c['class']:17s} ssrc {c['ssrc']} {c['src']} -> {c['dst']}  "
                          f"pt {c['payload_type']}, {c['packets']} packets, lost {c['lost']} ({lost:.1f} %; "
-                         f"{c['loss_pct_10s']:.1f} % in 10 s), jitter {c['jitter_ms']:.2f} ms (mean {c['jitter_mean_ms']:.2f}), "
-                         f"MOS {mos}")
+                         f"{c['loss_pct_10s']:.1f} % in 10 s), jitter {c['jitter_ms']:.2f} ms "
+                         f"(mean {c['jitter_mean_ms']:.2f}), MOS {mos}")
     if snap["queues"]:
         lines.append("")
         lines.append("queues (depth / sent / dropped):")
