@@ -98,3 +98,12 @@ def test_a_workers_calls_are_summed_into_the_scrape(tmp_path: Path) -> None:
     assert s[("sitelink_call_packets_total", EF)] == here + there
     assert s[("sitelink_call_streams", EF)] == 2
     assert sorted(c["ssrc"] for c in snap["tunnels"][0]["calls"]) == ["00000001", "00000002"]
+
+
+def test_a_quiet_tunnel_exports_no_call_series(tmp_path: Path) -> None:
+    """A hub with hundreds of tunnels: series only for the tunnels that carried something on a media port."""
+    gateway = _gateway(tmp_path)
+    assert gateway.forwarder.outbound(udp4(rtp(1, 0), sport=40000, dport=53)) is not None  # not a media port
+    _, s = scrape(gateway)
+    assert not [k for k in s if k[0].startswith("sitelink_call_")]
+    assert snapshot(gateway.readout, 0.0)["tunnels"][0]["calls"] == []  # observed, nothing yet

@@ -217,6 +217,28 @@ def test_ipv6_streams_are_observed() -> None:
     assert stream.src == "[fd01:0000:0000:0000:0000:0000:0000:0010]:10000" and stream.packets == 5
 
 
+@settings(max_examples=400, deadline=None)
+@given(payload=st.binary(max_size=64), ihl=st.integers(5, 15), frag=st.integers(0, 0xFFFF),
+       first=st.sampled_from([0x00, 0x01, 0x17, 0x40, 0x4F, 0x80, 0x8F, 0xBF, 0xC0]), cut=st.integers(0, 80),
+       v6=st.booleans())
+def test_hostile_packets_never_raise_and_keep_nothing_unbounded(payload: bytes, ihl: int, frag: int, first: int,
+                                                                cut: int, v6: bool) -> None:
+    """Whatever sits after an IP header the forwarder accepted (any IHL, fragment bits, length, first
+    byte), the observer only counts."""
+    obs, clock = observer(max_streams=2)
+    body = bytes([first]) + payload
+    if v6:
+        packet = udp6(body)[:max(40, cut + 40)]
+    else:
+        packet = bytearray(udp4(body, flags_frag=frag))
+        packet[0] = 0x40 | ihl
+        packet = packet[:max(20, cut + 20)]
+    for _ in range(3):
+        feed(obs, clock, [(clock.now + 0.02, bytes(packet))])
+    assert len(obs.streams) <= 2 and len(obs.candidates) <= 2
+    obs.report()
+
+
 # -- bounds -------------------------------------------------------------------------------------------
 
 def test_a_single_packet_is_only_a_candidate_and_candidates_expire() -> None:

@@ -187,8 +187,9 @@ def _calls(tunnels: list[TunnelView]) -> Iterator[Metric]:
                                   "room (call_quality.max_streams)", labels=["tunnel", "kind"])
     for t in tunnels:
         report = t.calls
-        if report is None:
-            continue
+        if report is None or not (report.groups or report.streams or any(report.skipped)
+                                  or report.streams_evicted or report.candidates_evicted):
+            continue  # off, or no packet on a media port yet: no series (a hub has many quiet tunnels)
         keys = sorted(set(report.groups) | {(DIRECTIONS.index(s.direction), s.cls) for s in report.streams})
         for direction, cls in keys:
             group = report.groups.get((direction, cls))
