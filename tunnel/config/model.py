@@ -208,7 +208,7 @@ class CallQuality:
     services: tuple[str, ...] = CALL_SERVICES
     # Their UDP port ranges (the loader resolves them with the config's own service definitions).
     ports: tuple[tuple[int, int], ...] = field(default_factory=lambda: udp_ranges(CALL_SERVICES))
-    max_streams: int = 64  # per tunnel; the longest-silent stream makes room
+    max_streams: int = 64  # per tunnel; an old, silent stream makes room
 
 
 @dataclass(frozen=True)

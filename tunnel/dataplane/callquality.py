@@ -13,10 +13,10 @@ the 12-byte RTP header and its CSRC count are read: SSRC, sequence number, times
 leaves them in clear (RFC 3711 §3.1). Nothing of the payload is read or kept.
 
 Bounded: a stream is kept only after two packets in sequence (RFC 3550 A.1's probation), candidates and
-streams are each at most max_streams per tunnel (the oldest candidate, the longest-silent stream make
-room), a candidate lives PROBATION seconds and a stream IDLE seconds after its last packet. A hostile
-sender on either side costs its tunnel's table, never another tunnel's, and never a packet: the observer
-only reads.
+streams are each at most max_streams per tunnel (the oldest candidate, and the longest-silent of the
+oldest streams, make room), a candidate lives PROBATION seconds and a stream IDLE seconds after its last
+packet. A hostile sender on either side costs its tunnel's table, never another tunnel's, and never a
+packet: the observer only reads.
 
 The clock is injected and read only for media packets. Every packet that is looked at and not counted as
 RTP is counted under a Skip reason.
@@ -25,6 +25,7 @@ RTP is counted under a Skip reason.
 from __future__ import annotations
 
 import enum
+import itertools
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ MAX_DROPOUT, MAX_MISORDER = 3000, 100  # RFC 3550 A.1
 _RECENT = 64  # sequence numbers behind the highest whose arrival is remembered (duplicates)
 _RECENT_MASK = (1 << _RECENT) - 1
 _SEQ_TS_SSRC = struct.Struct("!HII")
+_EVICT_SCAN = 16  # streams looked at to choose one to evict
 
 # RFC 3551 §6 (Table 4 and 5): the clock rate of each static payload type.
 STATIC_RATES = {
@@ -374,7 +376,9 @@ class CallQuality:
             del candidates[key]
             streams = self.streams
             if len(streams) >= self.settings.max_streams:
-                self._evict(min(streams.values(), key=lambda s: s.last))
+                # The longest silent of the oldest few: O(1) however large the table, and a flood of new
+                # streams (appended last) evicts itself, not the calls that came before it.
+                self._evict(min(itertools.islice(streams.values(), _EVICT_SCAN), key=lambda s: s.last))
             group = self.groups.get((key[0], cls))
             if group is None:
                 group = self.groups[(key[0], cls)] = GroupTotals()
