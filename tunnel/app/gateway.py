@@ -137,7 +137,7 @@ class Gateway:
         self._sync_sock: socket.socket | None = None  # gateway.ha.sync, and where the other gateway listens
         self._sync_peer: tuple[str, int] | None = None
         self.sync_channel: SyncChannel | None = None
-        self._sync_interval = 0.1  # tunnel.app.hasync.SYNC_INTERVAL, read when sync is set up
+        self._sync_interval: float | None = None  # tunnel.app.hasync.SYNC_INTERVAL, once sync is set up
         self._sync_timer: asyncio.TimerHandle | None = None
 
     # -- life cycle -----------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ class Gateway:
             loop.add_reader(ike_sock.fileno(), self._on_ike_readable, ike_sock)
         for worker in self.worker_proxies:
             loop.add_reader(worker.conn.fileno(), self._on_worker_report, worker)
-        if self._sync_sock is not None:
+        if self._sync_sock is not None and self._sync_interval is not None:
             loop.add_reader(self._sync_sock.fileno(), self._on_sync_readable)
             self._sync_timer = loop.call_later(self._sync_interval, self._sync_tick)
         control = ControlServer(self.readout, self, self.config.control_socket or default_path(self.config.name))
@@ -461,6 +461,7 @@ class Gateway:
     def _sync_tick(self) -> None:
         """The active gateway streams its SA state to the standby (app/hasync.py)."""
         keying, sock, channel, peer = self._keying(), self._sync_sock, self.sync_channel, self._sync_peer
+        assert self._sync_interval is not None  # the timer runs only once sync is set up
         self._sync_timer = asyncio.get_running_loop().call_later(self._sync_interval, self._sync_tick)
         if keying.sync is None or sock is None or channel is None or peer is None:
             return

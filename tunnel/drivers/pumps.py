@@ -155,8 +155,7 @@ class QosPump:
             if self.egress.pass_through(cls, len(packet), now):
                 out: Sealed = []
                 self.forwarder.seal_into(tunnel, packet, out)
-                if out and self.sender.send(out):
-                    self.forwarder.counters.drops[DropReason.SEND_FAILED] += 1
+                self._send(out)
                 if self.forwarder.to_tun:
                     write_errors(self.forwarder, self.tun)
                 return 1
