@@ -13,12 +13,18 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
-def require_tool(command: str, package: str | None = None) -> str:
-    """The tool's path; a missing one skips the test, or fails it in CI."""
-    path = shutil.which(command)
-    if path is None:
-        reason = f"{command} is not installed (scripts/bootstrap installs {package or command})"
+def require(missing: list[str], package: str) -> None:
+    """Skip the test (fail it in CI) when anything it needs is missing."""
+    if missing:
+        reason = f"{', '.join(missing)} not installed (scripts/bootstrap installs {package})"
         if in_ci():
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
+
+
+def require_tool(command: str, package: str | None = None) -> str:
+    """The tool's path; a missing one skips the test, or fails it in CI."""
+    path = shutil.which(command)
+    require([] if path else [command], package or command)
+    assert path is not None
     return path

@@ -69,6 +69,18 @@ _SUMMARY = re.compile(r"EX=BareSip;.*")
 _IP_FIELD = re.compile(r"IP=([^,;]+),([^;]+);")
 
 
+MODULES = ("opus", "ausine", "aubridge", "srtp", "rtcpsummary", "ctrl_tcp", "menu", "account")
+VIDEO_MODULES = ("vp8", "fakevideo")
+MODULE_DIR = Path("/usr/lib/baresip/modules")
+
+
+def missing(video: bool = False) -> list[str]:
+    """What of baresip a call needs and this machine lacks (empty when a call can be made)."""
+    absent = [] if shutil.which("baresip") else ["baresip"]
+    wanted = MODULES + (VIDEO_MODULES if video else ())
+    return absent + [f"baresip module {m}" for m in wanted if not (MODULE_DIR / f"{m}.so").exists()]
+
+
 class SipCallError(ToolError):
     """The call did not come up, lost its SRTP, or baresip died; the message ends with both logs' tails."""
 
@@ -87,7 +99,7 @@ def _config(ip: str, family: int, name: str, video: bool) -> str:
         f"rtp_ports {RTP_PORTS}",
         "rtcp_mux no",
         "opus_bitrate 28000",
-        "module_path /usr/lib/baresip/modules",
+        f"module_path {MODULE_DIR}",
         "module opus.so",
         "module ausine.so",
         "module aubridge.so",

@@ -13,36 +13,26 @@ and not before.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from netnslab import TOPOLOGIES, Lab
+from netnslab import TOPOLOGIES, Lab, sipcall
 from netnslab.lab import NFT_TABLE
 from netnslab.media import rtp_receive, start_rtp_video
 from netnslab.rtpstats import from_pcap
 from netnslab.sipcall import sip_call
 from netnslab.sitelink import Deployment
-from tests.lab.test_metrics_prometheus import ALERTS, CALL_SERIES, PORT, api, query, wait_for
+from tests.lab.test_metrics_prometheus import CALL_SERIES, PORT, api, query, start_prometheus, wait_for
+from tests.needs import require
 
 AF41 = 34
 # WAN loss %, seconds of media (5 % runs past the alert's minute). Not multiples of 5: baresip's figures are
 # its last RTCP snapshot (one each 5 s) and sip_call hangs up right after the first one past `seconds`, so
 # the snapshot and the gateway's count then cover the same packets.
 PHASES = ((0, 12), (1, 22), (5, 87))
-
-
-def _need(tool: str, hint: str) -> None:
-    if shutil.which(tool) is None:
-        msg = f"{tool} not installed ({hint})"
-        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
 
 
 def streams(dep: Deployment, site: str, tunnel: str) -> list[dict[str, Any]]:
@@ -101,22 +91,12 @@ def both_sides(lab: Lab, dep: Deployment, dst: str) -> dict[str, int]:
 
 
 def test_gateways_report_what_the_receivers_measured(tmp_path: Path) -> None:
-    _need("gst-launch-1.0", "scripts/bootstrap installs GStreamer")
-    _need("baresip", "scripts/bootstrap installs baresip")
-    _need("prometheus", "scripts/bootstrap installs prometheus")
+    require([t for t in ("gst-launch-1.0", "prometheus") if shutil.which(t) is None], "GStreamer and Prometheus")
+    require(sipcall.missing(), "baresip")
     with Lab(TOPOLOGIES / "two-sites.yaml", mode="tunnel") as lab:
         dep = Deployment(lab, tmp_path / "gw", gateway_yaml=[f"metrics: {{address: 0.0.0.0, port: {PORT}}}"])
         dep.start_all()
-        targets = [f"{lab.site(s).gw_wan4}:{PORT}" for s in ("hq", "branch1")]
-        config = tmp_path / "prometheus.yml"
-        config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-                          f"rule_files: [{ALERTS}]\n"
-                          "scrape_configs:\n  - job_name: sitelink\n"
-                          f"    static_configs: [{{targets: {json.dumps(targets)}}}]\n")
-        (tmp_path / "tsdb").mkdir()
-        server = lab.popen("router", ["prometheus", f"--config.file={config}",
-                                      f"--storage.tsdb.path={tmp_path / 'tsdb'}", "--web.listen-address=127.0.0.1:9090"],
-                           stdout=(tmp_path / "prometheus.log").open("w"), stderr=-2)
+        server = start_prometheus(lab, tmp_path)
         dst = lab.addr("branch1-host")
         rows, mos = [], {}
         try:

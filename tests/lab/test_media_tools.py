@@ -5,7 +5,6 @@ router drops packets."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 
@@ -14,6 +13,7 @@ import pytest
 from netnslab import TOPOLOGIES, Lab
 from netnslab.lab import NFT_TABLE
 from netnslab.media import probe, rtp_receive, start_rtp_video, video_pipeline
+from tests.needs import require
 
 AF41, EF = 34, 46
 
@@ -21,11 +21,7 @@ AF41, EF = 34, 46
 @pytest.fixture(scope="module")
 def lab():
     missing = [t for t in ("gst-launch-1.0", "gst-inspect-1.0") if shutil.which(t) is None]
-    if missing:
-        msg = f"{', '.join(missing)} not installed (scripts/bootstrap installs GStreamer)"
-        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+    require(missing, "GStreamer")
     with Lab(TOPOLOGIES / "two-sites.yaml", mode="plain") as lab:
         yield lab
 

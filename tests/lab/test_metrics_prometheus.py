@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -54,6 +55,21 @@ def names_used() -> set[str]:
     return {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in NAME.findall(e)}
 
 
+def start_prometheus(lab: Lab, tmp_path: Path) -> subprocess.Popen:
+    """A real Prometheus on the router scraping both gateways' exporters each second, with the shipped
+    alerting rules evaluated each second; stop it with lab.stop()."""
+    targets = [f"{lab.site(s).gw_wan4}:{PORT}" for s in ("hq", "branch1")]
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                      f"rule_files: [{ALERTS}]\n"
+                      "scrape_configs:\n  - job_name: sitelink\n"
+                      f"    static_configs: [{{targets: {json.dumps(targets)}}}]\n")
+    (tmp_path / "tsdb").mkdir()
+    return lab.popen("router", ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                "--web.listen-address=127.0.0.1:9090"],
+                     stdout=(tmp_path / "prometheus.log").open("w"), stderr=-2)
+
+
 def wait_for(lab: Lab, promql: str, ok, timeout: float = 30.0) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:
@@ -74,16 +90,7 @@ def test_prometheus_scrapes_tunnel_state_and_rising_byte_counters(tmp_path: Path
         dep = Deployment(lab, tmp_path / "gw", gateway_yaml=[f"metrics: {{address: 0.0.0.0, port: {PORT}}}"],
                          ike_options={"dpd_delay": 1})
         dep.start_all()
-        targets = [f"{lab.site(s).gw_wan4}:{PORT}" for s in ("hq", "branch1")]
-        config = tmp_path / "prometheus.yml"
-        config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-                          f"rule_files: [{ALERTS}]\n"
-                          "scrape_configs:\n  - job_name: sitelink\n"
-                          f"    static_configs: [{{targets: {json.dumps(targets)}}}]\n")
-        (tmp_path / "tsdb").mkdir()
-        server = lab.popen("router", ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                      "--web.listen-address=127.0.0.1:9090"],
-                           stdout=(tmp_path / "prometheus.log").open("w"), stderr=-2)
+        server = start_prometheus(lab, tmp_path)
         try:
             up = wait_for(lab, 'up{job="sitelink"}', lambda r: len(r) == 2 and all(s["value"][1] == "1" for s in r))
             tunnels = wait_for(lab, "sitelink_tunnel_up", lambda r: len(r) == 2 and all(s["value"][1] == "1" for s in r))

@@ -5,8 +5,6 @@ marked EF (video AF41) and encrypted, and 5 % WAN loss shows up in the callee's 
 from __future__ import annotations
 
 import ipaddress
-import os
-import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from netnslab import TOPOLOGIES, Lab
-from netnslab.sipcall import SipCallError, sip_call
+from netnslab.sipcall import SipCallError, missing, sip_call
+from tests.needs import require
 
 TOS_EF, TOS_AF41 = 46 << 2, 34 << 2
 SUITE = "AES_CM_128_HMAC_SHA1_80"
@@ -23,15 +22,7 @@ RTP_FILTER = "udp portrange 10000-20001"  # RTP ports 10000-20000, RTCP on the n
 
 @pytest.fixture(scope="module")
 def lab():
-    modules = Path("/usr/lib/baresip/modules")
-    needed = ("opus", "ausine", "aubridge", "srtp", "rtcpsummary", "ctrl_tcp", "menu", "account")
-    missing = [] if shutil.which("baresip") else ["baresip"]
-    missing += [f"baresip module {m}" for m in needed if not (modules / f"{m}.so").exists()]
-    if missing:
-        msg = f"{', '.join(missing)} not installed (apt-get install baresip)"
-        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+    require(missing(video=True), "baresip")
     with Lab(TOPOLOGIES / "two-sites.yaml", mode="plain") as lab:
         yield lab
 

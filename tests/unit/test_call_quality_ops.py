@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tests.unit.test_callquality import Clock, rtp, udp4
 from tests.unit.test_config_loader import GOOD, make_keys, write
+from tests.unit.test_control_socket import manual_gateway
 from tests.unit.test_metrics import scrape
 from tunnel.app.assemble import build_forwarder, install_manual_keys
 from tunnel.app.gateway import Gateway
@@ -35,16 +36,8 @@ def _call(forwarder: Forwarder, clock: Clock, seconds: float, loss: float, ssrc:
     return sent
 
 
-def _gateway(tmp_path: Path) -> Gateway:
-    make_keys(tmp_path, "b1")
-    gateway = Gateway(load_config(write(tmp_path, GOOD)))
-    for tunnel in gateway.config.tunnels:
-        install_manual_keys(gateway.forwarder, tunnel)
-    return gateway
-
-
 def test_a_lossy_call_in_metrics_and_status(tmp_path: Path) -> None:
-    gateway = _gateway(tmp_path)
+    gateway = manual_gateway(tmp_path)
     clock = Clock()
     sent = _call(gateway.forwarder, clock, 12.0, 0.05)
     text, s = scrape(gateway)
@@ -76,7 +69,7 @@ def test_status_says_when_calls_are_not_observed(tmp_path: Path) -> None:
 
 
 def test_a_workers_calls_are_summed_into_the_scrape(tmp_path: Path) -> None:
-    gateway = _gateway(tmp_path)
+    gateway = manual_gateway(tmp_path)
     worker = build_forwarder(gateway.config)
     for tunnel in gateway.config.tunnels:
         install_manual_keys(worker, tunnel)
@@ -102,7 +95,7 @@ def test_a_workers_calls_are_summed_into_the_scrape(tmp_path: Path) -> None:
 
 def test_a_quiet_tunnel_exports_no_call_series(tmp_path: Path) -> None:
     """A hub with hundreds of tunnels: series only for the tunnels that carried something on a media port."""
-    gateway = _gateway(tmp_path)
+    gateway = manual_gateway(tmp_path)
     assert gateway.forwarder.outbound(udp4(rtp(1, 0), sport=40000, dport=53)) is not None  # not a media port
     _, s = scrape(gateway)
     assert not [k for k in s if k[0].startswith("sitelink_call_")]
