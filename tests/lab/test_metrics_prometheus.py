@@ -20,9 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "configs" / "grafana" / "sitelink-dashboard.json"
 ALERTS = REPO / "configs" / "prometheus" / "sitelink-alerts.yml"
 NAME = re.compile(r"\bsitelink_[a-z0-9_]+")
-# Series that exist once a tunnel has carried an RTP stream (tunnel/ops/metrics.py _calls)
+# Series that exist once a tunnel has carried something on a media port (tunnel/ops/metrics.py _calls)
 CALL_SERIES = {"sitelink_call_streams", "sitelink_call_packets_total", "sitelink_call_packets_lost_total",
-               "sitelink_call_jitter_seconds", "sitelink_call_mos"}
+               "sitelink_call_jitter_seconds", "sitelink_call_mos", "sitelink_call_skipped_total",
+               "sitelink_call_evicted_total"}
 QUERY = """
 import json, sys, urllib.parse, urllib.request
 url = "http://127.0.0.1:9090/api/v1/query?" + urllib.parse.urlencode({"query": sys.argv[1]})
@@ -50,7 +51,7 @@ def api(lab: Lab, path: str) -> dict:
 def names_used() -> set[str]:
     """Metric names the dashboard's panels and the alerting rules query (histogram series by base name)."""
     dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]  # rows have none
     exprs += [dashboard["templating"]["list"][1]["query"], ALERTS.read_text()]
     return {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in NAME.findall(e)}
 
