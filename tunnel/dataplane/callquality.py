@@ -186,7 +186,6 @@ class Stream:
         if self.rate:
             self._jitter(first[0], first[1], now, ts)
         self.roll_at = now + INTERVAL
-        self.last_exp = self.last_lost = 0
         self.loss = 0.0
         self.mos: float | None = None
 
@@ -196,6 +195,7 @@ class Stream:
         self.cycles = 0x10000 if self.base > seq else 0  # the first two straddle a wrap
         self.reordered = self.duplicates = 0
         self.exp_prior = self.rec_prior = self.rec_reported = self.lost_reported = 0
+        self.last_exp = self.last_lost = 0  # the previous interval's, for the 10 s window
 
     def update(self, seq: int, ts: int, now: float) -> None:
         """One packet of the stream, in arrival order."""
