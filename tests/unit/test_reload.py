@@ -153,6 +153,22 @@ def test_reload_keeps_unchanged_and_policy_changed_tunnels_up(tmp_path: Path) ->
     assert [e for s, e, _ in link.ike_log if e == ExchangeType.INFORMATIONAL] == []  # no IKE traffic at all
 
 
+def test_call_quality_changes_in_place(tmp_path: Path) -> None:
+    """Turning the observer off or changing its ports is a policy update: SAs kept, no IKE traffic."""
+    link = _up(Link(tmp_path))
+    spis = _spi_out(link.hq), _spi_out(link.br)
+    text = Path(link.hq.keying.config.path).read_text()
+    observer = link.hq.forwarder.tunnels["branch1"].calls
+    assert observer is not None
+    _reload(link, link.hq, text + "    call_quality: {services: [teams]}\n")
+    changed = link.hq.forwarder.tunnels["branch1"].calls
+    assert changed is not None and changed is not observer and changed.ports[50000] and not changed.ports[10000]
+    _reload(link, link.hq, text + "    call_quality: false\n")
+    assert link.hq.forwarder.tunnels["branch1"].calls is None
+    assert (_spi_out(link.hq), _spi_out(link.br)) == spis and link.send(link.hq, 1)
+    assert [e for s, e, _ in link.ike_log if e == ExchangeType.INFORMATIONAL] == []
+
+
 def test_reload_re_establishes_a_changed_tunnel(tmp_path: Path) -> None:
     link = _up(Link(tmp_path))
     spis = _spi_out(link.hq), _spi_out(link.br)

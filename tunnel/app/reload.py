@@ -2,7 +2,8 @@
 and the new one, decided before anything is touched, so a reload is applied whole or refused whole.
 
 Tunnels whose configuration is equal keep their SAs (and lose no packets). A change limited to what the
-data path enforces (firewall, QoS classification and marking, MTU) is applied in place, SAs kept. Any
+data path enforces (firewall, QoS classification and marking, MTU, call-quality observation) is applied in
+place, SAs kept. Any
 other change to a tunnel (peer, subnets, keys, identities, proposals, lifetimes, replay window) is what
 IKE negotiated, so its SAs are deleted at the peer and the tunnel is set up again. Gateway settings that
 belong to an open socket, device or process (listen address, TUN, workers, metrics endpoint, ...) need a
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tunnel.config.model import GatewayConfig, Tunnel, TunnelQos
+from tunnel.config.model import CallQuality, GatewayConfig, Tunnel, TunnelQos
 from tunnel.errors import ReloadRefused
 
 # GatewayConfig fields a running gateway cannot change; every other field is applied by a reload
@@ -85,4 +86,4 @@ def _negotiated(tunnel: Tunnel) -> Tunnel:
     only the next authentication uses (a key change keeps the SAs: README "Changing a PSK"); what is
     left, IKE agreed on."""
     ike = tunnel.ike and dataclasses.replace(tunnel.ike, psk=None, accept_psk=None)
-    return dataclasses.replace(tunnel, mtu=None, firewall=None, qos=TunnelQos(), ike=ike)
+    return dataclasses.replace(tunnel, mtu=None, firewall=None, qos=TunnelQos(), call_quality=CallQuality(), ike=ike)
