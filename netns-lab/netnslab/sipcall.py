@@ -149,7 +149,8 @@ class _Agent:
     # ---- start / stop ---------------------------------------------------------------------------
 
     def start(self, timeout: float = 10.0) -> None:
-        argv = ["baresip", f"-{self.family}", "-f", str(self.dir)] + (["-s"] if self.trace else [])
+        # stdbuf: baresip's stdout is a pipe here, block-buffered otherwise; the SIP trace is read as it comes.
+        argv = ["stdbuf", "-oL", "baresip", f"-{self.family}", "-f", str(self.dir)] + (["-s"] if self.trace else [])
         self.proc = self.lab.popen(self.node, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, errors="replace", bufsize=1)
         self._spawn(self._read_log)
@@ -262,6 +263,16 @@ class _Agent:
         deadline = time.monotonic() + timeout
         while len(self.summary) < count and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def offered_port(self, media: str, timeout: float) -> int | None:
+        """The port of the m= line for ``media`` in this agent's SIP trace; the log reader may see the trace
+        after the peer already reported the call, so wait for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            port = next((int(m.split()[1]) for m in self.media_lines if m.startswith(f"m={media} ")), None)
+            if port is not None or time.monotonic() > deadline:
+                return port
+            time.sleep(0.02)
 
     def tail(self, n: int = 25) -> str:
         return "\n".join(f"  [{self.role}] {line}" for line in list(self.log)[-n:])
@@ -386,7 +397,7 @@ def sip_call(lab: Lab, caller: str, callee: str, seconds: float, *, video: bool 
         if video:
             if b.wait_event(_kind("CALL_INCOMING"), setup_timeout) is None:
                 raise fail(f"no incoming call at {callee} within {setup_timeout}s")
-            port = next((int(m.split()[1]) for m in a.media_lines if m.startswith("m=video ")), None)
+            port = a.offered_port("video", max(setup_timeout - (time.monotonic() - t_dial), 0.1))
             if port is None:
                 raise fail("no m=video line in the caller's INVITE")
             marked = _mark_video(lab, caller, callee, port, family)
